@@ -1,0 +1,17 @@
+"""MSA2Net models: the network, its registry, and the converter for the authors' checkpoints."""
+
+from .encoder import EncoderWeightsError, MaxViTEncoder
+from .msa2net import MSA2Net, MSA2NetConfig, create_model, list_models, register_model
+from .official import OfficialCheckpointError, load_official_weights
+
+__all__ = [
+    "MSA2Net",
+    "MSA2NetConfig",
+    "MaxViTEncoder",
+    "EncoderWeightsError",
+    "OfficialCheckpointError",
+    "create_model",
+    "list_models",
+    "load_official_weights",
+    "register_model",
+]

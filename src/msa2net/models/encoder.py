@@ -1,0 +1,189 @@
+"""The MaxViT encoder: a timm model run stage by stage, and its ImageNet weights (local file or hub)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import urllib.parse
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+HUB_PROBE_TIMEOUT_S = 4.0
+
+
+class EncoderWeightsError(RuntimeError):
+    """ImageNet weights for the encoder could not be found, read or matched."""
+
+
+class MaxViTEncoder(nn.Module):
+    """timm MaxViT without its classifier, returning the four stage outputs.
+
+    Outputs f0..f3 at strides 4, 8, 16, 32; the model's final LayerNorm2d is applied to f3 only
+    (the authors' feature extraction). A 1-channel input is repeated to 3 channels so the ImageNet
+    stem applies unchanged; other channel counts use timm's ``in_chans`` (stem adapted when loading).
+
+    Args:
+        name: timm model name, e.g. ``maxvit_rmlp_small_rw_224``.
+        img_size: (H, W), both multiples of 32; timm fixes window and grid sizes to img_size / 32.
+        in_channels: channels of the network input.
+    """
+
+    def __init__(self, name: str, img_size: tuple[int, int], in_channels: int = 3) -> None:
+        super().__init__()
+        if not name.startswith(("maxvit", "maxxvit", "test_maxvit")):
+            raise ValueError(f"encoder {name!r} is not a timm MaxViT; choose e.g. maxvit_rmlp_small_rw_224")
+        self.name = name
+        self.in_channels = in_channels
+        self.backbone = timm.create_model(
+            name, pretrained=False, num_classes=0, img_size=img_size, in_chans=3 if in_channels == 1 else in_channels
+        )
+        self.backbone.head = nn.Identity()  # classifier unused (it holds no parameters at num_classes=0)
+        self.channels: tuple[int, ...] = tuple(info["num_chs"] for info in self.backbone.feature_info[1:5])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, in_channels, H, W) -> [f0 (B, C0, H/4, W/4), f1, f2, f3 (B, C3, H/32, W/32)]."""
+        if self.in_channels == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = self.backbone.stem(x)
+        feats = []
+        for stage in self.backbone.stages:
+            x = stage(x)
+            feats.append(x)
+        feats[-1] = self.backbone.norm(feats[-1])
+        return feats
+
+    # ------------------------------------------------------------------------------------------
+    def hub_id(self) -> str | None:
+        """The Hugging Face hub repository of this encoder's default ImageNet weights, if timm knows one."""
+        return self.backbone.pretrained_cfg.get("hf_hub_id")
+
+    def load_pretrained(self, source: str | os.PathLike) -> list[str]:
+        """Load ImageNet weights into the backbone.
+
+        Args:
+            source: a local ``.pth``/``.pt``/``.bin``/``.safetensors`` file of timm keys (the authors'
+                ``maxvit_rmlp_small_rw_224_sw-6ef0ae4f.pth`` or timm's hub files), or ``"hub"``.
+
+        Returns:
+            The classifier keys that were present in the file and dropped (``head.*``).
+
+        Raises:
+            EncoderWeightsError: file missing or unreadable, hub unreachable, or keys that do not match.
+        """
+        path = self._resolve_hub_file() if str(source) == "hub" else Path(source)
+        if not path.is_file():
+            raise EncoderWeightsError(
+                f"encoder weights file {str(path)!r} does not exist. Download {self._download_hint()} and pass "
+                "its path with --pretrained-encoder PATH (pretrained_encoder=PATH in Python)."
+            )
+        state = _read_state_dict(path)
+        for prefix in ("module.", "backbone.backbone.", "backbone."):
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+        dropped = sorted(k for k in state if k.startswith("head."))
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        if self.in_channels not in (1, 3) and "stem.conv1.weight" in state:
+            from timm.models import adapt_input_conv
+
+            state["stem.conv1.weight"] = adapt_input_conv(self.in_channels, state["stem.conv1.weight"])
+        own = self.backbone.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shaped = sorted(
+            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in set(own) & set(state)
+            if state[k].shape != own[k].shape
+        )
+        if missing or unexpected or shaped:
+            raise EncoderWeightsError(
+                f"encoder weights {str(path)!r} do not fit timm's {self.name}:\n"
+                + _key_report(missing, unexpected, shaped)
+                + f"\nThe file must hold ImageNet weights of {self.name} ({self._download_hint()})."
+            )
+        self.backbone.load_state_dict(state, strict=True)
+        return dropped
+
+    def _download_hint(self) -> str:
+        hub = self.hub_id()
+        hint = f"timm's {self.name} ImageNet weights"
+        if hub:
+            hint += f" (https://huggingface.co/{hub}, file model.safetensors)"
+        if self.name == "maxvit_rmlp_small_rw_224":
+            hint += " or the authors' file maxvit_rmlp_small_rw_224_sw-6ef0ae4f.pth"
+        return hint
+
+    def _resolve_hub_file(self) -> Path:
+        hub = self.hub_id()
+        if not hub:
+            raise EncoderWeightsError(f"timm knows no hub weights for {self.name}; pass a local weights file")
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            cached = try_to_load_from_cache(hub, filename)
+            if isinstance(cached, str):
+                return Path(cached)
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        if offline or not _reachable(endpoint, HUB_PROBE_TIMEOUT_S):
+            raise EncoderWeightsError(
+                f"cannot reach {endpoint} to download the encoder weights {hub} "
+                f"({'HF_HUB_OFFLINE is set' if offline else 'offline?'}). Download model.safetensors from "
+                f"{endpoint}/{hub} (or the authors' maxvit_rmlp_small_rw_224_sw-6ef0ae4f.pth for the official "
+                "encoder) on a machine with internet, copy it here and pass --pretrained-encoder PATH "
+                "(pretrained_encoder=PATH in Python)."
+            )
+        try:
+            return Path(hf_hub_download(hub, "model.safetensors"))
+        except Exception as exc:  # network errors of several libraries
+            raise EncoderWeightsError(f"downloading {hub} from the hub failed: {exc}") from exc
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the URL's host opens within ``timeout`` seconds (DNS included)."""
+    parsed = urllib.parse.urlparse(url)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo ignores timeouts; bound it here
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read tensors from a safetensors or torch file without executing pickled code."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EncoderWeightsError(f"cannot read weights file {str(path)!r}: {exc}") from exc
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise EncoderWeightsError(f"{str(path)!r} does not hold a state dict of tensors")
+    return obj
+
+
+def _key_report(missing: list[str], unexpected: list[str], shaped: list[str], limit: int = 20) -> str:
+    lines = []
+    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shaped)):
+        if keys:
+            shown = "\n    ".join(keys[:limit]) + (f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else "")
+            lines.append(f"  {title} ({len(keys)}):\n    {shown}")
+    return "\n".join(lines)

@@ -1,0 +1,285 @@
+"""MSA2Net: Multi-scale Adaptive Attention-guided Network for medical image segmentation.
+
+Kolahi et al., BMVC 2024 (arXiv 2407.21640). A timm MaxViT encoder and a four-stage decoder whose skip
+connections pass through Multi-Scale Adaptive Spatial Attention Gates (MASAG).
+
+Two variants of the authors' network, both computing exactly what their code computes for the same weights:
+
+- ``paper``: the network of the paper's figure and table: DAE-Former blocks and MASAG in decoder stage 2.
+- ``released``: what the released code runs (a duplicated class definition replaces stage 2): LKA blocks
+  in stage 2 and no MASAG there (the skip is added to the gate unchanged).
+
+What differs from the authors' code: no module that never runs is built (the official tree carries an
+encoder 1->3 conv adapter, all of the deepest decoder stage but its patch expansion, and in ``released``
+the stage-2 MASAG), so parameter counts are those used in forward; any input size whose sides are
+multiples of 32 works (theirs is fixed at 224x224); the encoder's channels are read from timm, so smaller
+MaxViTs give small variants of the same design. The raw reshapes of their decoder (``rho``, see
+:mod:`msa2net.models.layers`) are reproduced because the trained weights depend on them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .encoder import MaxViTEncoder
+from .layers import (
+    ChannelLayerNorm,
+    DualTransformerBlock,
+    LKABlock,
+    PatchExpand,
+    rho,
+    rho_inv,
+    tokens,
+    unflatten,
+)
+from .masag import MASAG
+
+VARIANTS = ("paper", "released")
+SIZE_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class MSA2NetConfig:
+    """Everything needed to rebuild a model (stored in checkpoints)."""
+
+    variant: str = "paper"
+    num_classes: int = 9
+    in_channels: int = 1
+    img_size: tuple[int, int] = (224, 224)
+    encoder: str = "maxvit_rmlp_small_rw_224"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["img_size"] = list(self.img_size)
+        return d
+
+
+class DecoderStage(nn.Module):
+    """One skip-connected decoder stage at ``dim`` channels.
+
+    ``block`` is ``"lka"`` (two LKA blocks on the raw-reshaped map) or ``"dae"`` (two DAE-Former dual
+    transformer blocks on properly flattened tokens). ``gated`` False replaces MASAG by the plain skip
+    (the released variant's stage 2). The last stage (``num_classes`` given) expands 4x and projects to logits.
+    """
+
+    def __init__(self, dim: int, block: str, gated: bool = True, num_classes: int | None = None) -> None:
+        super().__init__()
+        if block not in ("lka", "dae"):
+            raise ValueError(f"unknown decoder block {block!r}")
+        self.block = block
+        self.gate_proj = nn.Linear(dim, dim)
+        self.masag = MASAG(dim) if gated else None
+        self.norm = ChannelLayerNorm(dim)
+        if block == "lka":
+            self.blocks = nn.ModuleList([LKABlock(dim), LKABlock(dim)])
+        else:
+            self.blocks = nn.ModuleList([DualTransformerBlock(dim), DualTransformerBlock(dim)])
+        self.expand = PatchExpand(dim, scale=4 if num_classes else 2)
+        self.head = nn.Conv2d(dim, num_classes, 1) if num_classes else None
+
+    def forward(self, t: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """t (B, H*W, C) tokens from the stage below, skip (B, C, H, W) -> tokens (B, 4HW, C/2) or logits."""
+        b, c, h, w = skip.shape
+        skip = rho(tokens(skip), h, w)  # (B, C, H, W), raw
+        gate = rho(self.gate_proj(t), h, w)  # (B, H*W, C) -> (B, C, H, W), raw
+        z = gate + (self.masag(skip, gate) if self.masag is not None else skip)
+        if self.block == "lka":
+            m = self.norm(z)
+            for blk in self.blocks:
+                m = blk(m)
+            u = rho_inv(m)  # (B, C, H, W) -> (B, H*W, C), raw
+        else:
+            u = tokens(self.norm(z))
+            for blk in self.blocks:
+                u = blk(u, h, w)
+        out = self.expand(u, h, w)
+        if self.head is None:
+            return out
+        return self.head(unflatten(out, 4 * h, 4 * w))  # (B, 16HW, C) -> (B, C, 4H, 4W) -> logits
+
+
+class MSA2NetDecoder(nn.Module):
+    """Stage 3 (patch expansion of the deepest features) and skip stages 2, 1, 0."""
+
+    def __init__(self, channels: tuple[int, ...], variant: str, num_classes: int) -> None:
+        super().__init__()
+        c0, c1, c2, c3 = channels
+        if (c3 // 2, c2 // 2, c1 // 2) != (c2, c1, c0):
+            raise ValueError(f"decoder needs encoder channels that double per stage, got {channels}")
+        self.expand3 = PatchExpand(c3)
+        if variant == "paper":
+            self.stage2 = DecoderStage(c2, "dae", gated=True)
+        else:
+            self.stage2 = DecoderStage(c2, "lka", gated=False)
+        self.stage1 = DecoderStage(c1, "lka")
+        self.stage0 = DecoderStage(c0, "lka", num_classes=num_classes)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        f0, f1, f2, f3 = feats
+        t = self.expand3(tokens(f3), f3.shape[2], f3.shape[3])  # (B, 4*N3, C2)
+        t = self.stage2(t, f2)
+        t = self.stage1(t, f1)
+        return self.stage0(t, f0)
+
+
+def _size_pair(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    size = (int(img_size), int(img_size)) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
+    if len(size) != 2 or any(s <= 0 for s in size):
+        raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}")
+    bad = [s for s in size if s % SIZE_MULTIPLE]
+    if bad:
+        raise ValueError(
+            f"img_size {size[0]}x{size[1]}: sides must be multiples of {SIZE_MULTIPLE} (MaxViT windows); "
+            f"nearest valid: {_nearest_sizes(size)}"
+        )
+    return size  # type: ignore[return-value]
+
+
+def _nearest_sizes(size: tuple[int, ...]) -> str:
+    def near(s: int) -> list[int]:
+        lo = max(SIZE_MULTIPLE, (s // SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        hi = max(SIZE_MULTIPLE, math.ceil(s / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        return sorted({lo, hi})
+
+    options = sorted({(h, w) for h in near(size[0]) for w in near(size[1])})
+    return ", ".join(f"{h}x{w}" for h, w in options)
+
+
+class MSA2Net(nn.Module):
+    """MSA2Net segmentation network.
+
+    Args:
+        variant: ``"paper"`` (default) or ``"released"``.
+        num_classes: output channels (logits), background included.
+        in_channels: 1 (repeated to 3 for the ImageNet encoder) or 3; other counts adapt the stem.
+        img_size: input size, an int or (H, W), sides multiples of 32. Fixed at build time (timm's MaxViT
+            sets its window size from it); the same weights load at every size.
+        encoder: a timm MaxViT name; the paper's is ``maxvit_rmlp_small_rw_224``.
+        pretrained_encoder: None, a local weights file for the encoder, or ``"hub"``.
+
+    Input (B, in_channels, H, W) float, intensities normalised to the encoder's mean/std (0.5/0.5, i.e.
+    [0, 1] -> [-1, 1]); output logits (B, num_classes, H, W).
+    """
+
+    def __init__(
+        self,
+        variant: str = "paper",
+        num_classes: int = 9,
+        in_channels: int = 1,
+        img_size: int | tuple[int, int] = 224,
+        encoder: str = "maxvit_rmlp_small_rw_224",
+        pretrained_encoder: str | None = None,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if num_classes < 1 or in_channels < 1:
+            raise ValueError(f"num_classes and in_channels must be positive, got {num_classes}, {in_channels}")
+        self.config = MSA2NetConfig(variant, int(num_classes), int(in_channels), _size_pair(img_size), encoder)
+        self.encoder = MaxViTEncoder(encoder, self.config.img_size, in_channels)
+        self.decoder = MSA2NetDecoder(self.encoder.channels, variant, num_classes)
+        self.init_decoder()
+        if pretrained_encoder is not None:
+            self.encoder.load_pretrained(pretrained_encoder)
+
+    @property
+    def variant(self) -> str:
+        return self.config.variant
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.config.img_size
+
+    def init_decoder(self) -> None:
+        """Xavier-uniform Linear/Conv weights, zero biases; norms and layer scales keep their defaults."""
+        for m in self.decoder.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError that says what to do when ``x`` does not fit the built model."""
+        if x.ndim != 4:
+            raise ValueError(f"MSA2Net expects (B, C, H, W) input, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"MSA2Net was built for {self.config.in_channels}-channel input, got {x.shape[1]} channels "
+                f"(shape {tuple(x.shape)}); build it with in_channels={x.shape[1]} or convert the input"
+            )
+        h, w = self.config.img_size
+        if tuple(x.shape[2:]) != (h, w):
+            ih, iw = x.shape[2:]
+            raise ValueError(
+                f"MSA2Net was built for {h}x{w} inputs, got {ih}x{iw}. timm's MaxViT fixes its window size when "
+                f"built: resize the input to {h}x{w}, or build the model with img_size=(H, W), sides multiples "
+                f"of {SIZE_MULTIPLE} (the same weights load); nearest valid sizes: {_nearest_sizes((ih, iw))}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.decoder(self.encoder(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# registry
+
+_REGISTRY: dict[str, Callable[..., MSA2Net]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_model(name: str, description: str) -> Callable[[Callable[..., MSA2Net]], Callable[..., MSA2Net]]:
+    def wrap(fn: Callable[..., MSA2Net]) -> Callable[..., MSA2Net]:
+        _REGISTRY[name] = fn
+        _DESCRIPTIONS[name] = description
+        return fn
+
+    return wrap
+
+
+def list_models() -> dict[str, str]:
+    """Registered model names and one-line descriptions."""
+    return dict(_DESCRIPTIONS)
+
+
+def create_model(name: str, **kwargs: Any) -> MSA2Net:
+    """Build a registered model; keyword arguments override its defaults (see :class:`MSA2Net`)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
+
+
+def _builder(variant: str, encoder: str) -> Callable[..., MSA2Net]:
+    def build(**kwargs: Any) -> MSA2Net:
+        kwargs.setdefault("variant", variant)
+        kwargs.setdefault("encoder", encoder)
+        return MSA2Net(**kwargs)
+
+    return build
+
+
+register_model("msa2net_paper", "paper variant, maxvit_rmlp_small_rw_224 (76.6 M params)")(
+    _builder("paper", "maxvit_rmlp_small_rw_224")
+)
+register_model("msa2net_released", "released-code variant, maxvit_rmlp_small_rw_224 (71.0 M params)")(
+    _builder("released", "maxvit_rmlp_small_rw_224")
+)
+register_model("msa2net_nano", "paper design on maxvit_rmlp_nano_rw_256 (small, CPU-friendly)")(
+    _builder("paper", "maxvit_rmlp_nano_rw_256")
+)
+register_model("msa2net_pico", "paper design on maxvit_rmlp_pico_rw_256 (smallest with ImageNet weights)")(
+    _builder("paper", "maxvit_rmlp_pico_rw_256")
+)
+register_model("msa2net_test", "paper design on timm's test_maxvit (random init only; for tests)")(
+    _builder("paper", "test_maxvit")
+)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-REFERENCE_DIR = Path(os.environ.get("MSA2NET_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE_DIR = Path(os.environ.get("MSA2NET_REFERENCE_DIR", _DEFAULT))
 
 
 def _fill_module():

@@ -316,10 +316,10 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
     Returns:
         ``(array, geometry)``. ``array`` keeps the stored dtype and is indexed ``(Z, Y, X)`` for volumes (a DICOM
         series included), ``(Y, X)`` for grey 2D images and ``(Y, X, 3)`` uint8 for colour rasters (alpha dropped,
-        CMYK/YCbCr converted to RGB). Bilevel images become 0/255 uint8. Palette images with a grey palette are read as grey values, other palette images
-        as their palette indices (the usual encoding of colour label maps). 16-bit rasters are uint16. Multi-component
-        volumes get a trailing channel axis. ``geometry`` is the stored geometry; rasters get
-        ``Geometry.identity(2)``.
+        CMYK/YCbCr converted to RGB). Bilevel images become 0/255 uint8. Palette images with a grey palette are
+        read as grey values, other palette images as their palette indices (the usual encoding of colour label
+        maps). 16-bit rasters are uint16. Multi-component volumes get a trailing channel axis. ``geometry`` is the
+        stored geometry; rasters get ``Geometry.identity(2)``.
 
     Raises:
         ImageReadError: the path does not exist, has an unsupported suffix, is corrupt, or the folder holds no or

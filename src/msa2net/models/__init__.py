@@ -2,7 +2,7 @@
 
 from .encoder import EncoderWeightsError, MaxViTEncoder
 from .msa2net import MSA2Net, MSA2NetConfig, create_model, list_models, register_model
-from .official import OfficialCheckpointError, load_official_weights
+from .official import OfficialCheckpointError, load_official_weights, official_parameter_count
 
 __all__ = [
     "MSA2Net",
@@ -13,5 +13,6 @@ __all__ = [
     "create_model",
     "list_models",
     "load_official_weights",
+    "official_parameter_count",
     "register_model",
 ]

@@ -184,6 +184,8 @@ def _key_report(missing: list[str], unexpected: list[str], shaped: list[str], li
     lines = []
     for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shaped)):
         if keys:
-            shown = "\n    ".join(keys[:limit]) + (f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else "")
+            shown = "\n    ".join(keys[:limit]) + (
+                f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
+            )
             lines.append(f"  {title} ({len(keys)}):\n    {shown}")
     return "\n".join(lines)

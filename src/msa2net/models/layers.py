@@ -64,13 +64,15 @@ class PatchExpand(nn.Module):
 
     Args:
         dim: input channels C.
-        scale: 2 for the inner stages (C_out = C/2), 4 for the final expansion (C_out = C).
+        scale: 2 for the inner stages, 4 for the final expansion.
+        out_dim: C_out; by default C/2 for scale 2 (the authors' encoder doubles channels per stage) and C for
+            scale 4. Encoders with other channel progressions pass the next skip's channels.
     """
 
-    def __init__(self, dim: int, scale: int = 2) -> None:
+    def __init__(self, dim: int, scale: int = 2, out_dim: int | None = None) -> None:
         super().__init__()
         self.scale = scale
-        self.out_dim = dim // 2 if scale == 2 else dim
+        self.out_dim = out_dim or (dim // 2 if scale == 2 else dim)
         self.expand = nn.Linear(dim, scale * scale * self.out_dim, bias=False)
         self.norm = nn.LayerNorm(self.out_dim, eps=DECODER_LN_EPS)
 

@@ -68,7 +68,9 @@ class DecoderStage(nn.Module):
     (the released variant's stage 2). The last stage (``num_classes`` given) expands 4x and projects to logits.
     """
 
-    def __init__(self, dim: int, block: str, gated: bool = True, num_classes: int | None = None) -> None:
+    def __init__(
+        self, dim: int, block: str, gated: bool = True, num_classes: int | None = None, out_dim: int | None = None
+    ) -> None:
         super().__init__()
         if block not in ("lka", "dae"):
             raise ValueError(f"unknown decoder block {block!r}")
@@ -80,7 +82,7 @@ class DecoderStage(nn.Module):
             self.blocks = nn.ModuleList([LKABlock(dim), LKABlock(dim)])
         else:
             self.blocks = nn.ModuleList([DualTransformerBlock(dim), DualTransformerBlock(dim)])
-        self.expand = PatchExpand(dim, scale=4 if num_classes else 2)
+        self.expand = PatchExpand(dim, scale=4 if num_classes else 2, out_dim=None if num_classes else out_dim)
         self.head = nn.Conv2d(dim, num_classes, 1) if num_classes else None
 
     def forward(self, t: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -109,15 +111,13 @@ class MSA2NetDecoder(nn.Module):
 
     def __init__(self, channels: tuple[int, ...], variant: str, num_classes: int) -> None:
         super().__init__()
-        c0, c1, c2, c3 = channels
-        if (c3 // 2, c2 // 2, c1 // 2) != (c2, c1, c0):
-            raise ValueError(f"decoder needs encoder channels that double per stage, got {channels}")
-        self.expand3 = PatchExpand(c3)
+        c0, c1, c2, c3 = channels  # each patch expansion maps a stage's width to the next skip's
+        self.expand3 = PatchExpand(c3, out_dim=c2)
         if variant == "paper":
-            self.stage2 = DecoderStage(c2, "dae", gated=True)
+            self.stage2 = DecoderStage(c2, "dae", gated=True, out_dim=c1)
         else:
-            self.stage2 = DecoderStage(c2, "lka", gated=False)
-        self.stage1 = DecoderStage(c1, "lka")
+            self.stage2 = DecoderStage(c2, "lka", gated=False, out_dim=c1)
+        self.stage1 = DecoderStage(c1, "lka", out_dim=c0)
         self.stage0 = DecoderStage(c0, "lka", num_classes=num_classes)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:

@@ -172,9 +172,7 @@ def convert_official_state_dict(
     return converted, dropped, unknown, detected
 
 
-def load_official_weights(
-    model: MSA2Net, source: str | os.PathLike | Mapping[str, torch.Tensor]
-) -> OfficialLoadReport:
+def load_official_weights(model: MSA2Net, source: str | os.PathLike | Mapping[str, torch.Tensor]) -> OfficialLoadReport:
     """Load an authors' MSA2Net checkpoint into ``model``, strictly.
 
     Args:
@@ -208,3 +206,30 @@ def load_official_weights(
         )
     model.load_state_dict(converted, strict=True)
     return OfficialLoadReport(variant=variant, loaded=len(converted), dropped=sorted(dropped))
+
+
+def official_parameter_count(model: MSA2Net) -> int:
+    """Parameters of the authors' module tree for this model's configuration, dead modules included.
+
+    Ours builds only what runs; the official tree adds a 1->3 conv + BatchNorm adapter in the encoder, the
+    whole deepest decoder stage besides its patch expansion (gate projection, MASAG, norm and two blocks of
+    the stage-2 type at the deepest width), and in the released variant a stage-2 MASAG. Those modules are
+    built here on the meta device (no memory) and counted.
+    """
+    from torch import nn
+
+    from .masag import MASAG
+    from .msa2net import DecoderStage
+
+    def count(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    deepest = model.encoder.channels[-1]
+    block = "dae" if model.variant == "paper" else "lka"
+    with torch.device("meta"):
+        dead = count(nn.Conv2d(1, 3, 1)) + count(nn.BatchNorm2d(3))
+        stage3 = DecoderStage(deepest, block, gated=True)
+        dead += count(stage3) - count(stage3.expand)
+        if model.variant == "released":
+            dead += count(MASAG(model.encoder.channels[-2]))
+    return count(model) + dead

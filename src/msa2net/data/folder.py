@@ -1,0 +1,712 @@
+"""Users' own data in an nnU-Net-like folder: validation, slice-wise training dataset, per-case volume dataset.
+
+Layout::
+
+    root/
+      dataset.json           {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1},
+                              "file_ending": ".nii.gz", "numTraining": 2}   (numTraining optional)
+      imagesTr/<case>_0000<file_ending>   one file per channel, suffix _0000, _0001, ...
+      labelsTr/<case><file_ending>        integer label map, values from dataset.json "labels"
+      imagesTs/<case>_0000<file_ending>   optional, unlabelled
+
+Files are 3D volumes (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``) trained slice by slice along the
+first array axis (axial for the usual ``(Z, Y, X)`` reading), or 2D rasters (``.png``, ``.jpg``, ...) trained one
+image per sample. A 3-channel 2D dataset may store each case either as one RGB file ``<case>_0000.png`` or as
+three grey files ``_0000``, ``_0001``, ``_0002``. Labels of 2D datasets must be lossless (PNG), single channel.
+
+Reading goes through :mod:`msa2net.data.io`, so geometry (spacing, origin, direction) is carried along and the
+volume dataset hands it to prediction/evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from msa2net.data.io import IMAGE_SUFFIXES, RASTER_SUFFIXES, Geometry, ImageReadError, read_image
+from msa2net.data.preprocessing import Preprocessing
+from msa2net.data.transforms import SegmentationTransform
+
+__all__ = [
+    "DatasetSpec",
+    "FolderReport",
+    "FolderSliceDataset",
+    "FolderValidationError",
+    "FolderVolumeDataset",
+    "GEOMETRY_TOLERANCE",
+    "load_dataset_json",
+    "split_cases",
+    "validate_folder",
+]
+
+#: Relative tolerance when comparing image and label geometry (spacing, origin) and absolute for direction cosines.
+GEOMETRY_TOLERANCE: float = 1e-3
+
+_EXAMPLE_JSON = '{"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}, "file_ending": ".nii.gz"}'
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+# Companion data files of .mhd headers live beside them and are not images of their own.
+_MHD_DATA_SUFFIXES = (".raw", ".zraw")
+
+PathLike = str | os.PathLike[str]
+
+
+class FolderValidationError(ValueError):
+    """A dataset folder has problems; :attr:`problems` lists every one, the message shows them all."""
+
+    def __init__(self, root: PathLike, problems: Sequence[str]) -> None:
+        self.root = Path(root)
+        self.problems = list(problems)
+        listing = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"dataset folder {self.root} has {len(self.problems)} problem(s):\n{listing}\n"
+            "Fix them and run again (expected layout: dataset.json, imagesTr/<case>_0000<file_ending>, "
+            "labelsTr/<case><file_ending>)."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dataset.json
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetSpec:
+    """The contents of ``dataset.json``.
+
+    Attributes:
+        root: The dataset folder.
+        channel_names: Channel names in channel order (``_0000``, ``_0001``, ...).
+        labels: Class name -> id, ids contiguous ``0..K-1`` with 0 the background.
+        file_ending: File suffix of every image and label file, e.g. ``".nii.gz"`` or ``".png"``.
+        num_training: Optional ``numTraining`` (number of labelled cases).
+    """
+
+    root: Path
+    channel_names: list[str]
+    labels: dict[str, int]
+    file_ending: str
+    num_training: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background (max label id + 1)."""
+        return max(self.labels.values()) + 1
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names ordered by id."""
+        return [name for name, _ in sorted(self.labels.items(), key=lambda item: item[1])]
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels."""
+        return len(self.channel_names)
+
+    @property
+    def dims(self) -> int:
+        """2 for raster datasets (PNG/JPG/...), 3 for volume formats."""
+        return 2 if self.file_ending.lower() in RASTER_SUFFIXES else 3
+
+    def preprocessing(self) -> Preprocessing:
+        """The default intensity mapping for this dataset.
+
+        Every channel named CT (case-insensitive) -> ``ct_window`` (-125..275 HU); a 3-channel 2D dataset ->
+        ``rgb`` (8-bit /255); otherwise ``zscore`` (per-case percentile clip and min-max, for MR and others).
+        """
+        n = self.in_channels
+        if all(name.strip().lower() == "ct" for name in self.channel_names):
+            return Preprocessing(kind="ct_window", in_channels=n)
+        if self.dims == 2 and n == 3:
+            return Preprocessing(kind="rgb", in_channels=3)
+        return Preprocessing(kind="zscore", in_channels=n)
+
+
+def _parse_channel_names(raw: Any, problems: list[str]) -> list[str]:
+    if isinstance(raw, list):
+        items = dict(enumerate(raw))
+    elif isinstance(raw, dict):
+        items = {}
+        for key, value in raw.items():
+            try:
+                items[int(key)] = value
+            except (TypeError, ValueError):
+                problems.append(f'dataset.json: channel_names key {key!r} is not a channel index ("0", "1", ...)')
+    else:
+        problems.append(f'dataset.json: channel_names must be an object like {{"0": "CT"}}, got {type(raw).__name__}')
+        return []
+    if not items:
+        problems.append('dataset.json: channel_names is empty; give at least one channel, e.g. {"0": "CT"}')
+        return []
+    if sorted(items) != list(range(len(items))):
+        problems.append(
+            f"dataset.json: channel_names indices must be 0..{len(items) - 1} without gaps, got {sorted(items)}"
+        )
+        return []
+    names = [items[i] for i in range(len(items))]
+    if not all(isinstance(name, str) for name in names):
+        problems.append(f"dataset.json: channel_names values must be strings, got {names}")
+        return []
+    return names
+
+
+def _parse_labels(raw: Any, problems: list[str]) -> dict[str, int]:
+    if not isinstance(raw, dict) or not raw:
+        problems.append(
+            f'dataset.json: labels must be a non-empty object name -> id like {{"background": 0, "liver": 1}}, '
+            f"got {raw!r}"
+        )
+        return {}
+    labels: dict[str, int] = {}
+    for name, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(
+                f"dataset.json: label {name!r} has id {value!r}; ids must be integers "
+                "(region-based labels with lists of ids are not supported)"
+            )
+            continue
+        labels[name] = value
+    if len(labels) != len(raw):
+        return {}
+    ids = sorted(labels.values())
+    if ids != list(range(len(ids))):
+        problems.append(
+            f"dataset.json: label ids must be 0..K-1, each once, with 0 the background; got {ids}. "
+            "Renumber the classes (and the label files) contiguously"
+        )
+        return {}
+    return labels
+
+
+def load_dataset_json(root: PathLike) -> DatasetSpec:
+    """Read and check ``root/dataset.json``.
+
+    Raises:
+        FolderValidationError: the file is missing, is not valid JSON, lacks ``channel_names``, ``labels`` or
+            ``file_ending``, or holds invalid values; all problems are listed together.
+    """
+    root = Path(root)
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise FolderValidationError(root, [f"dataset.json is missing; create {path} like {_EXAMPLE_JSON}"])
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FolderValidationError(root, [f"dataset.json is not valid JSON ({err}); fix the syntax"]) from err
+    if not isinstance(data, dict):
+        raise FolderValidationError(root, [f"dataset.json must hold an object like {_EXAMPLE_JSON}"])
+
+    problems: list[str] = []
+    missing = [key for key in ("channel_names", "labels", "file_ending") if key not in data]
+    if missing:
+        problems.append(f"dataset.json lacks required keys {missing}; expected e.g. {_EXAMPLE_JSON}")
+    channel_names = _parse_channel_names(data["channel_names"], problems) if "channel_names" in data else []
+    labels = _parse_labels(data["labels"], problems) if "labels" in data else {}
+    file_ending = data.get("file_ending", "")
+    if "file_ending" in data and (not isinstance(file_ending, str) or file_ending.lower() not in IMAGE_SUFFIXES):
+        problems.append(
+            f"dataset.json: file_ending {file_ending!r} is not supported; use one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+    num_training = data.get("numTraining")
+    if num_training is not None and (isinstance(num_training, bool) or not isinstance(num_training, int)):
+        problems.append(f"dataset.json: numTraining must be an integer, got {num_training!r}")
+        num_training = None
+    if problems:
+        raise FolderValidationError(root, problems)
+    return DatasetSpec(root, channel_names, labels, file_ending, num_training)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scanning and reading cases
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+
+
+def _scan_images(folder: Path, spec: DatasetSpec, root: Path, problems: list[str]) -> dict[str, dict[int, Path]]:
+    """Case -> {channel index -> file} for one images folder; unexpected names become problems."""
+    ending = spec.file_ending
+    cases: dict[str, dict[int, Path]] = {}
+    for path in _visible_files(folder):
+        rel = path.relative_to(root)
+        if ending == ".mhd" and path.name.lower().endswith(_MHD_DATA_SUFFIXES):
+            continue
+        if not path.name.endswith(ending):
+            problems.append(f"{rel}: does not end with file_ending {ending!r} from dataset.json; rename or remove it")
+            continue
+        match = _CHANNEL_RE.match(path.name[: -len(ending)])
+        if match is None:
+            problems.append(f"{rel}: image names must be <case>_XXXX{ending} (channel suffix such as _0000)")
+            continue
+        channel = int(match["channel"])
+        if channel >= spec.in_channels:
+            problems.append(
+                f"{rel}: channel {channel} but dataset.json declares {spec.in_channels} channel(s) "
+                f"{spec.channel_names}; remove the file or add the channel to channel_names"
+            )
+            continue
+        cases.setdefault(match["case"], {})[channel] = path
+    return cases
+
+
+def _scan_labels(folder: Path, spec: DatasetSpec, root: Path, problems: list[str]) -> dict[str, Path]:
+    ending = spec.file_ending
+    labels: dict[str, Path] = {}
+    for path in _visible_files(folder):
+        if ending == ".mhd" and path.name.lower().endswith(_MHD_DATA_SUFFIXES):
+            continue
+        if not path.name.endswith(ending):
+            problems.append(
+                f"{path.relative_to(root)}: does not end with file_ending {ending!r} from dataset.json; "
+                "rename or remove it"
+            )
+            continue
+        labels[path.name[: -len(ending)]] = path
+    return labels
+
+
+def _check_channels(case: str, channels: dict[int, Path], spec: DatasetSpec, folder: str) -> str | None:
+    """A problem message when channel files are missing (a single RGB file counts for 3-channel 2D data)."""
+    n = spec.in_channels
+    if spec.dims == 2 and n == 3 and set(channels) == {0}:
+        return None  # one RGB file; its channel count is checked when read
+    missing = [i for i in range(n) if i not in channels]
+    if not missing:
+        return None
+    names = ", ".join(f"{folder}/{case}_{i:04d}{spec.file_ending}" for i in missing)
+    return f"case {case}: missing channel file(s) {names} (dataset.json declares {n} channel(s) {spec.channel_names})"
+
+
+def _geometry_differences(a: Geometry, b: Geometry) -> list[str]:
+    if a.ndim != b.ndim:
+        return [f"dimension {a.ndim}D vs {b.ndim}D"]
+    tol = GEOMETRY_TOLERANCE
+    diffs = []
+    if any(abs(x - y) > tol * max(abs(x), abs(y)) for x, y in zip(a.spacing, b.spacing)):
+        diffs.append(f"spacing {a.spacing} vs {b.spacing}")
+    if any(abs(x - y) > tol * max(1.0, abs(x), abs(y)) for x, y in zip(a.origin, b.origin)):
+        diffs.append(f"origin {a.origin} vs {b.origin}")
+    if any(abs(x - y) > tol for x, y in zip(a.direction, b.direction)):
+        diffs.append(f"direction {a.direction} vs {b.direction}")
+    return diffs
+
+
+def _label_storage_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int32)
+
+
+@dataclass
+class _Case:
+    image: np.ndarray  # raw values, spatial [+ channels-last when several channels]
+    label: np.ndarray | None  # (spatial) integer ids, or None for unlabelled cases
+    geometry: Geometry
+
+
+def _read_case(
+    case: str, channels: dict[int, Path], label_path: Path | None, spec: DatasetSpec, root: Path
+) -> tuple[_Case | None, list[str]]:
+    """Read and check one case; returns (case data or None, problems)."""
+    problems: list[str] = []
+    arrays: list[np.ndarray] = []
+    geometries: list[Geometry] = []
+    for index in sorted(channels):
+        path = channels[index]
+        rel = path.relative_to(root)
+        try:
+            array, geometry = read_image(path)
+        except ImageReadError as err:
+            problems.append(f"case {case}: {err}")
+            continue
+        if spec.dims == 3 and array.ndim == 2:
+            array = array[None]  # a single-slice volume stored as 2D: (Y, X) -> (1, Y, X)
+        one_rgb_file = spec.dims == 2 and spec.in_channels == 3 and len(channels) == 1
+        expected_ndim = spec.dims + (1 if one_rgb_file else 0)
+        if array.ndim != expected_ndim or (one_rgb_file and array.shape[-1] != 3):
+            what = "an RGB image (H, W, 3)" if one_rgb_file else f"a single-channel {spec.dims}D image"
+            problems.append(
+                f"case {case}: {rel} has shape {array.shape} but {what} was expected "
+                f"(dataset.json declares {spec.in_channels} channel(s) {spec.channel_names}); "
+                "store one channel per file or fix channel_names"
+            )
+            continue
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            problems.append(f"case {case}: {rel} holds {n_bad} NaN/infinite values; fix or re-export the file")
+            continue
+        arrays.append(array)
+        geometries.append(geometry)
+    if problems:
+        return None, problems
+
+    spatial = arrays[0].shape[: spec.dims]
+    for index, (array, geometry) in enumerate(zip(arrays[1:], geometries[1:]), start=1):
+        rel = channels[index].relative_to(root)
+        if array.shape != arrays[0].shape:
+            problems.append(f"case {case}: channel file {rel} has shape {array.shape}, channel 0 has {arrays[0].shape}")
+        elif spec.dims == 3 and (diffs := _geometry_differences(geometries[0], geometry)):
+            problems.append(f"case {case}: channel file {rel} geometry differs from channel 0: {'; '.join(diffs)}")
+    if problems:
+        return None, problems
+    image = arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=-1)  # channels last
+
+    label = None
+    if label_path is not None:
+        rel = label_path.relative_to(root)
+        try:
+            label_raw, label_geometry = read_image(label_path)
+        except ImageReadError as err:
+            return None, [f"case {case}: {err}"]
+        if spec.dims == 3 and label_raw.ndim == 2:
+            label_raw = label_raw[None]
+        if label_raw.shape != spatial:
+            hint = " (a colour label image: save labels as single-channel PNG)" if label_raw.ndim == 3 else ""
+            return None, [
+                f"case {case}: label {rel} has shape {label_raw.shape} but the image has {spatial}{hint}; "
+                "image and label must be on the same grid"
+            ]
+        if spec.dims == 3 and (diffs := _geometry_differences(geometries[0], label_geometry)):
+            return None, [
+                f"case {case}: image and label {rel} geometry differ: {'; '.join(diffs)}; resample the label onto "
+                "the image grid (or fix the header)"
+            ]
+        if not np.issubdtype(label_raw.dtype, np.integer) and not np.array_equal(label_raw, np.round(label_raw)):
+            return None, [f"case {case}: label {rel} holds non-integer values; labels must be whole class ids"]
+        values = np.unique(label_raw)
+        unknown = sorted(set(values.astype(np.int64).tolist()) - set(spec.labels.values()))
+        if unknown:
+            return None, [
+                f"case {case}: label {rel} holds values {unknown} not in dataset.json labels "
+                f"{sorted(spec.labels.values())} ({', '.join(spec.class_names)}); add them to labels or fix the file"
+            ]
+        label = label_raw.astype(_label_storage_dtype(spec.num_classes))
+    return _Case(image, label, geometries[0]), []
+
+
+@dataclass
+class FolderReport:
+    """Outcome of :func:`validate_folder`.
+
+    Attributes:
+        root: The dataset folder.
+        spec: Parsed ``dataset.json``.
+        dims: 2 (rasters) or 3 (volumes).
+        cases: Labelled case ids, sorted.
+        shapes: Case -> spatial shape (``(H, W)`` or ``(D, H, W)``) of the checked cases.
+        test_cases: Case ids in ``imagesTs`` (names and channel files checked, contents not read).
+    """
+
+    root: Path
+    spec: DatasetSpec
+    dims: int
+    cases: list[str]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    test_cases: list[str] = field(default_factory=list)
+
+    @property
+    def num_slices(self) -> int:
+        """Number of 2D training samples (slices of volumes, or images)."""
+        return sum(shape[0] for shape in self.shapes.values()) if self.dims == 3 else len(self.shapes)
+
+
+def _validate(
+    root: PathLike,
+    read_cases: Sequence[str] | None = None,
+    on_case: Callable[[str, _Case], None] | None = None,
+) -> FolderReport:
+    """Validate the folder; read (and hand to ``on_case``) the cases in ``read_cases`` (None: all)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FolderValidationError(root, [f"{root} is not a folder; pass the dataset root holding dataset.json"])
+    problems: list[str] = []
+    try:
+        spec = load_dataset_json(root)
+    except FolderValidationError as err:
+        problems.extend(err.problems)
+        spec = None
+    for sub in ("imagesTr", "labelsTr"):
+        if not (root / sub).is_dir():
+            problems.append(f"{sub}/ is missing; create {root / sub}")
+    if spec is None or problems:
+        raise FolderValidationError(root, problems)
+
+    images = _scan_images(root / "imagesTr", spec, root, problems)
+    labels = _scan_labels(root / "labelsTr", spec, root, problems)
+    if not images and not labels:
+        problems.append(
+            f"no cases found: imagesTr/ and labelsTr/ hold no {spec.file_ending} files; add "
+            f"imagesTr/<case>_0000{spec.file_ending} and labelsTr/<case>{spec.file_ending}"
+        )
+    unlabelled = sorted(set(images) - set(labels))
+    if unlabelled:
+        problems.append(
+            f"images without labels (no labelsTr/<case>{spec.file_ending}) for case(s): {', '.join(unlabelled)}; "
+            "add the labels or move these images to imagesTs/"
+        )
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        problems.append(
+            f"labels without images (no imagesTr/<case>_0000{spec.file_ending}) for case(s): {', '.join(orphans)}"
+        )
+    complete: list[str] = []
+    for case in sorted(set(images) & set(labels)):
+        problem = _check_channels(case, images[case], spec, "imagesTr")
+        if problem:
+            problems.append(problem)
+        else:
+            complete.append(case)
+    paired = sorted(set(images) & set(labels))
+    if spec.num_training is not None and images and spec.num_training != len(paired):
+        problems.append(
+            f"dataset.json numTraining is {spec.num_training} but {len(paired)} labelled case(s) were found; "
+            "update numTraining (or remove it) or add the missing cases"
+        )
+
+    test_cases: list[str] = []
+    if (root / "imagesTs").is_dir():
+        test_images = _scan_images(root / "imagesTs", spec, root, problems)
+        for case in sorted(test_images):
+            problem = _check_channels(case, test_images[case], spec, "imagesTs")
+            if problem:
+                problems.append(problem)
+            else:
+                test_cases.append(case)
+
+    to_read = complete if read_cases is None else [c for c in complete if c in set(read_cases)]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for case in to_read:
+        data, case_problems = _read_case(case, images[case], labels[case], spec, root)
+        problems.extend(case_problems)
+        if data is not None:
+            shapes[case] = tuple(data.label.shape)  # type: ignore[union-attr]
+            if on_case is not None and not problems:
+                on_case(case, data)
+    if problems:
+        raise FolderValidationError(root, problems)
+    return FolderReport(root, spec, spec.dims, complete, shapes, test_cases)
+
+
+def validate_folder(root: PathLike) -> FolderReport:
+    """Check a dataset folder completely and describe it.
+
+    Checks ``dataset.json`` (present, valid, required keys, contiguous label ids), the file names, that every image
+    has a label and every label an image, that every channel file exists, and, reading every labelled case, that
+    label values are declared in ``dataset.json``, that image and label shapes match and (3D) that their geometry
+    agrees within :data:`GEOMETRY_TOLERANCE` (relative), and that images hold no NaN/inf.
+
+    Returns:
+        A :class:`FolderReport` with the cases, dims and per-case shapes.
+
+    Raises:
+        FolderValidationError: (a ``ValueError``) listing every problem found, each naming the file or case.
+    """
+    return _validate(root)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _reread_case(root: Path, spec: DatasetSpec, case: str) -> _Case:
+    """Read one labelled case again after validation (files may have changed since: re-check)."""
+    channels = {i: root / "imagesTr" / f"{case}_{i:04d}{spec.file_ending}" for i in range(spec.in_channels)}
+    present = {i: p for i, p in channels.items() if p.is_file()}
+    problem = _check_channels(case, present, spec, "imagesTr") if present else f"case {case}: image files vanished"
+    if problem:
+        raise FolderValidationError(root, [problem])
+    data, problems = _read_case(case, present, root / "labelsTr" / f"{case}{spec.file_ending}", spec, root)
+    if data is None:
+        raise FolderValidationError(root, problems)
+    return data
+
+
+def _select_cases(report: FolderReport, cases: Sequence[str] | None) -> list[str]:
+    if cases is None:
+        return list(report.cases)
+    unknown = sorted(set(cases) - set(report.cases))
+    if unknown:
+        shown = ", ".join(report.cases[:10]) + (" ..." if len(report.cases) > 10 else "")
+        raise ValueError(f"case(s) {unknown} are not labelled cases of {report.root}; available: {shown}")
+    return sorted(set(cases))
+
+
+def _resolve_preprocessing(spec: DatasetSpec, preprocessing: Preprocessing | None) -> Preprocessing:
+    prep = spec.preprocessing() if preprocessing is None else preprocessing
+    if prep.in_channels != spec.in_channels:
+        raise ValueError(
+            f"preprocessing has in_channels={prep.in_channels} but {spec.root}/dataset.json declares "
+            f"{spec.in_channels} channel(s) {spec.channel_names}; use a matching preprocessing"
+        )
+    return prep
+
+
+def _to_unit(prep: Preprocessing, case: str, image: np.ndarray) -> np.ndarray:
+    try:
+        return prep.to_unit(image)
+    except ValueError as err:
+        raise ValueError(f"case {case}: {err}") from err
+
+
+class FolderSliceDataset(Dataset):
+    """Training samples from a dataset folder: every axial slice of 3D cases, every image of 2D cases.
+
+    Item ``i`` is ``transform(image_unit, label, rng)`` with ``rng = np.random.default_rng([seed, epoch, i])``, so
+    augmentation is reproducible and independent of the number of workers; call :meth:`set_epoch` every epoch.
+    ``image_unit`` is the :meth:`Preprocessing.to_unit` output for the slice (``float32`` in [0, 1], ``(H, W)`` for one
+    channel, ``(H, W, C)`` for several); the mapping is computed once per whole volume, so slices of a case share it.
+
+    Args:
+        root: Dataset folder (validated on construction; problems raise :class:`FolderValidationError`).
+        cases: Labelled case ids to use (default all), e.g. one side of :func:`split_cases`.
+        transform: ``(image_unit, label, rng) -> (image (C, H, W) float32 tensor, label (H, W) int64 tensor)``,
+            e.g. :func:`msa2net.data.transforms.build_transform` with this dataset's ``preprocessing`` mean/std.
+            Default: no augmentation, no resizing, normalisation with ``preprocessing.mean/std``.
+        seed: Base seed of the per-item RNG.
+        preload: Keep every case's ``to_unit`` volume and label in memory (read once). Without it each item
+            re-reads its case from disk (slow for volumes, fine for 2D images).
+        preprocessing: Intensity mapping (default ``spec.preprocessing()``, or the one stored in a checkpoint).
+
+    Items: ``{"image": float32 (C, H, W), "label": int64 (H, W), "name": "<case>:<slice>"}`` (slice 0 for 2D).
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        cases: Sequence[str] | None = None,
+        transform: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+        seed: int = 0,
+        preload: bool = True,
+        preprocessing: Preprocessing | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.spec = load_dataset_json(self.root)
+        self.preprocessing = _resolve_preprocessing(self.spec, preprocessing)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.preload = preload
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        def keep(case: str, data: _Case) -> None:
+            self._cache[case] = (_to_unit(self.preprocessing, case, data.image), data.label)  # type: ignore[assignment]
+
+        report = _validate(self.root, read_cases=cases, on_case=keep if preload else None)
+        self.report = report
+        self.cases = _select_cases(report, cases)
+        self.dims = report.dims
+        self.num_classes = self.spec.num_classes
+        self.in_channels = self.spec.in_channels
+        self.transform = transform or SegmentationTransform(
+            augment=None, size=None, normalize=(self.preprocessing.mean, self.preprocessing.std)
+        )
+        # (case, slice) per item; 2D cases are one item with slice 0.
+        self.index: list[tuple[str, int]] = []
+        for case in self.cases:
+            depth = report.shapes[case][0] if self.dims == 3 else 1
+            self.index.extend((case, z) for z in range(depth))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch component of the per-item RNG seed."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _load(self, case: str) -> tuple[np.ndarray, np.ndarray]:
+        if case in self._cache:
+            return self._cache[case]
+        data = _reread_case(self.root, self.spec, case)
+        return _to_unit(self.preprocessing, case, data.image), data.label  # type: ignore[return-value]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case, z = self.index[index]
+        image_unit, label = self._load(case)
+        if self.dims == 3:
+            image_unit, label = image_unit[z], label[z]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image, label_t = self.transform(image_unit, label, rng)
+        return {"image": image, "label": label_t, "name": f"{case}:{z}"}
+
+
+class FolderVolumeDataset(Dataset):
+    """Whole labelled cases of a dataset folder, for validation, evaluation and prediction back into geometry.
+
+    Cases are read on access (nothing is cached). Items::
+
+        {"case": str,
+         "image_unit": float32 (D, H, W[, C]) for 3D or (H, W[, C]) for 2D, in [0, 1] (Preprocessing.to_unit),
+         "label": int64 array of the spatial shape,
+         "geometry": Geometry of the image file (SimpleITK x-first order),
+         "spacing_zyx": spacing in array axis order (reversed geometry spacing), mm for volumes}
+
+    Args:
+        root: Dataset folder (validated on construction).
+        cases: Labelled case ids (default all).
+        preprocessing: Intensity mapping (default ``spec.preprocessing()``).
+    """
+
+    def __init__(
+        self, root: PathLike, cases: Sequence[str] | None = None, preprocessing: Preprocessing | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.spec = load_dataset_json(self.root)
+        self.preprocessing = _resolve_preprocessing(self.spec, preprocessing)
+        self.report = _validate(self.root, read_cases=cases)
+        self.cases = _select_cases(self.report, cases)
+        self.dims = self.report.dims
+        self.num_classes = self.spec.num_classes
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case = self.cases[index]
+        data = _reread_case(self.root, self.spec, case)
+        return {
+            "case": case,
+            "image_unit": _to_unit(self.preprocessing, case, data.image),
+            "label": data.label.astype(np.int64),  # type: ignore[union-attr]
+            "geometry": data.geometry,
+            "spacing_zyx": tuple(reversed(data.geometry.spacing)),
+        }
+
+
+def split_cases(cases: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Split case ids into training and validation sets, reproducibly.
+
+    The ids are sorted and shuffled with ``np.random.default_rng(seed)``; ``round(n * val_fraction)`` of them
+    (at least 1 and at most n - 1 when ``val_fraction > 0``) go to validation. Splitting by case (not by slice)
+    keeps slices of one patient on one side.
+
+    Returns:
+        ``(train, val)``, each sorted.
+
+    Raises:
+        ValueError: ``val_fraction`` outside [0, 1), duplicate ids, or fewer than 2 cases with ``val_fraction > 0``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    ordered = sorted(cases)
+    if len(set(ordered)) != len(ordered):
+        duplicates = sorted({c for c in ordered if ordered.count(c) > 1})
+        raise ValueError(f"duplicate case ids {duplicates}; each case must appear once")
+    if val_fraction == 0.0:
+        return ordered, []
+    if len(ordered) < 2:
+        raise ValueError(
+            f"cannot hold out a validation set from {len(ordered)} case(s); add cases or pass val_fraction=0"
+        )
+    n_val = min(max(1, round(len(ordered) * val_fraction)), len(ordered) - 1)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    val = sorted(ordered[i] for i in order[:n_val])
+    train = sorted(ordered[i] for i in order[n_val:])
+    return train, val

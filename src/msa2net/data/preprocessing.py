@@ -1,0 +1,284 @@
+"""How raw image intensities become model input.
+
+A :class:`Preprocessing` is recorded in every checkpoint and re-applied at prediction time, so a model always sees
+its inputs mapped exactly as during training. The mapping has two stages:
+
+1. :meth:`Preprocessing.to_unit`: raw intensities -> ``float32`` roughly in ``[0, 1]`` (depends on ``kind``);
+   augmentation works on this representation.
+2. :meth:`Preprocessing.normalize`: ``(x - mean) / std`` per channel (model space; 0.5/0.5 maps [0, 1] to
+   [-1, 1] as the released MSA2Net code does).
+
+Array layout: one-channel data has no channel axis (``(H, W)`` slices or ``(D, H, W)`` volumes); several channels
+are channels-last (``(H, W, C)`` or ``(D, H, W, C)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CT_PREPROCESSING",
+    "DEFAULT_CT_WINDOW",
+    "ISIC_PREPROCESSING",
+    "KINDS",
+    "SYNAPSE_PREPROCESSING",
+    "UNIT_TOLERANCE",
+    "Preprocessing",
+]
+
+#: Supported preprocessing kinds.
+KINDS: tuple[str, ...] = ("ct_window", "unit", "zscore", "rgb")
+#: The abdominal CT window of the TransUNet Synapse release, in Hounsfield units.
+DEFAULT_CT_WINDOW: tuple[float, float] = (-125.0, 275.0)
+#: How far outside [0, 1] ``unit`` data may lie before it is rejected as not being [0, 1] data at all.
+UNIT_TOLERANCE: float = 0.1
+
+
+def _float_tuple(value: float | Sequence[float], name: str) -> tuple[float, ...]:
+    values = (float(value),) if np.isscalar(value) else tuple(float(v) for v in value)  # type: ignore[union-attr]
+    if not values or not all(np.isfinite(values)):
+        raise ValueError(f"{name} must be finite numbers, got {value!r}")
+    return values
+
+
+def _check_finite(array: np.ndarray) -> None:
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    n_nan = int(np.count_nonzero(np.isnan(array)))
+    n_inf = int(array.size - np.count_nonzero(finite) - n_nan)
+    raise ValueError(
+        f"input holds {n_nan} NaN and {n_inf} infinite values (array shape {array.shape}); check the file: it is "
+        "probably corrupt or was written with an invalid scaling; fix or re-export it before training or prediction"
+    )
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Intensity mapping from raw image values to model input.
+
+    Kinds:
+
+    * ``"ct_window"``: clip to ``window`` (HU, default (-125, 275)), then ``(x - lo) / (hi - lo)`` -> [0, 1].
+    * ``"unit"``: data already in [0, 1] (the TransUNet Synapse release) is passed through unchanged. Values
+      slightly outside [0, 1] (within :data:`UNIT_TOLERANCE`) are kept as the legacy pipeline kept them; data
+      further outside is rejected because it is evidently not [0, 1] data.
+    * ``"zscore"`` (for MR and other modalities without absolute units): per channel, clip to the
+      ``clip_percentiles`` (default 0.5 and 99.5) percentiles of the array passed in, then min-max to [0, 1]. The
+      statistics come from the whole array given, so pass a whole volume (not single slices) to get one mapping
+      per case. A constant channel maps to 0. (The name is kept for familiarity; it is a robust min-max.)
+    * ``"rgb"``: 8-bit data (0..255) divided by 255. With ``in_channels=3``, ``(H, W, 4)`` RGBA input loses its
+      alpha channel and ``(H, W)`` or ``(H, W, 1)`` grey input is repeated into three channels; with
+      ``in_channels=1`` it is the plain 8-bit grey mapping.
+
+    Channel rules for the other kinds: with ``in_channels == 1`` the array has no channel axis; with more, the last
+    axis must hold exactly ``in_channels`` channels. A colour raster (``uint8`` ``(H, W, 3|4)``) given to a
+    one-channel preprocessing is rejected rather than silently mixed into grey.
+
+    Attributes:
+        kind: One of :data:`KINDS`.
+        in_channels: Number of model input channels.
+        window: ``(lo, hi)`` in HU for ``ct_window`` (defaults to :data:`DEFAULT_CT_WINDOW`); None otherwise.
+        mean: Model-space mean per channel, applied after mapping to [0, 1] (one value is broadcast).
+        std: Model-space standard deviation per channel (positive; one value is broadcast).
+        clip_percentiles: ``(low, high)`` percentiles used by ``zscore``.
+    """
+
+    kind: str
+    in_channels: int = 1
+    window: tuple[float, float] | None = None
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown preprocessing kind {self.kind!r}; choose one of: {', '.join(KINDS)}")
+        if int(self.in_channels) != self.in_channels or self.in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {self.in_channels!r}")
+        n = int(self.in_channels)
+        object.__setattr__(self, "in_channels", n)
+        if self.kind == "rgb" and n not in (1, 3):
+            raise ValueError(f"kind 'rgb' needs in_channels 3 (colour) or 1 (8-bit grey), got {n}")
+
+        window = self.window
+        if self.kind == "ct_window":
+            window = DEFAULT_CT_WINDOW if window is None else _float_tuple(window, "window")
+            if len(window) != 2 or not window[0] < window[1]:
+                raise ValueError(f"window must be (lo, hi) with lo < hi in HU, got {self.window!r}")
+            object.__setattr__(self, "window", (float(window[0]), float(window[1])))
+        elif window is not None:
+            raise ValueError(f"window is only used by kind 'ct_window'; got window={window!r} with kind {self.kind!r}")
+
+        for name in ("mean", "std"):
+            values = _float_tuple(getattr(self, name), name)
+            if len(values) == 1:
+                values = values * n
+            if len(values) != n:
+                raise ValueError(f"{name} needs 1 or in_channels={n} values, got {len(values)}: {values}")
+            object.__setattr__(self, name, values)
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+        percentiles = _float_tuple(self.clip_percentiles, "clip_percentiles")
+        if len(percentiles) != 2 or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
+            raise ValueError(
+                f"clip_percentiles must be (low, high) with 0 <= low < high <= 100, got {self.clip_percentiles!r}"
+            )
+        object.__setattr__(self, "clip_percentiles", percentiles)
+
+    # ------------------------------------------------------------------------------------------ (de)serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (lists for tuples, ``window`` may be None)."""
+        return {
+            "kind": self.kind,
+            "in_channels": self.in_channels,
+            "window": None if self.window is None else list(self.window),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "clip_percentiles": list(self.clip_percentiles),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: ``data`` has keys this class does not know (e.g. from a newer version or a typo) or lacks
+                ``kind`` or ``in_channels``; or a value is invalid.
+        """
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        missing = [k for k in ("kind", "in_channels") if k not in data]
+        if unknown or missing:
+            problems = []
+            if unknown:
+                problems.append(f"unknown keys {unknown}")
+            if missing:
+                problems.append(f"missing required keys {missing}")
+            raise ValueError(
+                f"invalid preprocessing record: {'; '.join(problems)}. Expected keys: {', '.join(known)} "
+                "(kind and in_channels required). Was the checkpoint written by another msa2net version?"
+            )
+        kwargs = dict(data)
+        for key in ("window", "mean", "std", "clip_percentiles"):
+            if kwargs.get(key) is not None and not np.isscalar(kwargs[key]):
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+    # ------------------------------------------------------------------------------------------ mapping
+
+    def _arrange_channels(self, array: np.ndarray) -> np.ndarray:
+        """Bring ``array`` to the channel layout of this preprocessing (see the class docstring)."""
+        n = self.in_channels
+        colour_raster = array.ndim == 3 and array.dtype == np.uint8 and array.shape[-1] in (3, 4)
+        if n == 1:
+            if colour_raster:
+                raise ValueError(
+                    f"got a colour image of shape {array.shape} for a 1-channel model ({self.kind}); convert it to "
+                    "grey first, or train a 3-channel model (dataset.json channel_names R, G, B)"
+                )
+            return array
+        if self.kind == "rgb":
+            if array.ndim == 2:  # grey raster -> repeat into R, G, B
+                return np.repeat(array[..., None], 3, axis=-1)
+            if array.ndim == 3 and array.shape[-1] == 1:
+                return np.repeat(array, 3, axis=-1)
+            if array.ndim == 3 and array.shape[-1] == 4:  # RGBA: alpha carries no image content
+                return array[..., :3]
+        if array.ndim < 3 or array.shape[-1] != n:
+            raise ValueError(
+                f"expected a channels-last array with {n} channels (shape (..., {n})), got shape {array.shape}; "
+                f"the model was trained with {n} input channels ({self.kind})"
+            )
+        return array
+
+    def to_unit(self, array: np.ndarray) -> np.ndarray:
+        """Map raw intensities to ``float32`` in [0, 1] (the representation augmentation works on).
+
+        Args:
+            array: Raw values, ``(..., H, W)`` for one channel or channels-last ``(..., H, W, C)``.
+
+        Returns:
+            ``float32`` array, channels-last when ``in_channels > 1``, values in [0, 1] (``unit`` data keeps its
+            small excursions, see the class docstring).
+
+        Raises:
+            ValueError: NaN/inf values (with their counts), a channel layout that does not fit ``in_channels``,
+                8-bit data outside 0..255 for ``rgb``, or ``unit`` data far outside [0, 1].
+        """
+        array = np.asarray(array)
+        if array.dtype == bool or not (np.issubdtype(array.dtype, np.number)):
+            raise ValueError(f"expected a numeric image array, got dtype {array.dtype}")
+        _check_finite(array)
+        array = self._arrange_channels(array)
+
+        if self.kind == "ct_window":
+            lo, hi = self.window  # type: ignore[misc]
+            x = np.clip(array.astype(np.float32), lo, hi)
+            return ((x - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32)
+        if self.kind == "unit":
+            x = array.astype(np.float32)
+            vmin, vmax = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+            if vmin < -UNIT_TOLERANCE or vmax > 1.0 + UNIT_TOLERANCE:
+                raise ValueError(
+                    f"'unit' preprocessing expects values in [0, 1] but found [{vmin:g}, {vmax:g}]; raw CT in HU "
+                    "needs kind 'ct_window', 8-bit images kind 'rgb', other scanners kind 'zscore'"
+                )
+            return x
+        if self.kind == "rgb":
+            vmin, vmax = float(array.min(initial=0)), float(array.max(initial=0))
+            if vmin < 0 or vmax > 255:
+                raise ValueError(
+                    f"'rgb' preprocessing expects 8-bit values 0..255 but found [{vmin:g}, {vmax:g}] "
+                    f"(dtype {array.dtype}); convert 16-bit or float images to 8 bit, or use kind 'zscore'"
+                )
+            return (array.astype(np.float32) / np.float32(255.0)).astype(np.float32)
+        return self._robust_minmax(array)
+
+    def _robust_minmax(self, array: np.ndarray) -> np.ndarray:
+        x = array.astype(np.float32)
+        channels = [x] if self.in_channels == 1 else [x[..., c] for c in range(self.in_channels)]
+        out = []
+        for channel in channels:
+            lo, hi = np.percentile(channel, self.clip_percentiles)
+            if hi > lo:
+                out.append((np.clip(channel, lo, hi) - np.float32(lo)) / np.float32(hi - lo))
+            else:
+                out.append(np.zeros_like(channel))
+        result = out[0] if self.in_channels == 1 else np.stack(out, axis=-1)
+        return result.astype(np.float32, copy=False)
+
+    def normalize(self, unit: np.ndarray) -> np.ndarray:
+        """Model-space normalisation ``(x - mean) / std`` of :meth:`to_unit` output (channels last).
+
+        Returns:
+            ``float32`` array of the input shape.
+        """
+        unit = np.asarray(unit, dtype=np.float32)
+        if self.in_channels == 1:
+            return ((unit - np.float32(self.mean[0])) / np.float32(self.std[0])).astype(np.float32)
+        if unit.shape[-1:] != (self.in_channels,):
+            raise ValueError(f"expected channels-last data with {self.in_channels} channels, got shape {unit.shape}")
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return ((unit - mean) / std).astype(np.float32)
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        """Raw intensities -> ``float32`` model input: ``normalize(to_unit(array))``."""
+        return self.normalize(self.to_unit(array))
+
+
+#: The TransUNet Synapse release (already windowed and scaled to [0, 1]); one channel.
+SYNAPSE_PREPROCESSING = Preprocessing(kind="unit", in_channels=1)
+#: Raw abdominal CT in HU, windowed to [-125, 275] like the Synapse release; one channel.
+CT_PREPROCESSING = Preprocessing(kind="ct_window", in_channels=1, window=DEFAULT_CT_WINDOW)
+#: 8-bit RGB dermoscopy (ISIC 2018); three channels, mean = std = 0.5.
+ISIC_PREPROCESSING = Preprocessing(kind="rgb", in_channels=3)

@@ -19,7 +19,7 @@ __all__ = ["MSA2Net", "create_model", "list_models", "load_official_weights", "p
 
 def __getattr__(name: str) -> Any:
     if name == "predict_volume":  # engine code loads on first use
-        from .engine.predict import predict_volume
+        from .engine.inference import predict_volume
 
         return predict_volume
     raise AttributeError(f"module 'msa2net' has no attribute {name!r}")

@@ -370,24 +370,27 @@ def _read_case(
             label_raw = label_raw[None]
         if label_raw.shape != spatial:
             hint = " (a colour label image: save labels as single-channel PNG)" if label_raw.ndim == 3 else ""
-            return None, [
+            problems.append(
                 f"case {case}: label {rel} has shape {label_raw.shape} but the image has {spatial}{hint}; "
                 "image and label must be on the same grid"
-            ]
+            )
         if spec.dims == 3 and (diffs := _geometry_differences(geometries[0], label_geometry)):
-            return None, [
+            problems.append(
                 f"case {case}: image and label {rel} geometry differ: {'; '.join(diffs)}; resample the label onto "
                 "the image grid (or fix the header)"
-            ]
+            )
         if not np.issubdtype(label_raw.dtype, np.integer) and not np.array_equal(label_raw, np.round(label_raw)):
-            return None, [f"case {case}: label {rel} holds non-integer values; labels must be whole class ids"]
-        values = np.unique(label_raw)
-        unknown = sorted(set(values.astype(np.int64).tolist()) - set(spec.labels.values()))
-        if unknown:
-            return None, [
-                f"case {case}: label {rel} holds values {unknown} not in dataset.json labels "
-                f"{sorted(spec.labels.values())} ({', '.join(spec.class_names)}); add them to labels or fix the file"
-            ]
+            problems.append(f"case {case}: label {rel} holds non-integer values; labels must be whole class ids")
+        else:
+            unknown = sorted(set(np.unique(label_raw).astype(np.int64).tolist()) - set(spec.labels.values()))
+            if unknown:
+                problems.append(
+                    f"case {case}: label {rel} holds values {unknown} not in dataset.json labels "
+                    f"{sorted(spec.labels.values())} ({', '.join(spec.class_names)}); add them to labels or fix the "
+                    "file"
+                )
+        if problems:
+            return None, problems
         label = label_raw.astype(_label_storage_dtype(spec.num_classes))
     return _Case(image, label, geometries[0]), []
 
@@ -521,7 +524,11 @@ def _reread_case(root: Path, spec: DatasetSpec, case: str) -> _Case:
     """Read one labelled case again after validation (files may have changed since: re-check)."""
     channels = {i: root / "imagesTr" / f"{case}_{i:04d}{spec.file_ending}" for i in range(spec.in_channels)}
     present = {i: p for i, p in channels.items() if p.is_file()}
-    problem = _check_channels(case, present, spec, "imagesTr") if present else f"case {case}: image files vanished"
+    problem = (
+        _check_channels(case, present, spec, "imagesTr")
+        if present
+        else f"case {case}: imagesTr/{case}_0000{spec.file_ending} is gone"
+    )
     if problem:
         raise FolderValidationError(root, [problem])
     data, problems = _read_case(case, present, root / "labelsTr" / f"{case}{spec.file_ending}", spec, root)

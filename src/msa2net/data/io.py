@@ -22,9 +22,12 @@ an interrupted process never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import shutil
+import struct
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,6 +310,75 @@ def _read_raster(path: Path) -> np.ndarray:
         ) from err
 
 
+def _nifti_layout(header: bytes) -> tuple[int, int] | None:
+    """``(vox_offset, voxel data bytes)`` from a NIfTI-1/-2 single-file header, or None if it is not one."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348 and header[344:347] == b"n+1":
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540 and header[4:7] == b"n+2":
+            dims = struct.unpack(endian + "8q", header[16:80])
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            offset = int(struct.unpack(endian + "q", header[168:176])[0])
+            break
+    else:
+        return None
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0:
+        return None
+    count = 1
+    for d in dims[1 : ndim + 1]:
+        count *= max(int(d), 1)
+    return offset, count * bitpix // 8
+
+
+def _check_nifti_complete(path: Path, compressed: bool) -> None:
+    """Raise ImageReadError when a NIfTI file holds less voxel data than its header declares.
+
+    ITK's NIfTI reader fills missing data with zeros without an error, so a truncated download would otherwise be
+    read as a silently damaged volume.
+    """
+    try:
+        if compressed:
+            with gzip.open(path, "rb") as handle:
+                header = handle.read(540)
+        else:
+            with open(path, "rb") as handle:
+                header = handle.read(540)
+    except (OSError, EOFError, zlib.error):
+        return  # not readable as gzip/NIfTI at all: let SimpleITK report it
+    layout = _nifti_layout(header)
+    if layout is None:
+        return
+    offset, data_bytes = layout
+    needed = offset + data_bytes
+    if not compressed:
+        available = path.stat().st_size
+    else:
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            trailer = struct.unpack("<I", handle.read(4))[0]
+        if trailer == needed % 2**32:
+            return
+        available = 0
+        try:
+            with gzip.open(path, "rb") as handle:
+                while chunk := handle.read(1 << 22):
+                    available += len(chunk)
+        except (OSError, EOFError, zlib.error) as err:
+            raise ImageReadError(
+                f"cannot read {path}: the gzip stream is damaged or truncated ({err}); download or export the file "
+                f"again"
+            ) from err
+    if available < needed:
+        raise ImageReadError(
+            f"cannot read {path}: truncated NIfTI file, the header declares {needed} bytes but the file holds "
+            f"{available}; download or export the file again"
+        )
+
+
 def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
     """Read an image file or a DICOM series folder.
 
@@ -338,6 +410,8 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
         )
     if suffix in RASTER_SUFFIXES:
         return _read_raster(p), Geometry.identity(2)
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti_complete(p, compressed=suffix == ".nii.gz")
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as err:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.preprocessing import SYNAPSE_PREPROCESSING
 from ..models import MSA2Net, create_model
 
 FORMAT = "msa2net-checkpoint"
@@ -162,8 +163,6 @@ SYNAPSE_CLASS_NAMES = (
     "aorta",
     "pancreas",
 )
-#: The authors' Synapse input: TransUNet-release intensities in [0, 1] mapped to [-1, 1].
-OFFICIAL_PREPROCESSING = {"kind": "unit", "window": None, "mean": [0.5], "std": [0.5], "in_channels": 1}
 
 
 def _looks_official(obj: Mapping[str, Any]) -> bool:
@@ -201,7 +200,8 @@ def _from_official(obj: Mapping[str, Any], path: Path) -> dict[str, Any]:
             "encoder": "maxvit_rmlp_small_rw_224",
         },
         "model": converted,
-        "preprocessing": dict(OFFICIAL_PREPROCESSING),
+        # the authors' Synapse input: TransUNet-release intensities in [0, 1] mapped to [-1, 1]
+        "preprocessing": SYNAPSE_PREPROCESSING.to_dict(),
         "class_names": names,
         "config": {"source": "official", "path": str(path)},
     }

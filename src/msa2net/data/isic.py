@@ -1,0 +1,273 @@
+"""ISIC 2018 task 1 (skin lesion segmentation, binary): preparation and dataset.
+
+Protocol (our documented choice, following the D-LKA / DAE-Former skin code; see ``PROTOCOLS.md``):
+
+- Pairs ``ISIC2018_Task1-2_Training_Input/ISIC_XXXXXXX.jpg`` with
+  ``ISIC2018_Task1_Training_GroundTruth/ISIC_XXXXXXX_segmentation.png``.
+- Sorted by name (that code took the unsorted directory order, which is not reproducible across file systems), then
+  split in order: for the full 2594 images the first 1815 train, the next 259 validation, the last 520 test; other
+  counts keep the same fractions (:func:`isic_split_counts`).
+- Images are resized with PIL's bilinear filter (what ``scipy.misc.imresize(..., 'bilinear')`` used), masks are
+  binarised, resized bilinearly as floats and thresholded at 0.5.
+
+Prepared layout::
+
+    out_dir/{train,val,test}.npz   images (N, H, W, 3) uint8, masks (N, H, W) uint8 0/1, names (N,) str
+    out_dir/split.json             names per split, size, counts and a note on the split rule
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from msa2net.data.io import atomic_path, read_image, write_text_atomic
+from msa2net.data.synapse import EpochSeededDataset
+
+__all__ = [
+    "IMAGE_DIR",
+    "ISIC2018_COUNTS",
+    "MASK_DIR",
+    "SPLITS",
+    "ISICDataset",
+    "isic_split_counts",
+    "prepare_isic2018",
+]
+
+#: Raw image folder name.
+IMAGE_DIR = "ISIC2018_Task1-2_Training_Input"
+#: Raw mask folder name.
+MASK_DIR = "ISIC2018_Task1_Training_GroundTruth"
+#: Split names, in file order.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: (train, val, test) counts of the full 2594-image training release.
+ISIC2018_COUNTS: tuple[int, int, int] = (1815, 259, 520)
+
+_MASK_SUFFIX = "_segmentation.png"
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_SPLIT_NOTE = (
+    "Split by position after sorting the image ids by name: the first n_train are train, the next n_val "
+    "validation, the rest test (1815/259/520 for the full 2594 images; the same fractions otherwise)."
+)
+
+
+def isic_split_counts(n: int) -> tuple[int, int, int]:
+    """``(n_train, n_val, n_test)`` for ``n`` images.
+
+    ``n_train = round(n * 1815 / 2594)``, ``n_val = round(n * 259 / 2594)``, ``n_test`` the rest, so 2594 gives
+    exactly 1815/259/520. Each split gets at least one image (taken from the largest split).
+
+    Raises:
+        ValueError: ``n < 3``.
+    """
+    if n < 3:
+        raise ValueError(f"need at least 3 image/mask pairs to form train, val and test splits, got {n}")
+    total = sum(ISIC2018_COUNTS)
+    counts = [round(n * ISIC2018_COUNTS[0] / total), round(n * ISIC2018_COUNTS[1] / total)]
+    counts.append(n - sum(counts))
+    for i in range(3):
+        while counts[i] < 1:
+            counts[int(np.argmax(counts))] -= 1
+            counts[i] += 1
+    return counts[0], counts[1], counts[2]
+
+
+def _find_raw(raw_dir: Path) -> tuple[Path, Path]:
+    for base in (raw_dir, *(p for p in sorted(raw_dir.glob("*")) if p.is_dir())):
+        if (base / IMAGE_DIR).is_dir() and (base / MASK_DIR).is_dir():
+            return base / IMAGE_DIR, base / MASK_DIR
+    raise FileNotFoundError(
+        f"ISIC 2018 folders not found under {raw_dir}: expected {raw_dir / IMAGE_DIR} and {raw_dir / MASK_DIR}; "
+        f"unzip ISIC2018_Task1-2_Training_Input.zip and ISIC2018_Task1_Training_GroundTruth.zip into one folder "
+        f"and pass that folder"
+    )
+
+
+def _pairs(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
+    images = {
+        p.stem: p
+        for p in image_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
+    }
+    masks = {
+        p.name[: -len(_MASK_SUFFIX)]: p
+        for p in mask_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_MASK_SUFFIX)
+    }
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask or no_image:
+        parts = []
+        if no_mask:
+            parts.append(f"{len(no_mask)} image(s) without a mask in {mask_dir}: {', '.join(no_mask[:10])}")
+        if no_image:
+            parts.append(f"{len(no_image)} mask(s) without an image in {image_dir}: {', '.join(no_image[:10])}")
+        raise ValueError(
+            "unpaired ISIC files: " + "; ".join(parts) + f". Each ISIC_XXXXXXX.jpg needs ISIC_XXXXXXX{_MASK_SUFFIX}: "
+            "restore the missing files or remove the unpaired ones"
+        )
+    if not images:
+        raise FileNotFoundError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in {image_dir}")
+    return [(name, images[name], masks[name]) for name in sorted(images)]
+
+
+def _load_pair(image_path: Path, mask_path: Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resized image ``(H, W, 3)`` uint8 and mask ``(H, W)`` uint8 0/1."""
+    from PIL import Image
+
+    height, width = size
+    image, _ = read_image(image_path)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{image_path}: expected an 8-bit RGB image, found shape {image.shape} {image.dtype}")
+    mask, _ = read_image(mask_path)
+    if mask.ndim == 3:
+        raise ValueError(f"{mask_path}: expected a single-channel mask, found shape {mask.shape}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(
+            f"{mask_path}: mask shape {mask.shape} differs from image shape {image.shape[:2]} of {image_path.name}; "
+            f"replace the mismatched file"
+        )
+    # 0/255 masks (the release) and 0/1 masks are both accepted.
+    binary = mask > (127 if mask.max() > 1 else 0)
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+    soft = Image.fromarray(binary.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8), (np.asarray(soft) >= 0.5).astype(np.uint8)
+
+
+def _save_split(path: Path, images: np.ndarray, masks: np.ndarray, names: list[str]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, images=images, masks=masks, names=np.asarray(names, dtype=str))
+
+
+def prepare_isic2018(
+    raw_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    size: tuple[int, int] = (224, 224),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Resize, binarise and split the ISIC 2018 task 1 training release (see the module docstring).
+
+    Args:
+        raw_dir: Folder containing ``ISIC2018_Task1-2_Training_Input`` and ``ISIC2018_Task1_Training_GroundTruth``
+            (or a folder one level above it).
+        out_dir: Output folder for ``{train,val,test}.npz`` and ``split.json``.
+        size: Output ``(height, width)`` in pixels.
+        overwrite: Redo even when all outputs exist.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        ``{"out_dir", "skipped": bool, "size": [H, W], "counts": {"train", "val", "test"}}``.
+
+    Raises:
+        FileNotFoundError: the raw folders are missing or hold no images.
+        ValueError: unpaired images/masks, unreadable files, mismatched shapes, fewer than 3 pairs, or existing
+            outputs made with another size or file set (pass ``overwrite=True``).
+    """
+    height, width = int(size[0]), int(size[1])
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive (height, width), got {size}")
+    out = Path(out_dir)
+    pairs = _pairs(*_find_raw(Path(raw_dir)))
+    names = [name for name, _, _ in pairs]
+    counts = isic_split_counts(len(pairs))
+    bounds = np.cumsum((0, *counts))
+    split_names = {split: names[bounds[i] : bounds[i + 1]] for i, split in enumerate(SPLITS)}
+    outputs = [out / f"{split}.npz" for split in SPLITS] + [out / "split.json"]
+    summary = {"out_dir": str(out), "size": [height, width], "counts": dict(zip(SPLITS, counts))}
+
+    if not overwrite and all(p.is_file() for p in outputs):
+        recorded = json.loads((out / "split.json").read_text(encoding="utf-8"))
+        if recorded.get("size") != [height, width] or any(recorded.get(s) != split_names[s] for s in SPLITS):
+            raise ValueError(
+                f"{out} already holds an ISIC split made with size {recorded.get('size')} from another set of files; "
+                f"pass overwrite=True to redo it with size {[height, width]} from {raw_dir}, or choose another out_dir"
+            )
+        return {**summary, "skipped": True}
+
+    images = np.empty((len(pairs), height, width, 3), dtype=np.uint8)
+    masks = np.empty((len(pairs), height, width), dtype=np.uint8)
+    for i, (_, image_path, mask_path) in enumerate(tqdm(pairs, desc="prepare isic2018", disable=not progress)):
+        images[i], masks[i] = _load_pair(image_path, mask_path, (height, width))
+    out.mkdir(parents=True, exist_ok=True)
+    # split.json goes last: it marks a complete preparation.
+    for i, split in enumerate(SPLITS):
+        part = slice(bounds[i], bounds[i + 1])
+        _save_split(out / f"{split}.npz", images[part], masks[part], split_names[split])
+    record = {"note": _SPLIT_NOTE, "size": [height, width], "counts": summary["counts"], **split_names}
+    write_text_atomic(out / "split.json", json.dumps(record, indent=1) + "\n")
+    return {**summary, "skipped": False}
+
+
+class ISICDataset(EpochSeededDataset):
+    """One split of a prepared ISIC 2018 folder, held in memory.
+
+    Items are dicts ``{"image", "label", "name"}``. With a ``transform`` it is called as ``transform(image, label,
+    rng)`` with ``image`` uint8 ``(H, W, 3)``, ``label`` int64 ``(H, W)`` in {0, 1} and ``rng`` this item's stream
+    ``default_rng([seed, epoch, index])``, and must return ``(image_tensor, label_tensor)``. Without one, ``image``
+    is a float32 tensor ``(3, H, W)`` in [0, 1] and ``label`` an int64 tensor ``(H, W)``.
+
+    Args:
+        root: Output folder of :func:`prepare_isic2018`.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        transform: Optional ``(image, label, rng) -> (tensor, tensor)`` callable.
+        seed: Seed of the augmentation streams.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str = "train",
+        transform: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        path = self.root / f"{split}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; run msa2net prepare isic2018 with this folder as output")
+        with np.load(path) as data:
+            missing = {"images", "masks", "names"} - set(data.files)
+            if missing:
+                raise ValueError(f"{path} lacks arrays {sorted(missing)}; re-run msa2net prepare isic2018")
+            self.images, self.masks = data["images"], data["masks"]
+            self.names = [str(n) for n in data["names"]]
+        n = len(self.names)
+        if self.images.shape[:1] != (n,) or self.images.ndim != 4 or self.images.shape[3] != 3:
+            raise ValueError(f"{path}: images have shape {self.images.shape}, expected ({n}, H, W, 3)")
+        if self.masks.shape != self.images.shape[:3]:
+            raise ValueError(f"{path}: masks have shape {self.masks.shape}, expected {self.images.shape[:3]}")
+        if self.images.dtype != np.uint8:
+            raise ValueError(f"{path}: images are {self.images.dtype}, expected uint8; re-run msa2net prepare isic2018")
+        if self.masks.size and int(self.masks.max()) > 1:
+            raise ValueError(
+                f"{path}: masks hold values up to {int(self.masks.max())}, expected 0/1; "
+                f"re-run msa2net prepare isic2018"
+            )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = self.images[index]
+        label = self.masks[index].astype(np.int64)
+        if self.transform is not None:
+            image_t, label_t = self.transform(image, label, self.rng(index))
+        else:
+            # (H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]
+            image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0)
+            label_t = torch.from_numpy(label)
+        return {"image": image_t, "label": label_t, "name": self.names[index]}

@@ -1,0 +1,736 @@
+"""Synapse multi-organ CT (BTCV abdomen, 8 organs): preparation in the TransUNet layout, and datasets.
+
+Prepared layout (the one of the public TransUNet release, plus ``spacing.json``)::
+
+    root/train_npz/caseXXXX_sliceZZZ.npz   arrays image (H, W) float32 in [0, 1], label (H, W) float32 class ids
+    root/test_vol_h5/caseXXXX.npy.h5       datasets image (D, H, W) float32, label (D, H, W) float32
+    root/lists_Synapse/train.txt           slice names (no extension), one per line
+    root/lists_Synapse/test_vol.txt        case names (caseXXXX), one per line
+    root/spacing.json                      {"caseXXXX": [z_mm, y_mm, x_mm]}, array axis order (written by prepare only)
+
+Axis order: volumes are ``(Z, Y, X)`` = ``(slice, row, column)`` in NIfTI file order, which is exactly the TransUNet
+release's order (nibabel's ``(X, Y, Z)`` array transposed by ``(2, 1, 0)``); a slice is ``volume[z]``. No
+reorientation is applied. Intensities: HU clipped to :data:`HU_WINDOW` and mapped by ``(x + 125) / 400`` to [0, 1].
+Labels: BTCV ids mapped by :data:`BTCV_TO_SYNAPSE` to the 8 organ classes of :data:`CLASS_NAMES`.
+
+The public TransUNet download (``train_npz``, ``test_vol_h5``, ``lists_Synapse`` without ``spacing.json``) works
+with the datasets here without a prepare step; volume spacing is then reported as None.
+
+Random augmentation streams: each item ``i`` of an epoch draws from ``np.random.default_rng([seed, epoch, i])``, so
+it is reproducible from the seed, differs between epochs and items, and does not depend on the number of DataLoader
+workers. :meth:`EpochSeededDataset.set_epoch` stores the epoch in shared memory, so persistent workers see it too
+(call it before iterating the loader for that epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from msa2net.data.io import Geometry, ImageReadError, atomic_path, read_image, write_text_atomic
+
+__all__ = [
+    "BTCV_TO_SYNAPSE",
+    "CLASS_NAMES",
+    "HU_WINDOW",
+    "LABEL_MODES",
+    "INTENSITY_MODES",
+    "TEST_CASES",
+    "TRAIN_CASES",
+    "EpochSeededDataset",
+    "SynapseSliceDataset",
+    "SynapseVolumeDataset",
+    "available_cases",
+    "btcv_to_synapse",
+    "case_name",
+    "hu_to_unit",
+    "prepare_synapse",
+    "split_train_val",
+    "volume_cases_from_train",
+]
+
+#: The 12 test cases of the TransUNet split (BTCV numbering).
+TEST_CASES: tuple[str, ...] = (
+    "0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "0032", "0035", "0036", "0038",
+)  # fmt: skip
+#: The 18 training cases (2211 slices in the real data).
+TRAIN_CASES: tuple[str, ...] = (
+    "0005", "0006", "0007", "0009", "0010", "0021", "0023", "0024", "0026",
+    "0027", "0028", "0030", "0031", "0033", "0034", "0037", "0039", "0040",
+)  # fmt: skip
+#: BTCV label id (0..13) -> Synapse class id (0..8); structures outside the 8 organs become background.
+BTCV_TO_SYNAPSE: dict[int, int] = {
+    0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 0, 6: 5, 7: 6, 8: 7, 9: 0, 10: 0, 11: 8, 12: 0, 13: 0,
+}  # fmt: skip
+#: Class names by Synapse class id (the paper's table columns are classes 1..8 in this order).
+CLASS_NAMES: tuple[str, ...] = (
+    "background", "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas",
+)  # fmt: skip
+#: CT window in HU applied before mapping to [0, 1].
+HU_WINDOW: tuple[float, float] = (-125.0, 275.0)
+#: ``labels=`` choices: stored ids are the 8 Synapse classes, or 14-class BTCV ids to be mapped.
+LABEL_MODES: tuple[str, ...] = ("synapse8", "btcv14")
+#: ``intensity=`` choices: values outside [0, 1] are an error, or are clipped.
+INTENSITY_MODES: tuple[str, ...] = ("strict", "clip")
+
+_BTCV_LUT = np.array([BTCV_TO_SYNAPSE[i] for i in range(14)], dtype=np.int64)
+_IMAGE_RE = re.compile(r"^img(\d+)\.nii(\.gz)?$")
+_SLICE_RE = re.compile(r"^(case\d+)_slice(\d+)$")
+_RANGE_TOL = 1e-3
+
+
+def case_name(case: str | int) -> str:
+    """Normalise a case id: ``"0005"``, ``5`` or ``"case0005"`` -> ``"case0005"``.
+
+    Raises:
+        ValueError: the id is not a BTCV case number.
+    """
+    text = str(case).strip()
+    digits = text[4:] if text.lower().startswith("case") else text
+    if not digits.isdigit():
+        raise ValueError(f"case ids look like 'case0005', '0005' or 5; got {case!r}")
+    return f"case{int(digits):04d}"
+
+
+# Kept for callers written against the earlier private name.
+_case_name = case_name
+
+
+def hu_to_unit(hu: np.ndarray) -> np.ndarray:
+    """Clip HU to :data:`HU_WINDOW` and map linearly to [0, 1]: ``(clip(x, -125, 275) + 125) / 400``; float32."""
+    lo, hi = HU_WINDOW
+    unit = (np.clip(np.asarray(hu, dtype=np.float32), lo, hi) - np.float32(lo)) / np.float32(hi - lo)
+    return unit.astype(np.float32, copy=False)
+
+
+def btcv_to_synapse(labels: np.ndarray) -> np.ndarray:
+    """Map BTCV ids 0..13 to Synapse classes 0..8 (int64, same shape).
+
+    Raises:
+        ValueError: values outside 0..13 or non-integer values.
+    """
+    arr = np.asarray(labels)
+    ids = np.rint(arr).astype(np.int64)
+    if arr.size and (not np.array_equal(ids, arr) or ids.min() < 0 or ids.max() > 13):
+        found = sorted({int(v) for v in np.unique(arr) if not (0 <= v <= 13 and v == int(v))})
+        raise ValueError(f"BTCV labels are whole numbers 0..13; found {found[:10]}")
+    return _BTCV_LUT[ids]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Preparation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _find_training_dir(raw_dir: Path) -> Path:
+    for candidate in (raw_dir / "RawData" / "Training", raw_dir / "Training", raw_dir):
+        if (candidate / "img").is_dir() and (candidate / "label").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"no BTCV training data under {raw_dir}: expected {raw_dir}/RawData/Training/img and .../label "
+        f"(or {raw_dir}/Training/img and .../label); point raw_dir at the folder that contains RawData, or at RawData"
+    )
+
+
+def _discover(training: Path) -> list[tuple[str, Path, Path]]:
+    """``[(case name, image path, label path)]`` sorted by case; missing labels raise ValueError."""
+    images: dict[str, Path] = {}
+    for path in sorted((training / "img").iterdir()):
+        match = _IMAGE_RE.match(path.name)
+        if match and path.is_file():
+            images[case_name(match.group(1))] = path
+    if not images:
+        raise FileNotFoundError(f"no imgXXXX.nii.gz files in {training / 'img'}; is this the BTCV RawData folder?")
+    pairs, missing = [], []
+    for case, image_path in sorted(images.items()):
+        digits = image_path.name[3 : image_path.name.index(".")]
+        candidates = (training / "label" / f"label{digits}.nii.gz", training / "label" / f"label{digits}.nii")
+        label_path = next((p for p in candidates if p.is_file()), None)
+        if label_path is None:
+            missing.append(f"{case} (expected {training / 'label' / f'label{digits}.nii.gz'})")
+        else:
+            pairs.append((case, image_path, label_path))
+    if missing:
+        raise ValueError(
+            f"no label for {len(missing)} image(s): {'; '.join(missing)}. Training needs both img and label for each "
+            f"case: add the label files, or move those images out of {training / 'img'}"
+        )
+    return pairs
+
+
+def _header_info(case: str, path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Size (x, y, z) and spacing (x, y, z) from the header only."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise ValueError(
+            f"{case}: cannot read the header of {path} ({str(err).strip().splitlines()[-1]}); the file is corrupt or "
+            f"truncated: download it again"
+        ) from err
+    size, spacing = tuple(reader.GetSize()), tuple(reader.GetSpacing())
+    if len(size) != 3:
+        raise ValueError(f"{case}: {path} is {len(size)}D, expected a 3D CT volume")
+    return size, spacing
+
+
+def _check_geometry(case: str, image_path: Path, label_path: Path, image: Geometry, label: Geometry) -> None:
+    checks = (
+        ("spacing", image.spacing, label.spacing, dict(rtol=1e-3, atol=1e-4)),
+        ("origin", image.origin, label.origin, dict(rtol=1e-5, atol=1e-2)),
+        ("direction", image.direction, label.direction, dict(rtol=0.0, atol=1e-3)),
+    )
+    for name, a, b, tol in checks:
+        if not np.allclose(a, b, **tol):
+            found_image = tuple(round(v, 4) for v in a)
+            found_label = tuple(round(v, 4) for v in b)
+            raise ValueError(
+                f"{case}: {image_path.name} and {label_path.name} differ in {name}: image {found_image} vs label "
+                f"{found_label}. The label must lie on the image's voxel grid: resample it onto the image (nearest "
+                f"neighbour) or export it again from the annotation tool"
+            )
+
+
+def _load_case(case: str, image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """Read, check and convert one case: unit image (D, H, W) float32, Synapse labels (D, H, W) float32."""
+    try:
+        hu, image_geometry = read_image(image_path)
+        btcv, label_geometry = read_image(label_path)
+    except ImageReadError as err:
+        raise ValueError(f"{case}: {err}") from err
+    if hu.ndim != 3 or btcv.ndim != 3:
+        raise ValueError(
+            f"{case}: expected 3D volumes, found image {hu.shape} and label {btcv.shape}; "
+            f"check that {image_path.name} and {label_path.name} are single-channel CT volumes"
+        )
+    if hu.shape != btcv.shape:
+        raise ValueError(
+            f"{case}: image {image_path.name} has shape {hu.shape} (Z, Y, X) but label {label_path.name} has "
+            f"{btcv.shape}; the label must lie on the image's voxel grid: resample it onto the image (nearest "
+            f"neighbour) or replace the mismatched file"
+        )
+    _check_geometry(case, image_path, label_path, image_geometry, label_geometry)
+    if not np.all(np.isfinite(hu)):
+        raise ValueError(f"{case}: {image_path.name} holds NaN or infinite values; the file is damaged")
+    try:
+        synapse = btcv_to_synapse(btcv)
+    except ValueError as err:
+        raise ValueError(
+            f"{case}: {label_path.name}: {err}; this is not a BTCV 13-organ label map (ids 0..13)"
+        ) from err
+    return hu_to_unit(hu), synapse.astype(np.float32), image_geometry
+
+
+def _save_slice(path: Path, image: np.ndarray, label: np.ndarray) -> None:
+    """Write one training slice as an uncompressed npz (the release's format: fast to load)."""
+    with open(path, "wb") as handle:
+        np.savez(handle, image=image, label=label)
+
+
+def _save_volume(path: Path, image: np.ndarray, label: np.ndarray) -> None:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        handle.create_dataset("image", data=image)
+        handle.create_dataset("label", data=label)
+
+
+def _slice_names(case: str, depth: int) -> list[str]:
+    return [f"{case}_slice{z:03d}" for z in range(depth)]
+
+
+def _spacing_zyx(spacing_xyz: Sequence[float]) -> list[float]:
+    """SimpleITK (x, y, z) spacing -> [z, y, x] mm, rounded to the 7 significant digits a NIfTI header holds."""
+    return [float(f"{float(v):.7g}") for v in reversed(spacing_xyz)]
+
+
+def _read_spacing(out_dir: Path) -> dict[str, list[float]]:
+    path = out_dir / "spacing.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it and re-run msa2net prepare synapse") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} should map case names to [z, y, x] spacing; delete it and re-run prepare")
+    return data
+
+
+def _merge_spacing(out_dir: Path, updates: dict[str, list[float]]) -> None:
+    spacing = _read_spacing(out_dir)
+    if all(spacing.get(k) == v for k, v in updates.items()):
+        return
+    spacing.update(updates)
+    rows = [f"  {json.dumps(case)}: {json.dumps(value)}" for case, value in sorted(spacing.items())]
+    write_text_atomic(out_dir / "spacing.json", "{\n" + ",\n".join(rows) + "\n}\n")
+
+
+def _write_train_case(train_dir: Path, case: str, image: np.ndarray, label: np.ndarray) -> None:
+    """Write all slices of a case into a hidden staging folder, then move them into place."""
+    staging = train_dir / f".partial-{case}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    names = _slice_names(case, image.shape[0])
+    try:
+        for z, name in enumerate(names):
+            _save_slice(staging / f"{name}.npz", image[z], label[z])
+        for old in train_dir.glob(f"{case}_slice*.npz"):
+            old.unlink()
+        for name in names:
+            os.replace(staging / f"{name}.npz", train_dir / f"{name}.npz")
+    except BaseException:
+        # An interruption while moving would leave part of the case: remove it, the next run redoes the case.
+        for moved in train_dir.glob(f"{case}_slice*.npz"):
+            moved.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def prepare_synapse(
+    raw_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Convert the raw BTCV release to the TransUNet npz/h5 layout, keeping each case's voxel spacing.
+
+    Input: ``raw_dir/RawData/Training/{img/imgXXXX.nii.gz, label/labelXXXX.nii.gz}``; ``raw_dir`` may also point
+    at ``RawData`` itself. Cases of :data:`TEST_CASES` become ``test_vol_h5/caseXXXX.npy.h5``, the others
+    ``train_npz/caseXXXX_sliceZZZ.npz`` (cases outside the official 30 go to training, with a warning). See the
+    module docstring for the output layout, axis order, intensity window and label map. Volumes keep their in-plane
+    size (512x512 for BTCV); resizing to the network input happens in the training transform.
+
+    ``lists_Synapse/train.txt`` (sorted slice names of this raw folder's training cases) and ``test_vol.txt`` (sorted
+    test case names) are rewritten at the end; ``spacing.json`` (``[z, y, x]`` mm in array axis order) is merged
+    after every case. All writes are atomic; a case is skipped when all its output files exist (its slice count is
+    read from the header), so an interrupted run resumes where it stopped. ``overwrite=True`` redoes every case.
+
+    Args:
+        raw_dir: Folder containing ``RawData`` (or ``RawData`` itself).
+        out_dir: Output root; created if missing.
+        overwrite: Redo cases whose outputs already exist.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        Summary: ``{"out_dir", "done": [cases], "skipped": [cases], "train_cases", "test_cases", "train_slices"}``.
+
+    Raises:
+        FileNotFoundError: no BTCV folder structure under ``raw_dir``.
+        ValueError: an image without label, an unreadable file, image/label shape or geometry mismatch, or label ids
+            outside 0..13; the message names the case and what to do.
+    """
+    raw = Path(raw_dir)
+    out = Path(out_dir)
+    pairs = _discover(_find_training_dir(raw))
+    unofficial = [case for case, _, _ in pairs if case[4:] not in TEST_CASES + TRAIN_CASES]
+    if unofficial:
+        warnings.warn(
+            f"{', '.join(unofficial)} not in the official Synapse split (30 BTCV training cases); "
+            f"they are added to the training set",
+            stacklevel=2,
+        )
+    train_dir, test_dir, list_dir = out / "train_npz", out / "test_vol_h5", out / "lists_Synapse"
+    for folder in (train_dir, test_dir, list_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    done: list[str] = []
+    skipped: list[str] = []
+    train_names: list[str] = []
+    train_cases: list[str] = []
+    test_cases: list[str] = []
+    for case, image_path, label_path in tqdm(pairs, desc="prepare synapse", unit="case", disable=not progress):
+        size, spacing_xyz = _header_info(case, image_path)
+        depth = size[2]
+        is_test = case[4:] in TEST_CASES
+        if is_test:
+            test_cases.append(case)
+            outputs = [test_dir / f"{case}.npy.h5"]
+        else:
+            train_cases.append(case)
+            names = _slice_names(case, depth)
+            train_names.extend(names)
+            outputs = [train_dir / f"{name}.npz" for name in names]
+        if not overwrite and all(p.is_file() for p in outputs):
+            skipped.append(case)
+            _merge_spacing(out, {case: _spacing_zyx(spacing_xyz)})
+            continue
+        image, label, geometry = _load_case(case, image_path, label_path)
+        _merge_spacing(out, {case: _spacing_zyx(geometry.spacing)})
+        if is_test:
+            _save_volume(outputs[0], image, label)
+        else:
+            _write_train_case(train_dir, case, image, label)
+        done.append(case)
+
+    write_text_atomic(list_dir / "train.txt", "".join(f"{n}\n" for n in sorted(train_names)))
+    write_text_atomic(list_dir / "test_vol.txt", "".join(f"{c}\n" for c in sorted(test_cases)))
+    return {
+        "out_dir": str(out),
+        "done": done,
+        "skipped": skipped,
+        "train_cases": sorted(train_cases),
+        "test_cases": sorted(test_cases),
+        "train_slices": len(train_names),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class EpochSeededDataset(Dataset):
+    """Base for datasets whose item ``i`` in epoch ``e`` draws from ``np.random.default_rng([seed, e, i])``.
+
+    The epoch lives in a shared-memory tensor, so :meth:`set_epoch` reaches DataLoader workers, persistent ones
+    included, as long as it is called before the loader is iterated for that epoch.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        if int(seed) < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        self.seed = int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch (0 until :meth:`set_epoch` is called)."""
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random streams of ``epoch`` (a non-negative integer)."""
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch}")
+        self._epoch.fill_(int(epoch))
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The random stream of item ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+
+def _check_modes(labels: str, intensity: str) -> None:
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
+
+
+def _checked_arrays(
+    image: np.ndarray, label: np.ndarray, name: str, source: Path, labels: str, intensity: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert one slice or volume: image float32 in [0, 1], label int64 Synapse classes."""
+    if image.shape != label.shape:
+        raise ValueError(f"{name}: image shape {image.shape} differs from label shape {label.shape} in {source}")
+    image = np.asarray(image, dtype=np.float32)
+    if image.size and not np.all(np.isfinite(image)):
+        raise ValueError(f"{name}: image in {source} holds NaN or infinite values; re-run msa2net prepare synapse")
+    if image.size:
+        lo, hi = float(image.min()), float(image.max())
+        if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
+            if intensity == "strict":
+                raise ValueError(
+                    f"{name}: image values in {source} span [{lo:.4g}, {hi:.4g}], expected [0, 1] (HU window "
+                    f"[-125, 275] mapped to [0, 1]); pass intensity='clip' to clip them to [0, 1], or re-run "
+                    f"msa2net prepare synapse on the raw data"
+                )
+        if intensity == "clip" or lo < 0.0 or hi > 1.0:
+            image = np.clip(image, 0.0, 1.0)
+    ids = np.rint(label)
+    if label.size and not np.array_equal(ids, label):
+        raise ValueError(f"{name}: label in {source} holds non-integer values; class ids must be whole numbers")
+    ids = ids.astype(np.int64)
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"{name}: label in {source} holds negative values {sorted(set(ids[ids < 0].tolist()))[:10]}")
+    if labels == "btcv14":
+        if ids.size and ids.max() > 13:
+            found = sorted({int(v) for v in np.unique(ids) if v > 13})
+            raise ValueError(f"{name}: label values {found} in {source} are not BTCV ids (0..13)")
+        return image, _BTCV_LUT[ids]
+    if ids.size and ids.max() > 8:
+        found = sorted({int(v) for v in np.unique(ids) if v > 8})
+        raise ValueError(
+            f"label values {set(found)} found in {name}: this looks like the 14-class BTCV release; pass "
+            f"labels='btcv14' to map BTCV ids to the 8 Synapse classes, or re-run msa2net prepare synapse"
+        )
+    return image, ids
+
+
+def _read_list(root: Path, list_file: str) -> list[str]:
+    path = root / "lists_Synapse" / list_file
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"list file {path} not found; expected the TransUNet layout (train_npz/, test_vol_h5/, lists_Synapse/) "
+            f"under {root}: run msa2net prepare synapse, or point root at the unpacked TransUNet download"
+        )
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"list file {path} is empty; re-run msa2net prepare synapse")
+    return names
+
+
+def _case_of(name: str) -> str:
+    match = _SLICE_RE.match(name)
+    return match.group(1) if match else name
+
+
+def _filter_cases(names: list[str], cases: Iterable[str | int] | None, source: Path) -> list[str]:
+    if cases is None:
+        return names
+    wanted = {case_name(c) for c in cases}
+    present = {_case_of(n) for n in names}
+    missing = sorted(wanted - present)
+    if missing:
+        raise ValueError(
+            f"cases {missing} are not in {source} (it lists {len(present)} cases: {sorted(present)[:6]}...); "
+            f"check the case ids or the list file"
+        )
+    return [n for n in names if _case_of(n) in wanted]
+
+
+def available_cases(root: str | os.PathLike[str], list_file: str = "train.txt") -> list[str]:
+    """Sorted case names (``caseXXXX``) present in ``root/lists_Synapse/<list_file>`` (slice or case lists)."""
+    return sorted({_case_of(n) for n in _read_list(Path(root), list_file)})
+
+
+def split_train_val(
+    cases: Sequence[str | int], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Hold out whole cases for validation.
+
+    Deterministic given ``(cases as a set, val_fraction, seed)``: the cases are sorted, shuffled with
+    ``default_rng(seed)``, and ``round(n * val_fraction)`` of them (at least 1 when ``n >= 2`` and
+    ``val_fraction > 0``, at most ``n - 1``) form the validation set.
+
+    Returns:
+        ``(train_cases, val_cases)``, each sorted, as ``caseXXXX`` names; disjoint, together all cases.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    unique = sorted({case_name(c) for c in cases})
+    n = len(unique)
+    n_val = 0
+    if n >= 2 and val_fraction > 0.0:
+        n_val = min(max(1, round(n * val_fraction)), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    val = sorted(unique[i] for i in order[:n_val])
+    train = sorted(unique[i] for i in order[n_val:])
+    return train, val
+
+
+class SynapseSliceDataset(EpochSeededDataset):
+    """Training slices ``root/train_npz/<name>.npz`` for the names in ``root/lists_Synapse/<list_file>``.
+
+    Items are dicts ``{"image", "label", "name"}``. With a ``transform`` it is called as
+    ``transform(image, label, rng)`` with ``image`` float32 ``(H, W)`` in [0, 1], ``label`` int64 ``(H, W)`` Synapse
+    class ids and ``rng`` this item's stream (see :class:`EpochSeededDataset`), and must return
+    ``(image_tensor, label_tensor)``. Without one, ``image`` is a float32 tensor ``(1, H, W)`` and ``label`` an int64
+    tensor ``(H, W)``.
+
+    Args:
+        root: Prepared root (or the TransUNet download).
+        cases: Keep only these cases (``"case0005"``, ``"0005"`` or 5); None keeps all listed.
+        list_file: List of slice names inside ``root/lists_Synapse``.
+        transform: Optional ``(image, label, rng) -> (tensor, tensor)`` callable.
+        labels: ``"synapse8"`` (ids 0..8; larger ids are an error explaining the 14-class release) or ``"btcv14"``
+            (ids 0..13 mapped with :data:`BTCV_TO_SYNAPSE`). An 8-class file read as ``"btcv14"`` would be mapped
+            wrongly; this cannot be detected.
+        intensity: ``"strict"`` (values outside [0, 1] by more than 1e-3 are an error) or ``"clip"`` (clip to
+            [0, 1]). Tiny excursions within the tolerance are clipped in both modes.
+        seed: Seed of the augmentation streams.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        cases: Iterable[str | int] | None = None,
+        list_file: str = "train.txt",
+        transform: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+        labels: str = "synapse8",
+        intensity: str = "strict",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        _check_modes(labels, intensity)
+        self.root = Path(root)
+        self.labels = labels
+        self.intensity = intensity
+        self.transform = transform
+        self.slice_dir = self.root / "train_npz"
+        if not self.slice_dir.is_dir():
+            raise FileNotFoundError(
+                f"{self.slice_dir} not found; run msa2net prepare synapse or point root at the TransUNet download"
+            )
+        self.names = _filter_cases(_read_list(self.root, list_file), cases, self.root / "lists_Synapse" / list_file)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def cases(self) -> list[str]:
+        """Sorted case names covered by this dataset."""
+        return sorted({_case_of(n) for n in self.names})
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Checked arrays of item ``index``: image float32 ``(H, W)`` in [0, 1], label int64 ``(H, W)``."""
+        name = self.names[index]
+        path = self.slice_dir / f"{name}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is listed but missing; re-run msa2net prepare synapse")
+        with np.load(path) as data:
+            if "image" not in data or "label" not in data:
+                raise ValueError(f"{path} holds arrays {sorted(data.files)}, expected 'image' and 'label'")
+            image, label = data["image"], data["label"]
+        if image.ndim != 2:
+            raise ValueError(f"{name}: expected a 2D slice in {path}, found shape {image.shape}")
+        return _checked_arrays(image, label, name, path, self.labels, self.intensity)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.load(index)
+        if self.transform is not None:
+            image_t, label_t = self.transform(image, label, self.rng(index))
+        else:
+            image_t = torch.from_numpy(image[None].copy())  # (H, W) -> (1, H, W)
+            label_t = torch.from_numpy(label)
+        return {"image": image_t, "label": label_t, "name": self.names[index]}
+
+
+class SynapseVolumeDataset(Dataset):
+    """Whole test volumes ``root/test_vol_h5/<case>.npy.h5`` for the cases in ``root/lists_Synapse/<list_file>``.
+
+    Items are dicts ``{"case": "caseXXXX", "image": float32 (D, H, W) in [0, 1], "label": int64 (D, H, W),
+    "spacing": (z, y, x) mm or None}`` of numpy arrays; spacing comes from ``root/spacing.json`` (None when the file
+    or the case is absent, as in the public download). ``labels`` and ``intensity`` act as in
+    :class:`SynapseSliceDataset`.
+
+    :meth:`from_train_slices` builds the same kind of dataset from the training slices of held-out cases.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        cases: Iterable[str | int] | None = None,
+        list_file: str = "test_vol.txt",
+        labels: str = "synapse8",
+        intensity: str = "strict",
+    ) -> None:
+        root = Path(root)
+        listed = [_case_of(n) for n in _read_list(root, list_file)]
+        names = _filter_cases(list(dict.fromkeys(listed)), cases, root / "lists_Synapse" / list_file)
+        self._setup(root, names, labels, intensity, source="h5")
+
+    def _setup(self, root: Path, case_names: list[str], labels: str, intensity: str, source: str) -> None:
+        _check_modes(labels, intensity)
+        self.root = root
+        self.case_names = case_names
+        self.labels = labels
+        self.intensity = intensity
+        self.source = source
+        self._spacing = _read_spacing(root)
+
+    @classmethod
+    def from_train_slices(
+        cls,
+        root: str | os.PathLike[str],
+        cases: Iterable[str | int],
+        labels: str = "synapse8",
+        intensity: str = "strict",
+    ) -> SynapseVolumeDataset:
+        """Volumes assembled from ``train_npz/<case>_sliceZZZ.npz`` stacked in slice order (for validation)."""
+        root = Path(root)
+        names = sorted({case_name(c) for c in cases})
+        if not names:
+            raise ValueError("no cases given; pass the held-out training cases, e.g. from split_train_val")
+        slice_dir = root / "train_npz"
+        missing = [c for c in names if not any(slice_dir.glob(f"{c}_slice*.npz"))]
+        if missing:
+            raise ValueError(
+                f"no slices for {missing} in {slice_dir}; these cases are not training cases of this root "
+                f"(see available_cases(root, 'train.txt'))"
+            )
+        dataset = cls.__new__(cls)
+        dataset._setup(root, names, labels, intensity, source="slices")
+        return dataset
+
+    def __len__(self) -> int:
+        return len(self.case_names)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Yield the volumes one at a time (each is loaded when reached)."""
+        for index in range(len(self)):
+            yield self[index]
+
+    def _spacing_of(self, case: str) -> tuple[float, float, float] | None:
+        value = self._spacing.get(case)
+        return None if value is None else (float(value[0]), float(value[1]), float(value[2]))
+
+    def _load_h5(self, case: str) -> tuple[np.ndarray, np.ndarray, Path]:
+        path = self.root / "test_vol_h5" / f"{case}.npy.h5"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is listed but missing; re-run msa2net prepare synapse")
+        try:
+            with h5py.File(path, "r") as handle:
+                if "image" not in handle or "label" not in handle:
+                    raise ValueError(f"{path} holds datasets {sorted(handle.keys())}, expected 'image' and 'label'")
+                image, label = handle["image"][()], handle["label"][()]
+        except OSError as err:
+            raise ValueError(
+                f"cannot read {path} ({err}); the file is damaged: re-run msa2net prepare synapse"
+            ) from err
+        return image, label, path
+
+    def _load_slices(self, case: str) -> tuple[np.ndarray, np.ndarray, Path]:
+        slice_dir = self.root / "train_npz"
+        found: dict[int, Path] = {}
+        for path in slice_dir.glob(f"{case}_slice*.npz"):
+            match = _SLICE_RE.match(path.stem)
+            if match:
+                found[int(match.group(2))] = path
+        expected = set(range(max(found) + 1)) if found else set()
+        gaps = sorted(expected - set(found))
+        if not found or gaps:
+            raise ValueError(
+                f"{case}: slices {gaps[:10]} missing in {slice_dir}; the volume cannot be assembled: "
+                f"re-run msa2net prepare synapse"
+            )
+        images, labels = [], []
+        for z in range(len(found)):
+            with np.load(found[z]) as data:
+                images.append(data["image"])
+                labels.append(data["label"])
+        return np.stack(images), np.stack(labels), slice_dir / f"{case}_slice*.npz"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case = self.case_names[index]
+        image, label, source = self._load_h5(case) if self.source == "h5" else self._load_slices(case)
+        if image.ndim != 3:
+            raise ValueError(f"{case}: expected a (D, H, W) volume in {source}, found shape {image.shape}")
+        image, label = _checked_arrays(image, label, case, source, self.labels, self.intensity)
+        return {"case": case, "image": image, "label": label, "spacing": self._spacing_of(case)}
+
+
+def volume_cases_from_train(
+    root: str | os.PathLike[str],
+    cases: Iterable[str | int],
+    labels: str = "synapse8",
+    intensity: str = "strict",
+) -> SynapseVolumeDataset:
+    """Validation volumes of held-out training cases, assembled from their ``train_npz`` slices in slice order.
+
+    Returns a lazily loading :class:`SynapseVolumeDataset` whose items have the same format as the test volumes:
+    ``{"case", "image" (D, H, W) float32, "label" (D, H, W) int64, "spacing" (z, y, x) or None}``.
+    """
+    return SynapseVolumeDataset.from_train_slices(root, cases, labels=labels, intensity=intensity)

@@ -1,0 +1,292 @@
+"""Export a checkpoint for deployment: TorchScript, ONNX, safetensors weights and a JSON model card.
+
+ONNX goes through the legacy TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``, opset 17, dynamic
+batch axis). With torch 2.14 and timm's MaxViT it works and matches eager to about 1e-5; the torch.export-based
+("dynamo") exporter fails on this model (decomposing a view of a non-contiguous window-attention tensor), with or
+without a dynamic batch. It is still tried as a fallback in case the legacy exporter is removed or breaks.
+
+The exported graphs take model-space input (B, in_channels, H, W) float32, already normalised: apply the
+preprocessing recorded in ``model.json`` (``to_unit``, resize to H x W, ``(x - mean) / std``) before calling them,
+and softmax/argmax over axis 1 of the logits after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..models import MSA2Net
+from .checkpoint import export_safetensors, load_checkpoint, model_from_checkpoint
+
+__all__ = ["FORMATS", "ONNX_OPSET", "ExportError", "ExportResult", "export_model"]
+
+#: Graph formats :func:`export_model` writes (safetensors and model.json are always written).
+FORMATS: tuple[str, ...] = ("torchscript", "onnx")
+#: ONNX opset of the legacy exporter.
+ONNX_OPSET: int = 17
+#: Batch size of the parity check; not 1, so the dynamic batch axis is exercised.
+CHECK_BATCH: int = 2
+_FILE_NAMES = {
+    "torchscript": "model.ts",
+    "onnx": "model.onnx",
+    "safetensors": "model.safetensors",
+    "json": "model.json",
+}
+
+
+class ExportError(RuntimeError):
+    """An export failed or its outputs differ from the eager model; the message names the format."""
+
+
+class ExportResult(dict[str, Path]):
+    """``{"torchscript" | "onnx" | "safetensors" | "json": written path}``, plus what the check measured.
+
+    Attributes:
+        differences: Per graph format, the max absolute logit difference to eager on the check input (empty when
+            ``check=False``).
+        tolerance: The allowed difference, ``atol * max(1, max|eager logits|)`` (None when ``check=False``).
+        onnx_exporter: ``"legacy"`` or ``"dynamo"`` when ONNX was exported, else None.
+    """
+
+    def __init__(
+        self,
+        paths: Mapping[str, Path],
+        differences: Mapping[str, float],
+        tolerance: float | None,
+        onnx_exporter: str | None,
+    ) -> None:
+        super().__init__(paths)
+        self.differences = dict(differences)
+        self.tolerance = tolerance
+        self.onnx_exporter = onnx_exporter
+
+
+@contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Silence the warnings that tracing and loading this model always raise and that say nothing about this export.
+
+    TracerWarnings come from Python shape arithmetic in the input check and timm's window partitioning (shapes are
+    fixed at build time except the batch, which stays symbolic; the batch-2 check proves it); the deprecation notices
+    are about the ``torch.jit``/legacy ONNX APIs themselves.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.[\w.]+` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
+        yield
+
+
+def _export_torchscript(model: MSA2Net, example: torch.Tensor, path: Path) -> None:
+    with _quiet_tracing():
+        traced = torch.jit.trace(model, example, check_trace=False)  # parity is checked below, at another batch
+    traced.save(str(path))
+
+
+def _export_onnx(model: MSA2Net, example: torch.Tensor, path: Path) -> str:
+    """Write ``path`` with the legacy exporter, else the dynamo one; returns which one worked."""
+    try:
+        with _quiet_tracing():
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        return "legacy"
+    except Exception as legacy_err:  # noqa: BLE001 (any failure of the legacy path means: try the other exporter)
+        path.unlink(missing_ok=True)
+        try:
+            # torch.export specialises a batch of 1, so the example for a dynamic batch has CHECK_BATCH rows
+            batch_example = example[:1].expand(CHECK_BATCH, *example.shape[1:]).contiguous()
+            torch.onnx.export(
+                model,
+                (batch_example,),
+                str(path),
+                dynamo=True,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: torch.export.Dim.DYNAMIC}},
+                external_data=False,
+            )
+        except Exception as dynamo_err:
+            raise ExportError(
+                f"ONNX export failed with both exporters. Legacy (dynamo=False, opset {ONNX_OPSET}): "
+                f"{type(legacy_err).__name__}: {_first_line(legacy_err)}. Dynamo: {type(dynamo_err).__name__}: "
+                f"{_first_line(dynamo_err)}. Export TorchScript only (formats=('torchscript',)) or try another "
+                "torch version"
+            ) from dynamo_err
+        return "dynamo"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _check_input(model: MSA2Net) -> torch.Tensor:
+    """The fixed parity-check input: (CHECK_BATCH, C, H, W) standard normal, seed 0 (model space is ~[-1, 1])."""
+    h, w = model.img_size
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(CHECK_BATCH, model.config.in_channels, h, w, generator=generator)
+
+
+def _torchscript_logits(path: Path, x: torch.Tensor) -> np.ndarray:
+    with _quiet_tracing():
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return module(x).numpy()
+
+
+def _onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.asarray(session.run(None, {name: x.numpy()})[0])
+
+
+_RUNNERS = {"torchscript": _torchscript_logits, "onnx": _onnx_logits}
+
+
+def export_model(
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    formats: str | Sequence[str] = FORMATS,
+    *,
+    check: bool = True,
+    atol: float = 1e-4,
+    batch: int = 1,
+) -> ExportResult:
+    """Export a checkpoint's model to TorchScript and/or ONNX, with its weights and a JSON description.
+
+    Writes into ``out_dir``: ``model.ts`` (``torch.jit.trace``), ``model.onnx`` (dynamic batch axis; input
+    ``image``, output ``logits``), ``model.safetensors`` (weights with the model description in its metadata) and
+    ``model.json`` (model name and arguments, preprocessing, class names, input/output shapes, ONNX exporter and the
+    check results). Everything is built in a hidden staging folder inside ``out_dir`` and renamed into place only
+    once all formats are written and checked: a failed export leaves the previous files (if any) untouched and no
+    partial files.
+
+    Graph input is (B, in_channels, H, W) float32 in model space (see the module docstring), H x W fixed to the
+    model's ``img_size``, B free. Output is (B, num_classes, H, W) float32 logits. Runs on the CPU.
+
+    Args:
+        checkpoint: An msa2net checkpoint or the authors' ``.pth`` (path), or a loaded checkpoint dict.
+        out_dir: Output folder (created).
+        formats: One or more of :data:`FORMATS`.
+        check: Run eager, TorchScript and onnxruntime (CPUExecutionProvider) on a fixed random input of batch
+            :data:`CHECK_BATCH` and compare the logits.
+        atol: Allowed max absolute difference, scaled by ``max(1, max|eager logits|)``.
+        batch: Batch size of the example input used for tracing/export.
+
+    Returns:
+        An :class:`ExportResult`: the written paths by format (``"torchscript"``, ``"onnx"``, ``"safetensors"``,
+        ``"json"``) and the measured differences.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read or lacks fields.
+        ValueError: unknown formats, ``atol`` not positive or ``batch`` < 1.
+        ExportError: an exporter failed, or a format's logits differ from eager by more than the tolerance (the
+            message names the format, the difference and the tolerance).
+    """
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ValueError(f"unknown export formats {unknown or list(formats)}; choose from {', '.join(FORMATS)}")
+    if not atol > 0:
+        raise ValueError(f"atol must be positive, got {atol}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    formats = [f for f in FORMATS if f in formats]
+    ckpt = dict(checkpoint) if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, "cpu")
+    (h, w), channels = model.img_size, model.config.in_channels
+    example = torch.zeros(batch, channels, h, w)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".export-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        staged = {name: staging / _FILE_NAMES[name] for name in [*formats, "safetensors", "json"]}
+        onnx_exporter = None
+        if "torchscript" in formats:
+            try:
+                _export_torchscript(model, example, staged["torchscript"])
+            except Exception as err:
+                raise ExportError(f"TorchScript export failed: {type(err).__name__}: {_first_line(err)}") from err
+        if "onnx" in formats:
+            onnx_exporter = _export_onnx(model, example, staged["onnx"])
+        export_safetensors(ckpt, staged["safetensors"])
+
+        differences: dict[str, float] = {}
+        tolerance = None
+        if check:
+            x = _check_input(model)
+            with torch.inference_mode():
+                eager = model(x).numpy()
+            tolerance = float(atol * max(1.0, float(np.abs(eager).max())))
+            for name in formats:
+                logits = _RUNNERS[name](staged[name], x)
+                if logits.shape != eager.shape:
+                    raise ExportError(
+                        f"{name} export gives logits of shape {logits.shape} for input {tuple(x.shape)}; eager gives "
+                        f"{eager.shape}"
+                    )
+                differences[name] = float(np.abs(logits.astype(np.float64) - eager).max())
+                if not differences[name] <= tolerance:  # NaN fails too
+                    raise ExportError(
+                        f"{name} export differs from the eager model: max |logit difference| {differences[name]:.3g} "
+                        f"> tolerance {tolerance:.3g} (atol {atol:g} x max(1, max|logits| "
+                        f"{float(np.abs(eager).max()):.3g})) on a batch of {CHECK_BATCH}; the export is not "
+                        "trustworthy. Re-export with another torch version, or raise atol if the difference is "
+                        "acceptable"
+                    )
+
+        card = {
+            "format": "msa2net-export",
+            "msa2net_version": __version__,
+            "torch_version": torch.__version__,
+            "model_name": ckpt["model_name"],
+            "model_args": ckpt["model_args"],
+            "preprocessing": ckpt["preprocessing"],
+            "class_names": list(ckpt["class_names"]),
+            "input": {"name": "image", "shape": ["batch", channels, h, w], "dtype": "float32", "layout": "NCHW"},
+            "output": {"name": "logits", "shape": ["batch", model.num_classes, h, w], "dtype": "float32"},
+            "files": {name: _FILE_NAMES[name] for name in staged},
+            "onnx": None if onnx_exporter is None else {"exporter": onnx_exporter, "opset": _onnx_opset(staged)},
+            "check": None
+            if not check
+            else {"batch": CHECK_BATCH, "atol": atol, "tolerance": tolerance, "max_abs_diff": differences},
+        }
+        staged["json"].write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+
+        paths = {}
+        for name, path in staged.items():
+            paths[name] = out / path.name
+            os.replace(path, paths[name])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(paths, differences, tolerance, onnx_exporter)
+
+
+def _onnx_opset(staged: Mapping[str, Path]) -> int | None:
+    import onnx
+
+    model = onnx.load(str(staged["onnx"]), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -32,6 +32,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_hd95.py
+	$(BIN)/python benchmarks/bench_predict_volume.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

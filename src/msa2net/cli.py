@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -32,6 +33,141 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from .data.phantom import make_isic_phantom, make_synapse_phantom
+
+    if args.dataset == "synapse":
+        cases = make_synapse_phantom(args.out, cases=args.cases, seed=args.seed, size=args.size or 512)
+        print(f"wrote {len(cases)} CT phantom cases to {args.out}/RawData/Training (then: msa2net prepare synapse)")
+    else:
+        names = make_isic_phantom(args.out, n=args.n, seed=args.seed)
+        print(f"wrote {len(names)} lesion phantom images to {args.out} (then: msa2net prepare isic2018)")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    if args.dataset == "synapse":
+        from .data.synapse import prepare_synapse
+
+        result = prepare_synapse(args.raw, args.out, overwrite=args.overwrite)
+    else:
+        from .data.isic import prepare_isic2018
+
+        result = prepare_isic2018(args.raw, args.out, overwrite=args.overwrite)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    sets = list(args.set or [])
+    for flag, key in (
+        ("data", "data.root"),
+        ("out", "out_dir"),
+        ("epochs", "train.epochs"),
+        ("batch_size", "train.batch_size"),
+        ("model", "model.name"),
+        ("device", "train.device"),
+        ("amp", "train.amp"),
+        ("pretrained_encoder", "model.pretrained_encoder"),
+        ("official", "model.official_checkpoint"),
+        ("seed", "train.seed"),
+        ("num_workers", "data.num_workers"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            sets.insert(0, f"{key}={value}")
+    return sets
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.train import config_from_checkpoint, train
+
+    overrides = _train_overrides(args)
+    if args.resume and args.config is None:
+        base = config_from_checkpoint(args.resume).to_dict()
+        cfg = load_config("resume", overrides, base=base)
+    else:
+        cfg = load_config(args.config or "synapse", overrides)
+    result = train(cfg, resume=args.resume)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.evaluate import evaluate
+
+    empty: str | float = args.empty
+    if empty not in ("nan", "legacy", "diagonal"):
+        empty = float(empty)
+    out = args.out or str(Path(args.checkpoint).with_suffix("")) + "_eval"
+    report = evaluate(
+        args.checkpoint,
+        args.data,
+        out,
+        cases=args.cases,
+        device=args.device,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        amp=args.amp,
+        empty=empty,
+        nsd_tolerance_mm=args.nsd_tolerance,
+        save_predictions=args.save_predictions,
+        overlays_per_case=args.overlays,
+        postprocess=args.postprocess,
+    )
+    if "pooled" in report:
+        print(json.dumps(report["pooled"], indent=2))
+    else:
+        print(Path(out, "table.md").read_text())
+    print(f"report: {out}/summary.json")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.predict import predict_files
+
+    report = predict_files(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        amp=args.amp,
+        overlays=args.overlays,
+        output_format=args.format,
+    )
+    print(f"wrote {len(report.written)} file(s) to {args.out}")
+    for line in report.failure_lines():
+        print(f"failed: {line}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .engine.export import export_model
+
+    result = export_model(args.checkpoint, args.out, formats=args.formats, check=not args.no_check)
+    for fmt, path in result.items():
+        print(f"{fmt:12s} {path}")
+    for fmt, diff in result.differences.items():
+        print(f"max |logits - eager| {fmt}: {diff:.3g} (allowed {result.tolerance:.3g})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .engine.demo import run_demo
+
+    result = run_demo(args.out, overrides=args.set, device=args.device)
+    print()
+    print(Path(args.out, "eval", "table.md").read_text())
+    print(
+        f"demo finished in {result['total_seconds']:.0f} s: mean Dice {result['mean_dice']:.4f} on the phantom test "
+        f"cases (legacy protocol); report: {result['report']}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -45,6 +181,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("phantom", help="write built-in phantom data (no download needed)")
+    p.add_argument("dataset", choices=["synapse", "isic2018"])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", nargs="+", default=None, help="BTCV case ids (synapse)")
+    p.add_argument("--size", type=int, default=None, help="in-plane size (synapse, default 512)")
+    p.add_argument("-n", type=int, default=24, help="number of images (isic2018)")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("prepare", help="raw download -> training layout (Synapse: TransUNet's; ISIC: split npz)")
+    p.add_argument("dataset", choices=["synapse", "isic2018"])
+    p.add_argument("--raw", required=True, help="raw data folder (BTCV RawData, or the ISIC 2018 task 1 folders)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="redo finished cases")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train (single process, or under torchrun for DDP)")
+    p.add_argument("config", nargs="?", default=None, help="preset (synapse, isic2018, folder, demo) or YAML file")
+    p.add_argument("--data", help="data root (data.root)")
+    p.add_argument("--out", help="run folder (out_dir)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size over all processes")
+    p.add_argument("--model", help="registered model name, e.g. msa2net_paper, msa2net_released, msa2net_pico")
+    p.add_argument("--device", help="auto, cpu, cuda, mps")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--pretrained-encoder", help="ImageNet weights file for the encoder, or 'hub'")
+    p.add_argument("--official", help="start from an authors' MSA2Net .pth")
+    p.add_argument("--resume", help="last.pt (or its run folder) to continue exactly")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field, e.g. train.lr=0.01")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="legacy + millimetre metrics of a checkpoint on a labelled test set")
+    p.add_argument("--checkpoint", required=True, help="msa2net checkpoint or an authors' .pth")
+    p.add_argument("--data", required=True, help="prepared Synapse folder, dataset folder or prepared ISIC folder")
+    p.add_argument("--out", help="report folder (default: next to the checkpoint)")
+    p.add_argument("--cases", nargs="+")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--amp", choices=["bf16", "fp16"])
+    p.add_argument("--empty", default="nan", help="HD95-mm policy for empty masks: nan, legacy, diagonal or a number")
+    p.add_argument("--nsd-tolerance", type=float, default=2.0, help="surface Dice tolerance in mm")
+    p.add_argument("--save-predictions", action="store_true", help="write NIfTI predictions")
+    p.add_argument("--overlays", type=int, default=3, help="overlay PNGs per case (0: none)")
+    p.add_argument("--postprocess", action="store_true", help="ISIC: opening + hole filling before scoring")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment NIfTI/NRRD/MHA files, DICOM series folders, PNG/JPG, or folders")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--amp", choices=["bf16", "fp16"])
+    p.add_argument("--overlays", action="store_true", help="also write PNG overlays")
+    p.add_argument("--format", help="mask format for volumes: .nii.gz, .nii, .nrrd, .mha")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="TorchScript and ONNX export, checked against eager PyTorch")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--formats", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
+    p.add_argument("--no-check", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="phantom -> prepare -> train -> evaluate -> predict, on CPU in minutes")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the demo preset")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -53,9 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"msa2net {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"msa2net {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

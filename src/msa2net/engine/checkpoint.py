@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.preprocessing import SYNAPSE_PREPROCESSING
+from ..data.preprocessing import CT_PREPROCESSING
 from ..models import MSA2Net, create_model
 
 FORMAT = "msa2net-checkpoint"
@@ -200,8 +200,8 @@ def _from_official(obj: Mapping[str, Any], path: Path) -> dict[str, Any]:
             "encoder": "maxvit_rmlp_small_rw_224",
         },
         "model": converted,
-        # the authors' Synapse input: TransUNet-release intensities in [0, 1] mapped to [-1, 1]
-        "preprocessing": SYNAPSE_PREPROCESSING.to_dict(),
+        # the authors' Synapse input: HU windowed to [-125, 275] -> [0, 1] -> [-1, 1]
+        "preprocessing": CT_PREPROCESSING.to_dict(),
         "class_names": names,
         "config": {"source": "official", "path": str(path)},
     }

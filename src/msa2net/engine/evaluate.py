@@ -48,6 +48,8 @@ def _cases(root: Path, kind: str, prep: Preprocessing, cases: list[str] | None) 
         from ..data.synapse import SynapseVolumeDataset
 
         ds = SynapseVolumeDataset(root, cases=cases)
+        # prepared volumes are already windowed to [0, 1]: only the model-space normalisation remains
+        unit = Preprocessing(kind="unit", in_channels=prep.in_channels, mean=prep.mean, std=prep.std)
 
         def gen() -> Iterator[EvalCase]:
             for item in ds:
@@ -59,7 +61,7 @@ def _cases(root: Path, kind: str, prep: Preprocessing, cases: list[str] | None) 
                     )
                 yield EvalCase(item["case"], item["image"], item["label"], sp, geom)
 
-        return gen(), prep
+        return gen(), unit
     if kind == "folder":
         from ..data.folder import FolderVolumeDataset, validate_folder
 
@@ -222,8 +224,7 @@ def _evaluate_isic(model, root, out, prep, settings, batch_size, tta, amp, postp
 
     ds = ISICDataset(root, "test")
     pooled = PooledBinaryMetrics(postprocess=postprocess)
-    images = np.stack([ds[i]["image"] for i in range(len(ds))])
-    labels = np.stack([np.asarray(ds[i]["label"]) for i in range(len(ds))])
+    images, labels = ds.images, ds.masks
     pred = predict_volume(model, images, preprocessing=prep, batch_size=batch_size, tta=tta, amp=amp)
     for p, g in zip(pred, labels):
         pooled.update(p == 1, g == 1)
@@ -231,5 +232,5 @@ def _evaluate_isic(model, root, out, prep, settings, batch_size, tta, amp, postp
     report = {"settings": {**settings, "postprocess": postprocess}, "n_images": len(ds), "pooled": metrics}
     write_text_atomic(out / "summary.json", json.dumps(_finite(report), indent=2) + "\n")
     for i in range(min(3, len(ds))):
-        write_overlay_png(images[i], pred[i], out / "overlays" / f"{ds[i]['name']}.png", num_classes=2)
+        write_overlay_png(images[i], pred[i], out / "overlays" / f"{ds.names[i]}.png", num_classes=2)
     return report

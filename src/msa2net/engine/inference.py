@@ -114,5 +114,13 @@ def predict_image(
     tta: bool = False,
     amp: str | None = None,
 ) -> np.ndarray:
-    """Segment one 2D image ((H, W) or (H, W, C) raw values) -> (H, W) labels in the image's size."""
-    return predict_volume(model, np.asarray(image)[None], preprocessing=preprocessing, tta=tta, amp=amp)[0]
+    """Segment one 2D image ((H, W) or (H, W, C) raw values) -> (H, W) labels in the image's size.
+
+    The preprocessing sees the 2D image itself, so its channel rules apply (grey repeated for an RGB model,
+    alpha dropped, a colour image refused by a grey model) before the image becomes a one-slice volume.
+    """
+    unit = preprocessing.to_unit(np.asarray(image))
+    as_unit = Preprocessing(
+        kind="unit", in_channels=preprocessing.in_channels, mean=preprocessing.mean, std=preprocessing.std
+    )
+    return predict_volume(model, unit[None], preprocessing=as_unit, tta=tta, amp=amp)[0]

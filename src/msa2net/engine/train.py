@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..config import Config, config_from_dict
-from ..data.preprocessing import SYNAPSE_PREPROCESSING, Preprocessing
+from ..data.preprocessing import CT_PREPROCESSING, SYNAPSE_PREPROCESSING, Preprocessing
 from ..data.transforms import build_transform
 from ..losses import build_loss
 from ..metrics import legacy_case_metrics
@@ -104,7 +104,10 @@ def build_training_data(cfg: Config) -> TrainingData:
             for item in ds:
                 yield ValCase(item["case"], item["image"], item["label"])
 
-        return TrainingData(train, val_cases, load_val, SYNAPSE_PREPROCESSING, list(synapse.CLASS_NAMES), 1, notes)
+        # prepared slices are already HU-windowed to [0, 1]; raw CT files need the window, which the checkpoint records
+        return TrainingData(
+            train, val_cases, load_val, SYNAPSE_PREPROCESSING, list(synapse.CLASS_NAMES), 1, notes, CT_PREPROCESSING
+        )
 
     if d.kind == "isic2018":
         from ..data.isic import ISICDataset
@@ -120,9 +123,7 @@ def build_training_data(cfg: Config) -> TrainingData:
             # the whole split is one pooled "case" (ISIC metrics pool pixels over all images)
             if ids:
                 ds = ISICDataset(root, split)
-                images = np.stack([ds[i]["image"] for i in range(len(ds))])
-                labels = np.stack([np.asarray(ds[i]["label"]) for i in range(len(ds))])
-                yield ValCase(f"isic_{split}", images, labels)
+                yield ValCase(f"isic_{split}", ds.images, ds.masks.astype(np.int64))
 
         val = [] if d.validation == "none" else [f"isic_{split}"]
         return TrainingData(train, val, load_val, ISIC_PREPROCESSING, ["background", "lesion"], 3, notes)

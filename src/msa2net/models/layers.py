@@ -99,7 +99,15 @@ class SpatialGatingUnit(nn.Module):
         self.conv1 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return u * self.conv1(self.conv_spatial(self.conv0(u)))
+        a = self.conv0(u)
+        if a.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # torch's CPU bf16 kernel for this dilated depthwise conv intermittently returns non-finite weight
+            # gradients; it is cheap, so it runs in float32 there
+            with torch.autocast("cpu", enabled=False):
+                a = self.conv_spatial(a.float())
+        else:
+            a = self.conv_spatial(a)
+        return u * self.conv1(a)
 
 
 class LKAAttention(nn.Module):

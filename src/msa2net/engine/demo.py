@@ -1,0 +1,112 @@
+"""The built-in demo: phantom CT -> prepare -> train a small MSA2Net on CPU -> evaluate -> predict -> report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import load_config
+from ..data.io import write_text_atomic
+
+#: 2 test cases (the official split) and 8 training cases, one of which validates
+DEMO_CASES = ("0001", "0002", "0005", "0006", "0007", "0009", "0010", "0021", "0023", "0024")
+
+
+def run_demo(
+    out_dir: str | Path = "demo_out",
+    overrides: list[str] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the whole product on built-in data and write ``out_dir/report.md``.
+
+    Steps: CT phantom in the BTCV raw layout (``data/raw``), ``prepare synapse`` (``data/Synapse``), training of
+    the ``demo`` preset (``run``; held-out phantom cases validate), legacy + millimetre evaluation on the phantom
+    test cases (``eval``), prediction on a raw NIfTI phantom scan (``predict``).
+
+    Returns:
+        ``{"mean_dice": legacy mean Dice on the test cases, "mean_hd95_mm": ..., "report": path, "seconds": {...}}``
+    """
+    from ..data.phantom import make_synapse_phantom
+    from ..data.synapse import prepare_synapse
+    from .evaluate import evaluate
+    from .predict import predict_files
+    from .train import train
+
+    out = Path(out_dir)
+    raw, prepared = out / "data" / "raw", out / "data" / "Synapse"
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def step(name: str) -> None:
+        seconds[name] = round(time.perf_counter() - start - sum(seconds.values()), 1)
+        print(f"[demo] {name} done ({seconds[name]:.1f} s)", flush=True)
+
+    print(f"[demo] writing the CT phantom to {raw}", flush=True)
+    make_synapse_phantom(raw, cases=DEMO_CASES, seed=seed)
+    step("phantom")
+    prepare_synapse(raw, prepared, progress=progress)
+    step("prepare")
+    cfg = load_config(
+        "demo", [f"data.root={prepared}", f"out_dir={out / 'run'}", f"train.device={device}", *(overrides or [])]
+    )
+    cfg.train.progress = progress and cfg.train.progress
+    result = train(cfg)
+    step("train")
+    best = Path(result["best"])
+    summary = evaluate(best, prepared, out / "eval", device=device, progress=False, title="MSA2Net demo (phantom)")
+    step("evaluate")
+    scan = sorted((raw / "RawData" / "Training" / "img").glob("img0001.nii*"))
+    report = predict_files(best, scan, out / "predict", device=device, overlays=True, progress=False)
+    if not report.ok:
+        raise RuntimeError("demo prediction failed: " + "; ".join(report.failure_lines()))
+    step("predict")
+
+    table = (out / "eval" / "table.md").read_text()
+    overlays = sorted((out / "eval" / "overlays").glob("*.png"))[:6]
+    shutil.copyfile(out / "run" / "curves.png", out / "curves.png")
+    mean_dice = summary["legacy"]["mean_dice"]
+    lines = [
+        "# msa2net demo report",
+        "",
+        f"A small MSA2Net ({cfg.model.name}, {cfg.model.img_size[0]}x{cfg.model.img_size[1]}) trained from scratch on "
+        f"the built-in CT phantom ({len(DEMO_CASES)} synthetic cases in the BTCV layout, prepared exactly as the "
+        "Synapse data), evaluated on the phantom's test cases (case0001, case0002) with the paper's legacy protocol "
+        "and with HD95 in millimetres.",
+        "",
+        f"**Mean Dice (legacy protocol): {mean_dice:.4f}**; best validation Dice {result['best_mean_dice']:.4f} "
+        f"at epoch {result['best_epoch']}.",
+        "",
+        table,
+        "",
+        "## Training curves",
+        "",
+        "![curves](curves.png)",
+        "",
+        "## Predictions on test slices (overlays)",
+        "",
+        *[f"![{p.stem}](eval/overlays/{p.name})" for p in overlays],
+        "",
+        "## Timings (s)",
+        "",
+        *[f"- {k}: {v}" for k, v in seconds.items()],
+        "",
+        "Files: `run/` (checkpoints best.pt/last.pt, metrics.csv, TensorBoard logs), `eval/summary.json` (per case and "
+        "class, legacy and mm), `predict/` (mask of a raw NIfTI scan in its geometry, with overlays).",
+    ]
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    outcome = {
+        "mean_dice": mean_dice,
+        "mean_hd95_voxels": summary["legacy"]["mean_hd95_voxels"],
+        "mean_hd95_mm": summary["mm"]["mean_hd95_mm"],
+        "per_class_dice": summary["legacy"]["per_class_dice"],
+        "report": str(out / "report.md"),
+        "seconds": seconds,
+        "total_seconds": round(time.perf_counter() - start, 1),
+    }
+    write_text_atomic(out / "demo_summary.json", json.dumps(outcome, indent=2) + "\n")
+    return outcome

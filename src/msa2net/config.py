@@ -6,10 +6,11 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ._atomic import write_text_atomic
 
 PRESETS = ("synapse", "isic2018", "folder", "demo")
 
@@ -81,11 +82,7 @@ class Config:
 
     def dump(self, path: str | os.PathLike) -> None:
         """Write the resolved config as YAML, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        os.replace(tmp, path)
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

@@ -25,12 +25,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from ._atomic import write_text_atomic
 
 __all__ = [
     "SYNAPSE_CLASSES",
@@ -570,27 +571,6 @@ class PooledBinaryMetrics:
 # ----------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    An interrupted write leaves either the old file or the new one, never a truncated file.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return target
-
-
 def _json_safe(value: object) -> object:
     """Replace NaN/inf floats by None (JSON null) recursively so the output is strict JSON."""
     if isinstance(value, float):
@@ -741,12 +721,12 @@ class MetricAggregator:
         for row in self._rows:
             cells = [repr(float(row[m])) if m in row else "" for m in self._metrics]  # type: ignore[arg-type]
             writer.writerow([row["case_id"], row["class_name"], *cells])
-        return _atomic_write_text(path, buffer.getvalue())
+        return write_text_atomic(path, buffer.getvalue())
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`summary` as strict JSON (NaN as ``null``), atomically."""
         text = json.dumps(_json_safe(self.summary()), indent=2, allow_nan=False)
-        return _atomic_write_text(path, text + "\n")
+        return write_text_atomic(path, text + "\n")
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str]) -> MetricAggregator:

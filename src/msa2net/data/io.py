@@ -21,20 +21,21 @@ an interrupted process never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import shutil
 import struct
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
+from .._atomic import atomic_path, write_text_atomic
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -419,36 +420,6 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
             f"cannot read {p}: {_first_line(err)}; the file is corrupt, truncated or not a {suffix} image"
         ) from err
     return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a hidden temporary path next to ``path`` and rename it onto ``path`` when the block succeeds.
-
-    The temporary name keeps the full file name as its tail (``.tmp-<hex>-name.nii.gz``) so that writers choosing a
-    format by suffix still work. On an exception the temporary file is removed and ``path`` is left untouched. The
-    parent folder is created if needed.
-
-    Example:
-        >>> with atomic_path("out/summary.json") as tmp:  # doctest: +SKIP
-        ...     tmp.write_text("{}")
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{uuid.uuid4().hex[:12]}-{target.name}"
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
 
 
 def _label_dtype(array: np.ndarray) -> np.dtype:

@@ -35,6 +35,7 @@ from ..data.io import (
 from ..data.preprocessing import Preprocessing
 from ..models import MSA2Net
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .distributed import resolve_device
 from .inference import predict_image, predict_volume
 
 __all__ = ["MASK_SUFFIXES", "OVERLAY_SLICES", "PredictReport", "predict_files", "summarise_labels"]
@@ -180,12 +181,8 @@ def _segment_one(
             desc=source.name,
         )
     else:
-        # predict_image adds a depth axis before Preprocessing sees the image, which hides Preprocessing's 2D channel
-        # rules (a colour raster is refused by a grey model; grey is repeated into R, G, B for an rgb model). Apply
-        # them here: to_unit raises Preprocessing's own error for a layout the model does not take.
-        prep.to_unit(image)
         if prep.kind == "rgb" and prep.in_channels == 3 and image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
+            image = np.repeat(image[..., None], 3, axis=-1)  # grey raster shown and segmented as RGB
         labels = predict_image(model, image, preprocessing=prep, tta=tta, amp=amp)
     counts = summarise_labels(labels, class_names)
 
@@ -255,7 +252,7 @@ def predict_files(
         inputs: One or more files, folders of files, or DICOM series folders (see
             :func:`msa2net.data.io.list_inputs`).
         out_dir: Output folder (created).
-        device: Where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+        device: Where the model runs (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
         batch_size: Slices per forward pass.
         tta: Flip test-time augmentation.
         amp: ``None``, ``"bf16"`` or ``"fp16"`` autocast.
@@ -286,6 +283,7 @@ def predict_files(
             "Run without overlays and view the masks in a viewer such as ITK-SNAP or 3D Slicer"
         )
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    device = resolve_device(device) if isinstance(device, str) else device
     model = model_from_checkpoint(ckpt, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import random
@@ -17,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from .._atomic import atomic_path, write_text_atomic
 from ..config import Config, config_from_dict
 from ..data.preprocessing import CT_PREPROCESSING, SYNAPSE_PREPROCESSING, Preprocessing
 from ..data.transforms import build_transform
@@ -78,8 +80,8 @@ def build_training_data(cfg: Config) -> TrainingData:
         val_cases: list[str] = []
         if d.validation == "held_out":
             if d.val_cases:
-                val_cases = [synapse._case_name(c) for c in d.val_cases]
-                cases = [c for c in cases if synapse._case_name(c) not in val_cases]
+                val_cases = [synapse.case_name(c) for c in d.val_cases]
+                cases = [c for c in cases if synapse.case_name(c) not in val_cases]
             else:
                 cases, val_cases = synapse.split_train_val(cases, d.val_fraction, cfg.train.seed)
         elif d.validation == "test":
@@ -200,12 +202,11 @@ def _write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
@@ -229,10 +230,9 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     ax2.set_ylim(0, 1)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -401,3 +401,17 @@ def test_overlay_accepts_rgb_and_rejects_bad_labels(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="differs from image shape"):
         write_overlay_png(rgb, np.zeros((4, 3), int), tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.parametrize("name", ["nan.nii.gz", "nan.nii"])
+def test_nifti_with_nan_is_refused_not_zeroed(tmp_path, name):
+    array = np.ones((3, 4, 5), np.float32)
+    array[1, 2, 3] = np.nan
+    array[0, 0, 0] = np.inf
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    with pytest.raises(ImageReadError, match=rf"{name}: 2 voxel\(s\) are NaN or infinite"):
+        read_image(path)
+    array[np.isnan(array) | np.isinf(array)] = 0.5
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    np.testing.assert_array_equal(read_image(path)[0], array)

@@ -380,6 +380,40 @@ def _check_nifti_complete(path: Path, compressed: bool) -> None:
         )
 
 
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+
+
+def _check_nifti_finite(path: Path, compressed: bool) -> None:
+    """Raise ImageReadError when a float NIfTI file stores NaN or inf voxels.
+
+    ITK's NIfTI reader turns them into zeros without a word, so a damaged export would be segmented as if it were
+    valid. Only float files are scanned (integer CT costs nothing).
+    """
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(540)
+            layout = _nifti_layout(header)
+            if layout is None:
+                return
+            endian = "<" if struct.unpack("<i", header[:4])[0] in (348, 540) else ">"
+            version2 = struct.unpack(endian + "i", header[:4])[0] == 540
+            datatype = struct.unpack(endian + "h", header[12:14] if version2 else header[70:72])[0]
+            if datatype not in _NIFTI_FLOATS:
+                return
+            offset, data_bytes = layout
+            handle.seek(offset)
+            data = np.frombuffer(handle.read(data_bytes), dtype=endian + _NIFTI_FLOATS[datatype])
+    except (OSError, EOFError, zlib.error):
+        return  # SimpleITK reports unreadable files
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise ImageReadError(
+            f"cannot use {path}: {bad} voxel(s) are NaN or infinite (a NIfTI reader would silently turn them into 0); "
+            "fix or re-export the image"
+        )
+
+
 def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
     """Read an image file or a DICOM series folder.
 
@@ -413,6 +447,7 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
         return _read_raster(p), Geometry.identity(2)
     if suffix in (".nii", ".nii.gz"):
         _check_nifti_complete(p, compressed=suffix == ".nii.gz")
+        _check_nifti_finite(p, compressed=suffix == ".nii.gz")
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as err:

@@ -388,6 +388,20 @@ def test_overlay_blends_label_colours_on_minmax_scaled_image(tmp_path: Path) -> 
     assert _visible_files(tmp_path) == ["ov.png"]
 
 
+def test_overlay_with_reference_is_ground_truth_then_prediction(tmp_path: Path) -> None:
+    image = np.array([[10.0, 20.0], [30.0, 50.0]])
+    truth, pred = np.array([[0, 1], [0, 0]]), np.array([[0, 0], [2, 0]])
+    out = np.asarray(Image.open(write_overlay_png(image, pred, tmp_path / "pair.png", reference=truth)))
+    assert out.shape == (2, 2 + 4 + 2, 3)
+    left = np.asarray(Image.open(write_overlay_png(image, truth, tmp_path / "t.png")))
+    right = np.asarray(Image.open(write_overlay_png(image, pred, tmp_path / "p.png")))
+    np.testing.assert_array_equal(out[:, :2], left)
+    np.testing.assert_array_equal(out[:, 6:], right)
+    assert (out[:, 2:6] == 255).all()
+    with pytest.raises(ValueError, match="labels shape"):
+        write_overlay_png(image, pred, tmp_path / "bad.png", reference=np.zeros((3, 3), int))
+
+
 def test_overlay_accepts_rgb_and_rejects_bad_labels(tmp_path: Path) -> None:
     rgb = np.zeros((3, 4, 3), np.uint8)
     rgb[..., 1] = 200

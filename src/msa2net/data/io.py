@@ -605,6 +605,7 @@ def write_overlay_png(
     path: str | os.PathLike[str],
     alpha: float = 0.4,
     num_classes: int | None = None,
+    reference: np.ndarray | None = None,
 ) -> Path:
     """Write a colour overlay of a label map on a 2D image as PNG, atomically.
 
@@ -615,6 +616,8 @@ def write_overlay_png(
         path: Target ``.png`` file.
         alpha: Opacity of the label colours in [0, 1].
         num_classes: Number of classes including background (<= 16). When given, ids >= ``num_classes`` are an error.
+        reference: Optional ``(H, W)`` ground-truth label map; the PNG then shows it on the left and ``labels2d``
+            on the right, side by side.
 
     Returns:
         The written path. Pixel colours are ``(1 - alpha) * image + alpha * OVERLAY_COLORS[label]`` where label > 0.
@@ -626,25 +629,34 @@ def write_overlay_png(
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    labels = np.asarray(labels2d)
     rgb = _to_uint8_rgb(image2d)
-    if labels.shape != rgb.shape[:2]:
-        raise ValueError(f"labels shape {labels.shape} differs from image shape {rgb.shape[:2]}")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
-        if not np.array_equal(labels, np.round(labels)):
-            raise ValueError("labels must be integer ids; got non-integer values (pass an argmax, not probabilities)")
-    labels = labels.astype(np.int64)
     limit = len(OVERLAY_COLORS) if num_classes is None else int(num_classes)
     if limit > len(OVERLAY_COLORS):
         raise ValueError(f"the overlay colour table has {len(OVERLAY_COLORS)} entries; got num_classes={limit}")
-    if labels.size and (labels.min() < 0 or labels.max() >= limit):
-        raise ValueError(
-            f"label ids must be in 0..{limit - 1}, found {int(labels.min())}..{int(labels.max())}"
-            + ("" if num_classes is not None else f"; overlays support at most {len(OVERLAY_COLORS)} classes")
-        )
-    colours = OVERLAY_COLORS[labels].astype(np.float64)
-    blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colours
-    out = np.where((labels > 0)[..., None], np.round(blended), rgb).astype(np.uint8)
+
+    def blend(labels2d: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels2d)
+        if labels.shape != rgb.shape[:2]:
+            raise ValueError(f"labels shape {labels.shape} differs from image shape {rgb.shape[:2]}")
+        if labels.size and not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
+            if not np.array_equal(labels, np.round(labels)):
+                raise ValueError(
+                    "labels must be integer ids; got non-integer values (pass an argmax, not probabilities)"
+                )
+        labels = labels.astype(np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= limit):
+            raise ValueError(
+                f"label ids must be in 0..{limit - 1}, found {int(labels.min())}..{int(labels.max())}"
+                + ("" if num_classes is not None else f"; overlays support at most {len(OVERLAY_COLORS)} classes")
+            )
+        colours = OVERLAY_COLORS[labels].astype(np.float64)
+        blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colours
+        return np.where((labels > 0)[..., None], np.round(blended), rgb).astype(np.uint8)
+
+    out = blend(labels2d)
+    if reference is not None:
+        gap = np.full((out.shape[0], 4, 3), 255, dtype=np.uint8)
+        out = np.concatenate([blend(reference), gap, out], axis=1)  # ground truth | prediction
     target = Path(path)
     with atomic_path(target) as tmp:
         Image.fromarray(out).save(tmp, format="PNG")

@@ -87,7 +87,7 @@ def run_demo(
         "",
         "![curves](curves.png)",
         "",
-        "## Predictions on test slices (overlays)",
+        "## Test slices: ground truth (left) and prediction (right)",
         "",
         *[f"![{p.stem}](eval/overlays/{p.name})" for p in overlays],
         "",

@@ -210,12 +210,14 @@ def _finite(value: Any) -> Any:
 
 
 def _overlays(case: EvalCase, pred: np.ndarray, folder: Path, n: int, num_classes: int) -> None:
-    """A few slices with the most ground-truth foreground: prediction overlays."""
+    """A few slices with the most ground-truth foreground: ground truth (left) and prediction (right)."""
     fg = (case.label > 0).reshape(case.label.shape[0], -1).sum(axis=1)
     order = [int(z) for z in np.argsort(-fg, kind="stable")[:n] if fg[z] > 0] or [case.label.shape[0] // 2]
     for z in sorted(order):
         image = case.image[z]
-        write_overlay_png(image, pred[z], folder / f"{case.case}_z{z:03d}.png", num_classes=num_classes)
+        write_overlay_png(
+            image, pred[z], folder / f"{case.case}_z{z:03d}.png", num_classes=num_classes, reference=case.label[z]
+        )
 
 
 @torch.inference_mode()
@@ -232,5 +234,7 @@ def _evaluate_isic(model, root, out, prep, settings, batch_size, tta, amp, postp
     report = {"settings": {**settings, "postprocess": postprocess}, "n_images": len(ds), "pooled": metrics}
     write_text_atomic(out / "summary.json", json.dumps(_finite(report), indent=2) + "\n")
     for i in range(min(3, len(ds))):
-        write_overlay_png(images[i], pred[i], out / "overlays" / f"{ds.names[i]}.png", num_classes=2)
+        write_overlay_png(
+            images[i], pred[i], out / "overlays" / f"{ds.names[i]}.png", num_classes=2, reference=labels[i]
+        )
     return report

@@ -70,3 +70,33 @@ def test_evaluate_and_predict_accept_official_pth(tmp_path, data_synapse_prepare
     scan = next((data_synapse_raw / "RawData" / "Training" / "img").glob("img0002*"))
     assert main(["predict", "--checkpoint", str(path), str(scan), "-o", str(tmp_path / "pred")]) == 0
     assert (tmp_path / "pred" / scan.name).is_file()
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end_shortened(tmp_path, capsys):
+    """The `make demo` path (phantom, prepare, train, evaluate, predict, report) with one short epoch."""
+    out = tmp_path / "demo"
+    code = main(
+        ["demo", "--out", str(out), "--device", "cpu", "--set", "train.epochs=1", "--set", "model.img_size=[64, 64]"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "demo finished in" in printed and "| Spl | RKid | LKid |" in printed
+    report = (out / "report.md").read_text()
+    assert "Mean Dice (legacy protocol)" in report and "![curves](curves.png)" in report
+    assert (out / "curves.png").is_file() and list((out / "eval" / "overlays").glob("*.png"))
+    assert (out / "predict" / "img0001.nii.gz").is_file()
+
+
+def test_export_command(tmp_path, capsys):
+    from msa2net import create_model
+    from msa2net.data.preprocessing import CT_PREPROCESSING
+    from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("msa2net_test", num_classes=2, img_size=64)
+    save_checkpoint(make_checkpoint(model, "msa2net_test", CT_PREPROCESSING.to_dict(), ["bg", "fg"]), tmp_path / "m.pt")
+    assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "-o", str(tmp_path / "x")]) == 0
+    out = capsys.readouterr().out
+    assert "max |logits - eager| onnx" in out and "max |logits - eager| torchscript" in out
+    assert {p.name for p in (tmp_path / "x").iterdir()} >= {"model.ts", "model.onnx", "model.safetensors", "model.json"}

@@ -92,3 +92,56 @@ def test_evaluate_writes_the_paper_table_and_honest_metrics(data_synapse_prepare
     expected = legacy_case_metrics(pred == 1, item["label"] == 1)
     got = [r for r in summary["cases"] if r["case_id"] == "case0001" and r["class_name"] == "spleen"][0]
     assert (got["dice"], got["hd95"]) == pytest.approx(expected)
+
+
+def _tiny_checkpoint(tmp_path, prep: Preprocessing, names: list[str], in_channels: int = 1):
+    torch.manual_seed(0)
+    model = msa2net.create_model("msa2net_test", num_classes=len(names), in_channels=in_channels, img_size=64)
+    path = tmp_path / "model.pt"
+    save_checkpoint(make_checkpoint(model, "msa2net_test", prep.to_dict(), names), path)
+    return path
+
+
+def test_evaluate_a_3d_folder_keeps_geometry(tmp_path):
+    import SimpleITK as sitk
+
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    label = np.zeros((3, 40, 36), np.uint8)
+    label[:, 10:25, 8:20] = 1
+    for arr, sub, name in (
+        (label.astype(np.int16) * 300 - 100, "imagesTr", "a_0000.nii.gz"),
+        (label, "labelsTr", "a.nii.gz"),
+    ):
+        img = sitk.GetImageFromArray(arr.astype(np.int16 if sub == "imagesTr" else np.uint8))
+        img.SetSpacing((0.7, 0.8, 2.5))
+        img.SetOrigin((10.0, -5.0, 3.0))
+        sitk.WriteImage(img, str(root / sub / name))
+    spec = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="ct_window"), ["background", "organ"])
+    report = evaluate(ckpt, root, tmp_path / "ev", device="cpu", progress=False, save_predictions=True)
+    assert report["n_cases"] == 1 and report["class_names"] == ["background", "organ"]
+    written = sitk.ReadImage(str(tmp_path / "ev" / "predictions" / "a.nii.gz"))
+    assert written.GetSpacing() == pytest.approx((0.7, 0.8, 2.5)) and written.GetOrigin() == pytest.approx((10, -5, 3))
+    assert sitk.GetArrayFromImage(written).shape == label.shape
+
+
+def test_evaluate_a_2d_png_folder(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "png"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(2):
+        label = np.zeros((48, 40), np.uint8)
+        label[5 + i : 30, 6:22] = 1
+        Image.fromarray((label * 200 + 20).astype(np.uint8)).save(root / "imagesTr" / f"c{i}_0000.png")
+        Image.fromarray(label).save(root / "labelsTr" / f"c{i}.png")
+    spec = {"channel_names": {"0": "grey"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="zscore"), ["background", "lesion"])
+    report = evaluate(ckpt, root, tmp_path / "ev", device="cpu", progress=False)
+    assert report["n_cases"] == 2 and 0.0 <= report["legacy"]["mean_dice"] <= 1.0
+    assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 2

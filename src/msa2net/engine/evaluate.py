@@ -72,9 +72,9 @@ def _cases(root: Path, kind: str, prep: Preprocessing, cases: list[str] | None) 
         def gen() -> Iterator[EvalCase]:
             for item in ds:
                 image, label, geom = item["image_unit"], item["label"], item["geometry"]
-                sp = tuple(item["spacing_zyx"]) if "spacing_zyx" in item else None
-                if report.dims == 2:
-                    image, label = image[None], label[None]
+                sp = tuple(item["spacing_zyx"])
+                if report.dims == 2:  # one-slice volume; pixel spacing of rasters is nominal (1, 1)
+                    image, label, sp = image[None], label[None], (1.0, *sp[-2:])
                 yield EvalCase(item["case"], image, label, sp, geom)
 
         return gen(), unit

@@ -376,7 +376,12 @@ def _train(cfg: Config, info: distributed.DistInfo, resume: str | os.PathLike | 
         best, best_epoch = float(ckpt.get("best_metric", -1.0)), int(ckpt.get("best_epoch", -1))
         history = [dict(r) for r in ckpt.get("history", [])]
         rng = ckpt["rng"]
-        set_rng_state(rng[info.rank] if isinstance(rng, list) else rng)
+        if isinstance(rng, list) and len(rng) != info.world_size and info.is_main:
+            print(
+                f"note: the checkpoint was written by {len(rng)} process(es), this run has {info.world_size}: "
+                "training continues, but not bit-exactly"
+            )
+        set_rng_state(rng[info.rank % len(rng)] if isinstance(rng, list) else rng)
     if info.enabled:
         ids = [info.device.index] if info.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)

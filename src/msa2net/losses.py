@@ -109,7 +109,24 @@ def boundary_alpha(one_hot: torch.Tensor) -> torch.Tensor:
     return alpha.clamp(max=0.8)
 
 
-class BoundaryDoULoss(nn.Module):
+class _MulticlassLoss(nn.Module):
+    """Shared checks of the multi-class losses: ``num_classes >= 2``, finite logits, labels in range."""
+
+    def __init__(self, num_classes: int, validate: bool = True) -> None:
+        super().__init__()
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2 (background included), found {num_classes}")
+        self.num_classes = int(num_classes)
+        self.validate = validate
+
+    def _labels(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Validated (B, H, W) integer labels for ``logits`` (B, K, H, W)."""
+        if self.validate:
+            _check_logits(logits, self.num_classes)
+        return _as_label_map(target, logits, self.num_classes, self.validate)
+
+
+class BoundaryDoULoss(_MulticlassLoss):
     """Boundary Difference over Union loss (Sun et al., MICCAI 2023), as trained by MSA2Net.
 
     Per class ``c`` over the whole batch, with softmax probabilities ``p`` and one-hot target ``t``:
@@ -126,17 +143,8 @@ class BoundaryDoULoss(nn.Module):
         logits (B, K, H, W) raw scores; target (B, H, W) integer labels in [0, K). Returns a scalar.
     """
 
-    def __init__(self, num_classes: int, validate: bool = True) -> None:
-        super().__init__()
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2 (background included), found {num_classes}")
-        self.num_classes = int(num_classes)
-        self.validate = validate
-
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.validate:
-            _check_logits(logits, self.num_classes)
-        labels = _as_label_map(target, logits, self.num_classes, self.validate)
+        labels = self._labels(logits, target)
         probs = torch.softmax(logits.to(_loss_dtype(logits)), dim=1)  # (B, K, H, W), at least float32
         with torch.no_grad():
             one_hot = _one_hot(labels, self.num_classes)
@@ -150,7 +158,7 @@ class BoundaryDoULoss(nn.Module):
         return (numerator / denominator).mean()
 
 
-class DiceLoss(nn.Module):
+class DiceLoss(_MulticlassLoss):
     """Soft Dice loss on softmax probabilities, per class over the whole batch, mean over classes.
 
     ``loss = 1 - mean_c (2 sum pt + smooth) / (sum p^2 + sum t^2 + smooth)``: the squared-denominator
@@ -170,18 +178,12 @@ class DiceLoss(nn.Module):
     def __init__(
         self, num_classes: int, include_background: bool = True, smooth: float = 1e-5, validate: bool = True
     ) -> None:
-        super().__init__()
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2 (background included), found {num_classes}")
-        self.num_classes = int(num_classes)
+        super().__init__(num_classes, validate)
         self.include_background = include_background
         self.smooth = float(smooth)
-        self.validate = validate
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.validate:
-            _check_logits(logits, self.num_classes)
-        labels = _as_label_map(target, logits, self.num_classes, self.validate)
+        labels = self._labels(logits, target)
         probs = torch.softmax(logits.to(_loss_dtype(logits)), dim=1)  # (B, K, H, W), at least float32
         with torch.no_grad():
             one_hot = _one_hot(labels, self.num_classes)
@@ -195,7 +197,7 @@ class DiceLoss(nn.Module):
         return 1.0 - dice.mean()
 
 
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(_MulticlassLoss):
     """Pixel-wise cross-entropy on logits (B, K, H, W) against integer labels (B, H, W), mean over pixels.
 
     Args:
@@ -203,17 +205,8 @@ class CrossEntropyLoss(nn.Module):
         validate: Check labels and logits on every call.
     """
 
-    def __init__(self, num_classes: int, validate: bool = True) -> None:
-        super().__init__()
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2 (background included), found {num_classes}")
-        self.num_classes = int(num_classes)
-        self.validate = validate
-
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.validate:
-            _check_logits(logits, self.num_classes)
-        labels = _as_label_map(target, logits, self.num_classes, self.validate)
+        labels = self._labels(logits, target)
         return F.cross_entropy(logits.to(_loss_dtype(logits)), labels)
 
 

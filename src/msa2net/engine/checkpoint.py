@@ -20,6 +20,7 @@ import torch
 from .. import __version__
 from .._atomic import atomic_path
 from ..data.preprocessing import CT_PREPROCESSING
+from ..metrics import SYNAPSE_CLASSES
 from ..models import MSA2Net, create_model
 
 FORMAT = "msa2net-checkpoint"
@@ -143,19 +144,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-SYNAPSE_CLASS_NAMES = (
-    "background",
-    "spleen",
-    "right_kidney",
-    "left_kidney",
-    "gallbladder",
-    "liver",
-    "stomach",
-    "aorta",
-    "pancreas",
-)
-
-
 def _looks_official(obj: Mapping[str, Any]) -> bool:
     for wrapper in ("state_dict", "model"):
         if isinstance(obj.get(wrapper), Mapping):
@@ -178,7 +166,7 @@ def _from_official(obj: Mapping[str, Any], path: Path) -> dict[str, Any]:
     if head is None:
         raise CheckpointError(f"{str(path)!r}: the official checkpoint lacks decoder_0.last_layer.weight")
     num_classes = int(head.shape[0])
-    names = list(SYNAPSE_CLASS_NAMES) if num_classes == 9 else [f"class_{i}" for i in range(num_classes)]
+    names = ["background", *SYNAPSE_CLASSES] if num_classes == 9 else [f"class_{i}" for i in range(num_classes)]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

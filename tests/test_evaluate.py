@@ -145,3 +145,28 @@ def test_evaluate_a_2d_png_folder(tmp_path):
     report = evaluate(ckpt, root, tmp_path / "ev", device="cpu", progress=False)
     assert report["n_cases"] == 2 and 0.0 <= report["legacy"]["mean_dice"] <= 1.0
     assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("postprocess", [False, True])
+def test_evaluate_isic_pools_pixels(data_isic_raw, tmp_path, postprocess):
+    from msa2net.data.isic import ISICDataset, prepare_isic2018
+    from msa2net.metrics import PooledBinaryMetrics
+
+    root = tmp_path / "isic"
+    prepare_isic2018(data_isic_raw, root, size=(64, 64), progress=False)
+    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="rgb", in_channels=3), ["background", "lesion"], in_channels=3)
+    report = evaluate(ckpt, root, tmp_path / "ev", device="cpu", progress=False, postprocess=postprocess)
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["n_images"] == 5 and summary["settings"]["postprocess"] is postprocess
+    assert set(summary["pooled"]) >= {"dsc", "iou", "sensitivity", "specificity", "accuracy"}
+    # the pooled figures are those of the model's predictions on the test split, computed independently here
+    test = ISICDataset(root, "test")
+    model = msa2net.create_model("msa2net_test", num_classes=2, in_channels=3, img_size=64)
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    pred = msa2net.predict_volume(model, test.images, preprocessing=Preprocessing(kind="rgb", in_channels=3))
+    pooled = PooledBinaryMetrics(postprocess=postprocess)
+    for p, g in zip(pred, test.masks):
+        pooled.update(p == 1, g == 1)
+    expected = pooled.compute()
+    assert report["pooled"]["accuracy"] == pytest.approx(expected["accuracy"])
+    assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 3

@@ -571,14 +571,17 @@ class PooledBinaryMetrics:
 # ----------------------------------------------------------------------------------------------
 
 
-def _json_safe(value: object) -> object:
-    """Replace NaN/inf floats by None (JSON null) recursively so the output is strict JSON."""
+def json_safe(value: object) -> object:
+    """Replace NaN/inf floats by None (JSON null) recursively so the output is strict JSON; NumPy scalars become
+    Python numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -725,7 +728,7 @@ class MetricAggregator:
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`summary` as strict JSON (NaN as ``null``), atomically."""
-        text = json.dumps(_json_safe(self.summary()), indent=2, allow_nan=False)
+        text = json.dumps(json_safe(self.summary()), indent=2, allow_nan=False)
         return write_text_atomic(path, text + "\n")
 
     @classmethod

@@ -14,7 +14,7 @@ import torch
 
 from ..data.io import Geometry, write_image, write_overlay_png, write_text_atomic
 from ..data.preprocessing import Preprocessing
-from ..metrics import MetricAggregator, PooledBinaryMetrics, case_metrics, format_paper_table
+from ..metrics import MetricAggregator, PooledBinaryMetrics, case_metrics, format_paper_table, json_safe
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
 from .inference import predict_volume
@@ -191,22 +191,10 @@ def evaluate(
         },
         **summary,
     }
-    write_text_atomic(out / "summary.json", json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     agg.write_csv(out / "per_case.csv")
     write_text_atomic(out / "table.md", table_legacy + "\n\n" + table_mm + "\n")
     return report
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value
 
 
 def _overlays(case: EvalCase, pred: np.ndarray, folder: Path, n: int, num_classes: int) -> None:
@@ -232,7 +220,7 @@ def _evaluate_isic(model, root, out, prep, settings, batch_size, tta, amp, postp
         pooled.update(p == 1, g == 1)
     metrics = pooled.compute()
     report = {"settings": {**settings, "postprocess": postprocess}, "n_images": len(ds), "pooled": metrics}
-    write_text_atomic(out / "summary.json", json.dumps(_finite(report), indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     for i in range(min(3, len(ds))):
         write_overlay_png(
             images[i], pred[i], out / "overlays" / f"{ds.names[i]}.png", num_classes=2, reference=labels[i]

@@ -88,8 +88,8 @@ def test_evaluate_writes_the_paper_table_and_honest_metrics(data_synapse_prepare
     from msa2net.metrics import legacy_case_metrics
 
     item = next(iter(SynapseVolumeDataset(data_synapse_prepared, cases=["case0001"])))
-    pred = _legacy_single_volume(tiny_model, item["image"], 64)
-    expected = legacy_case_metrics(pred == 1, item["label"] == 1)
+    pred = _legacy_single_volume(tiny_model, item.image, 64)
+    expected = legacy_case_metrics(pred == 1, item.label == 1)
     got = [r for r in summary["cases"] if r["case_id"] == "case0001" and r["class_name"] == "spleen"][0]
     assert (got["dice"], got["hd95"]) == pytest.approx(expected)
 

@@ -16,10 +16,10 @@ from msa2net.data.folder import (
     FolderValidationError,
     FolderVolumeDataset,
     load_dataset_json,
-    split_cases,
     validate_folder,
 )
 from msa2net.data.preprocessing import CT_PREPROCESSING, Preprocessing
+from msa2net.data.source import split_cases
 from msa2net.data.transforms import build_transform
 
 SPACING = (0.8, 0.7, 2.5)  # SimpleITK order (x, y, z)
@@ -190,7 +190,7 @@ def test_slice_dataset_rng_follows_seed_epoch_index(tmp_path):
 def test_slice_dataset_with_augmentation_keeps_label_set(tmp_path):
     _make_3d(tmp_path)
     prep = CT_PREPROCESSING
-    transform = build_transform("msa2net", size=(16, 16), normalize_mean=prep.mean, normalize_std=prep.std)
+    transform = build_transform("msa2net", size=(16, 16), preprocessing=prep)
     dataset = FolderSliceDataset(tmp_path, cases=["case_a"], transform=transform)
     assert len(dataset) == 3
     for epoch in range(3):
@@ -207,14 +207,14 @@ def test_volume_dataset_keeps_geometry(tmp_path):
     assert len(dataset) == 1
     item = dataset[0]
     hu, label = data["case_b"]
-    assert item["case"] == "case_b"
-    assert item["image_unit"].shape == (2, 8, 10) and item["image_unit"].dtype == np.float32
-    np.testing.assert_allclose(item["image_unit"], CT_PREPROCESSING.to_unit(hu))
-    np.testing.assert_array_equal(item["label"], label)
-    assert item["label"].dtype == np.int64
-    np.testing.assert_allclose(item["geometry"].spacing, SPACING)
-    np.testing.assert_allclose(item["geometry"].origin, ORIGIN)
-    np.testing.assert_allclose(item["spacing_zyx"], SPACING[::-1])
+    assert item.name == "case_b"
+    assert item.image.shape == (2, 8, 10) and item.image.dtype == np.float32
+    np.testing.assert_allclose(item.image, CT_PREPROCESSING.to_unit(hu))
+    np.testing.assert_array_equal(item.label, label)
+    assert item.label.dtype == np.int64
+    np.testing.assert_allclose(item.geometry.spacing, SPACING)
+    np.testing.assert_allclose(item.geometry.origin, ORIGIN)
+    np.testing.assert_allclose(item.spacing, SPACING[::-1])
 
 
 def test_unknown_cases_and_channel_mismatch_are_rejected(tmp_path):
@@ -237,8 +237,8 @@ def test_grey_png_dataset(tmp_path):
     item = dataset[1]
     assert item["name"] == "img01:0" and item["image"].shape == (1, 12, 16)
     np.testing.assert_array_equal(item["label"].numpy(), data["img01"][1])
-    volume = FolderVolumeDataset(tmp_path)[0]
-    assert volume["image_unit"].shape == (12, 16) and volume["spacing_zyx"] == (1.0, 1.0)
+    volume = FolderVolumeDataset(tmp_path)[0]  # a one-slice volume
+    assert volume.image.shape == (1, 12, 16) and volume.label.shape == (1, 12, 16) and volume.spacing == (1.0, 1.0, 1.0)
 
 
 @pytest.mark.parametrize("layout", ["file", "channels"])
@@ -250,8 +250,8 @@ def test_rgb_png_dataset(tmp_path, layout):
     assert item["image"].shape == (3, 12, 16)
     image = data["img00"][0]
     np.testing.assert_allclose(item["image"].numpy(), (image.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5, atol=1e-6)
-    unit = FolderVolumeDataset(tmp_path)[0]["image_unit"]
-    assert unit.shape == (12, 16, 3) and 0.0 <= unit.min() and unit.max() <= 1.0
+    unit = FolderVolumeDataset(tmp_path)[0].image
+    assert unit.shape == (1, 12, 16, 3) and 0.0 <= unit.min() and unit.max() <= 1.0
 
 
 def test_test_images_are_listed(tmp_path):
@@ -366,7 +366,7 @@ def test_split_cases_is_reproducible_and_disjoint():
 def test_split_cases_errors():
     with pytest.raises(ValueError, match="val_fraction must be in"):
         split_cases(["a", "b"], 1.0)
-    with pytest.raises(ValueError, match="cannot hold out a validation set from 1 case"):
+    with pytest.raises(ValueError, match="cannot hold out a validation case from 1 training case"):
         split_cases(["a"], 0.2)
     with pytest.raises(ValueError, match=r"duplicate case ids \['a'\]"):
         split_cases(["a", "a", "b"], 0.2)

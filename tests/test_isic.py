@@ -95,7 +95,7 @@ def test_dataset_items_transform_and_random_streams(data_isic_raw: Path, tmp_pat
 
     augmented = ISICDataset(tmp_path / "out", "train", transform=probe, seed=4)
     first = augmented[5]["image"]
-    assert seen[0] == (np.dtype(np.uint8), (16, 20, 3), np.dtype(np.int64))
+    assert seen[0] == (np.dtype(np.float32), (16, 20, 3), np.dtype(np.int64))  # the unit representation
     np.testing.assert_array_equal(first, np.random.default_rng([4, 0, 5]).random(2))
     np.testing.assert_array_equal(augmented[5]["image"], first)
     augmented.set_epoch(2)

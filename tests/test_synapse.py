@@ -18,16 +18,14 @@ from msa2net.data.phantom import make_synapse_phantom
 from msa2net.data.synapse import (
     BTCV_TO_SYNAPSE,
     CLASS_NAMES,
-    HU_WINDOW,
     TEST_CASES,
     TRAIN_CASES,
     SynapseSliceDataset,
+    SynapseSource,
     SynapseVolumeDataset,
     available_cases,
     case_name,
     prepare_synapse,
-    split_train_val,
-    volume_cases_from_train,
 )
 
 # The label map written out independently of the package, from PROTOCOLS.md.
@@ -71,7 +69,6 @@ def test_constants_follow_the_protocol() -> None:
     assert {k: v for k, v in BTCV_TO_SYNAPSE.items() if v} == SPEC_MAP
     assert all(BTCV_TO_SYNAPSE[k] == 0 for k in (0, 5, 9, 10, 12, 13))
     assert CLASS_NAMES[5] == "liver" and CLASS_NAMES[8] == "pancreas" and len(CLASS_NAMES) == 9
-    assert HU_WINDOW == (-125.0, 275.0)
     assert case_name("0005") == case_name(5) == case_name("case0005") == "case0005"
     with pytest.raises(ValueError, match="case ids"):
         case_name("liver")
@@ -159,23 +156,25 @@ def test_datasets_round_trip_the_prepared_files(data_synapse_raw: Path, data_syn
     assert len(only) == len(slices) - hu.shape[0] and all(n.startswith("case0006_") for n in only.names)
 
     volumes = SynapseVolumeDataset(root)
-    assert [volumes[i]["case"] for i in range(len(volumes))] == ["case0001", "case0002"]
+    assert [volumes[i].name for i in range(len(volumes))] == ["case0001", "case0002"]
     vol = volumes[1]
     hu, btcv, spacing_xyz = _raw_arrays(data_synapse_raw, "0002")
     image, label = _expected(hu, btcv)
-    assert vol["image"].dtype == np.float32 and vol["label"].dtype == np.int64
-    np.testing.assert_allclose(vol["image"], image, atol=1e-6)
-    np.testing.assert_array_equal(vol["label"], label)
-    np.testing.assert_allclose(vol["spacing"], spacing_xyz[::-1], rtol=1e-6)
+    assert vol.image.dtype == np.float32 and vol.label.dtype == np.int64
+    np.testing.assert_allclose(vol.image, image, atol=1e-6)
+    np.testing.assert_array_equal(vol.label, label)
+    np.testing.assert_allclose(vol.spacing, spacing_xyz[::-1], rtol=1e-6)
+    np.testing.assert_allclose(vol.geometry.spacing, spacing_xyz, rtol=1e-6)
 
-    val = volume_cases_from_train(root, ["case0006"])
+    source = SynapseSource(root)
+    assert source.train_ids() == ["case0005", "case0006"] and source.test_ids() == ["case0001", "case0002"]
+    val = list(source.cases(["0006"]))  # a training case, assembled from its slices
     hu, btcv, spacing_xyz = _raw_arrays(data_synapse_raw, "0006")
     image, label = _expected(hu, btcv)
-    assert len(val) == 1 and val[0]["case"] == "case0006"
-    np.testing.assert_allclose(val[0]["image"], image, atol=1e-6)
-    np.testing.assert_array_equal(val[0]["label"], label)
-    np.testing.assert_allclose(val[0]["spacing"], spacing_xyz[::-1], rtol=1e-6)
-    assert [item["case"] for item in val] == ["case0006"]  # iterable, as evaluation loops use it
+    assert len(val) == 1 and val[0].name == "case0006"
+    np.testing.assert_allclose(val[0].image, image, atol=1e-6)
+    np.testing.assert_array_equal(val[0].label, label)
+    np.testing.assert_allclose(val[0].spacing, spacing_xyz[::-1], rtol=1e-6)
     assert available_cases(root) == ["case0005", "case0006"]
     assert available_cases(root, "test_vol.txt") == ["case0001", "case0002"]
 
@@ -335,8 +334,8 @@ def test_public_download_without_spacing_and_label_checks_on_volumes(tmp_path: P
     with pytest.raises(ValueError, match=r"\{11\} found in case0001"):
         SynapseVolumeDataset(root)[0]
     item = SynapseVolumeDataset(root, labels="btcv14")[0]
-    assert item["spacing"] is None and item["case"] == "case0001"
-    assert item["label"].dtype == np.int64 and np.all(item["label"] == 8)
+    assert item.spacing is None and item.geometry is None and item.name == "case0001"
+    assert item.label.dtype == np.int64 and np.all(item.label == 8)
     with pytest.raises(FileNotFoundError, match="msa2net prepare synapse"):
         SynapseSliceDataset(root)
     with pytest.raises(ValueError, match="not in"):
@@ -385,25 +384,24 @@ def test_random_streams_do_not_depend_on_workers(data_synapse_prepared: Path) ->
     assert not np.array_equal(serial[0], serial[1])  # persistent workers saw set_epoch(1)
 
 
-def test_split_train_val_holds_out_whole_cases_deterministically() -> None:
-    cases = list(TRAIN_CASES)
-    train, val = split_train_val(cases, val_fraction=0.2, seed=0)
-    assert len(val) == 4 and len(train) == 14
-    assert not set(train) & set(val) and set(train) | set(val) == {f"case{c}" for c in cases}
-    assert split_train_val(reversed(cases), 0.2, 0) == (train, val)  # order of the input does not matter
-    assert split_train_val(cases, 0.2, 1) != (train, val)
-    assert split_train_val(["0005", "0006"], 0.01)[1] != []  # at least one validation case
-    assert len(split_train_val(["0005", "0006"], 0.9)[0]) == 1  # and at least one training case
-    assert split_train_val(["0005"], 0.2) == (["case0005"], [])
-    assert split_train_val(cases, 0.0)[1] == []
-    with pytest.raises(ValueError, match="val_fraction"):
-        split_train_val(cases, 1.0)
+def test_held_out_split_takes_whole_cases_deterministically(data_synapse_prepared: Path) -> None:
+    source = SynapseSource(data_synapse_prepared)
+    split = source.split("held_out", val_fraction=0.5, seed=0)
+    assert len(split.val) == 1 and sorted(split.train + split.val) == ["case0005", "case0006"]
+    assert source.split("held_out", val_fraction=0.5, seed=0) == split
+    assert source.split("held_out", val_cases=["0006"]).val == ["case0006"]  # ids in any spelling
+    assert source.split("held_out", val_cases=["0006"]).train == ["case0005"]
+    assert source.split("none").val == [] and source.split("none").train == ["case0005", "case0006"]
+    test = source.split("test")
+    assert test.val == ["case0001", "case0002"] and "TEST" in test.notes[0]
+    with pytest.raises(ValueError, match=r"data.val_cases \['case0001'\] are not cases"):
+        source.split("held_out", val_cases=["0001"])  # a test case cannot validate as held out
 
 
-def test_volume_cases_from_train_rejects_unknown_or_gappy_cases(data_synapse_prepared: Path, tmp_path: Path) -> None:
+def test_training_cases_assemble_only_when_complete(data_synapse_prepared: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="case0001"):
-        volume_cases_from_train(data_synapse_prepared, ["case0001"])
+        SynapseVolumeDataset.from_train_slices(data_synapse_prepared, ["case0001"])
     root = _copy(data_synapse_prepared, tmp_path / "copy")
     (root / "train_npz" / "case0005_slice002.npz").unlink()
     with pytest.raises(ValueError, match=r"case0005: slices \[2\] missing"):
-        volume_cases_from_train(root, ["0005"])[0]
+        next(SynapseSource(root).cases(["0005"]))

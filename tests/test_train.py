@@ -134,9 +134,7 @@ def _folder_dataset(root: Path) -> None:
 def test_train_folder_preset_path(tmp_path):
     root = tmp_path / "ds"
     _folder_dataset(root)
-    cfg = tiny_config(
-        "folder", root, tmp_path / "run", "train.epochs=1", "model.num_classes=3", "data.val_fraction=0.34"
-    )
+    cfg = tiny_config("folder", root, tmp_path / "run", "train.epochs=1", "data.val_fraction=0.34")
     result = train(cfg)
     assert result["epochs_done"] == 1
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from msa2net.data.preprocessing import ISIC_PREPROCESSING, SYNAPSE_PREPROCESSING, Preprocessing
 from msa2net.data.transforms import (
     FlipAugment,
     MSA2NetAugment,
@@ -307,27 +308,29 @@ def test_mismatched_pair_is_rejected():
 def test_pipeline_unit_grayscale_normalises_to_minus_one_one():
     image = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
     label = np.array([[0, 1], [2, 1]], np.float32)  # float labels as in the TransUNet release
-    x, y = SegmentationTransform(size=None)(image, label)
+    x, y = SegmentationTransform(size=None, preprocessing=SYNAPSE_PREPROCESSING)(image, label)
     assert x.dtype == torch.float32 and x.shape == (1, 2, 2)
     np.testing.assert_allclose(x[0].numpy(), [[-1.0, 0.0], [1.0, -0.5]])
     assert y.dtype == torch.int64 and y.tolist() == [[0, 1], [2, 1]]
+    unit, _ = SegmentationTransform(size=None)(image, label)  # no preprocessing: the unit data stay
+    np.testing.assert_array_equal(unit[0].numpy(), image)
 
 
-def test_pipeline_rgb_uint8_per_channel_normalisation():
+def test_pipeline_rgb_per_channel_normalisation_is_the_preprocessings():
+    prep = Preprocessing(kind="rgb", in_channels=3, mean=(0.5, 0.2, 0.0), std=(0.5, 0.1, 1.0))
     image = np.zeros((4, 4, 3), np.uint8)
     image[..., 0] = 255
     image[..., 1] = 51
-    label = np.zeros((4, 4), np.uint8)
-    transform = SegmentationTransform(size=None, normalize=((0.5, 0.2, 0.0), (0.5, 0.1, 1.0)))
-    x, _ = transform(image, label)
+    x, _ = SegmentationTransform(size=None, preprocessing=prep)(prep.to_unit(image), np.zeros((4, 4), np.uint8))
     assert x.shape == (3, 4, 4)
     np.testing.assert_allclose(x[:, 0, 0].numpy(), [1.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), prep(image), atol=1e-6)  # what prediction applies
 
 
 def test_pipeline_resizes_after_augment_and_keeps_labels():
     rng = np.random.default_rng(15)
     image, label = _random_pair(rng, shape=(64, 80))
-    transform = build_transform("msa2net", size=(32, 32))
+    transform = build_transform("msa2net", size=(32, 32), preprocessing=SYNAPSE_PREPROCESSING)
     for draw in range(10):
         x, y = transform(image, label, np.random.default_rng(draw))
         assert x.shape == (1, 32, 32) and y.shape == (32, 32)
@@ -339,24 +342,27 @@ def test_pipeline_without_augment_equals_legacy_resize_and_normalise():
     rng = np.random.default_rng(16)
     image = rng.random((50, 50)).astype(np.float32)
     label = rng.integers(0, 9, size=(50, 50)).astype(np.float32)
-    x, y = build_transform("none", size=(24, 24))(image, label)
+    x, y = build_transform("none", size=(24, 24), preprocessing=SYNAPSE_PREPROCESSING)(image, label)
     expected = (ndimage.zoom(image, (24 / 50, 24 / 50), order=3) - 0.5) / 0.5
     np.testing.assert_allclose(x[0].numpy(), expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(y.numpy(), ndimage.zoom(label, (24 / 50, 24 / 50), order=0).astype(np.int64))
 
 
-def test_pipeline_rgb_uint8_with_msa2net_recipe():
+def test_pipeline_rgb_with_msa2net_recipe():
     rng = np.random.default_rng(17)
-    image = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    image = ISIC_PREPROCESSING.to_unit(rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8))
     label = (rng.random((40, 40)) > 0.5).astype(np.uint8)
-    x, y = build_transform("msa2net", size=(16, 16))(image, label, np.random.default_rng(0))
+    x, y = build_transform("msa2net", size=(16, 16), preprocessing=ISIC_PREPROCESSING)(
+        image, label, np.random.default_rng(0)
+    )
     assert x.shape == (3, 16, 16) and torch.isfinite(x).all()
     assert set(y.unique().tolist()) <= {0, 1}
 
 
 def test_pipeline_float_multichannel_unit_input():
     image = np.full((8, 8, 3), 0.75, np.float32)
-    x, _ = build_transform("flip", size=(8, 8))(image, np.zeros((8, 8), np.uint8), np.random.default_rng(0))
+    transform = build_transform("flip", size=(8, 8), preprocessing=ISIC_PREPROCESSING)
+    x, _ = transform(image, np.zeros((8, 8), np.uint8), np.random.default_rng(0))
     np.testing.assert_allclose(x.numpy(), 0.5)
 
 
@@ -368,6 +374,8 @@ def test_pipeline_rejects_nan_raw_dtype_and_fractional_labels():
         transform(image, np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="Preprocessing.to_unit"):
         transform(np.zeros((4, 4), np.int16), np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="Preprocessing.to_unit"):
+        transform(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="non-integer"):
         transform(np.zeros((4, 4), np.float32), np.full((4, 4), 0.5, np.float32))
     with pytest.raises(ValueError, match="rng"):
@@ -375,8 +383,8 @@ def test_pipeline_rejects_nan_raw_dtype_and_fractional_labels():
 
 
 def test_pipeline_rejects_channel_count_mismatch():
-    transform = SegmentationTransform(size=None, normalize=((0.1, 0.2), (1.0, 1.0)))
-    with pytest.raises(ValueError, match="2 values but the image has 3 channels"):
+    transform = SegmentationTransform(size=None, preprocessing=Preprocessing(kind="zscore", in_channels=2))
+    with pytest.raises(ValueError, match="2 channels"):
         transform(np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8))
 
 

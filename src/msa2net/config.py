@@ -18,8 +18,8 @@ PRESETS = ("synapse", "isic2018", "folder", "demo")
 @dataclass
 class ModelConfig:
     name: str = "msa2net_paper"
-    num_classes: int = 9
-    in_channels: int = 1
+    num_classes: int | None = None  # None: from the dataset
+    in_channels: int | None = None  # None: from the dataset
     img_size: list[int] = field(default_factory=lambda: [224, 224])
     pretrained_encoder: str | None = None  # local weights file or "hub"
     official_checkpoint: str | None = None  # start from an authors' .pth (fine-tuning)
@@ -27,7 +27,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "synapse"  # synapse | isic2018 | folder
+    kind: str | None = None  # synapse | isic2018 | folder; None: detected from the folder
     root: str = "data/Synapse"
     # held_out: cases held out of the training set; test: the test set doubles as validation (the
     # authors' practice; results on it are then not a clean test); none: no validation
@@ -35,8 +35,8 @@ class DataConfig:
     val_fraction: float = 0.2
     val_cases: list[str] | None = None
     train_cases: list[str] | None = None
-    labels: str = "synapse8"  # synapse8 | btcv14
-    intensity: str = "strict"  # strict | clip
+    labels: str | None = None  # Synapse: synapse8 | btcv14 (None: synapse8)
+    intensity: str | None = None  # Synapse: strict | clip (None: strict)
     augment: str = "msa2net"  # msa2net | transunet | flip | none
     num_workers: int = 2
 

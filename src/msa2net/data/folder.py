@@ -23,28 +23,28 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from msa2net.data.io import IMAGE_SUFFIXES, RASTER_SUFFIXES, Geometry, ImageReadError, read_image
 from msa2net.data.preprocessing import Preprocessing
+from msa2net.data.source import Case, EpochSeededDataset, Source, register_source
 from msa2net.data.transforms import SegmentationTransform
 
 __all__ = [
     "DatasetSpec",
     "FolderReport",
     "FolderSliceDataset",
+    "FolderSource",
     "FolderValidationError",
     "FolderVolumeDataset",
     "GEOMETRY_TOLERANCE",
     "load_dataset_json",
-    "split_cases",
     "validate_folder",
 ]
 
@@ -564,11 +564,12 @@ def _to_unit(prep: Preprocessing, case: str, image: np.ndarray) -> np.ndarray:
         raise ValueError(f"case {case}: {err}") from err
 
 
-class FolderSliceDataset(Dataset):
+class FolderSliceDataset(EpochSeededDataset):
     """Training samples from a dataset folder: every axial slice of 3D cases, every image of 2D cases.
 
     Item ``i`` is ``transform(image_unit, label, rng)`` with ``rng = np.random.default_rng([seed, epoch, i])``, so
-    augmentation is reproducible and independent of the number of workers; call :meth:`set_epoch` every epoch.
+    augmentation is reproducible and independent of the number of workers; call :meth:`set_epoch` every epoch (it
+    reaches persistent DataLoader workers, see :class:`~msa2net.data.source.EpochSeededDataset`).
     ``image_unit`` is the :meth:`Preprocessing.to_unit` output for the slice (``float32`` in [0, 1], ``(H, W)`` for one
     channel, ``(H, W, C)`` for several); the mapping is computed once per whole volume, so slices of a case share it.
 
@@ -576,8 +577,8 @@ class FolderSliceDataset(Dataset):
         root: Dataset folder (validated on construction; problems raise :class:`FolderValidationError`).
         cases: Labelled case ids to use (default all), e.g. one side of :func:`split_cases`.
         transform: ``(image_unit, label, rng) -> (image (C, H, W) float32 tensor, label (H, W) int64 tensor)``,
-            e.g. :func:`msa2net.data.transforms.build_transform` with this dataset's ``preprocessing`` mean/std.
-            Default: no augmentation, no resizing, normalisation with ``preprocessing.mean/std``.
+            e.g. :func:`msa2net.data.transforms.build_transform` with this dataset's ``preprocessing``.
+            Default: no augmentation, no resizing, ``preprocessing.normalize``.
         seed: Base seed of the per-item RNG.
         preload: Keep every case's ``to_unit`` volume and label in memory (read once). Without it each item
             re-reads its case from disk (slow for volumes, fine for 2D images).
@@ -595,11 +596,10 @@ class FolderSliceDataset(Dataset):
         preload: bool = True,
         preprocessing: Preprocessing | None = None,
     ) -> None:
+        super().__init__(seed)
         self.root = Path(root)
         self.spec = load_dataset_json(self.root)
         self.preprocessing = _resolve_preprocessing(self.spec, preprocessing)
-        self.seed = int(seed)
-        self.epoch = 0
         self.preload = preload
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -612,18 +612,12 @@ class FolderSliceDataset(Dataset):
         self.dims = report.dims
         self.num_classes = self.spec.num_classes
         self.in_channels = self.spec.in_channels
-        self.transform = transform or SegmentationTransform(
-            augment=None, size=None, normalize=(self.preprocessing.mean, self.preprocessing.std)
-        )
+        self.transform = transform or SegmentationTransform(augment=None, size=None, preprocessing=self.preprocessing)
         # (case, slice) per item; 2D cases are one item with slice 0.
         self.index: list[tuple[str, int]] = []
         for case in self.cases:
             depth = report.shapes[case][0] if self.dims == 3 else 1
             self.index.extend((case, z) for z in range(depth))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch component of the per-item RNG seed."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -639,21 +633,17 @@ class FolderSliceDataset(Dataset):
         image_unit, label = self._load(case)
         if self.dims == 3:
             image_unit, label = image_unit[z], label[z]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, label_t = self.transform(image_unit, label, rng)
+        image, label_t = self.transform(image_unit, label, self.rng(index))
         return {"image": image, "label": label_t, "name": f"{case}:{z}"}
 
 
-class FolderVolumeDataset(Dataset):
-    """Whole labelled cases of a dataset folder, for validation, evaluation and prediction back into geometry.
+class FolderVolumeDataset:
+    """Whole labelled cases of a dataset folder as :class:`~msa2net.data.source.Case` records, read on access.
 
-    Cases are read on access (nothing is cached). Items::
-
-        {"case": str,
-         "image_unit": float32 (D, H, W[, C]) for 3D or (H, W[, C]) for 2D, in [0, 1] (Preprocessing.to_unit),
-         "label": int64 array of the spatial shape,
-         "geometry": Geometry of the image file (SimpleITK x-first order),
-         "spacing_zyx": spacing in array axis order (reversed geometry spacing), mm for volumes}
+    ``image`` is the :meth:`Preprocessing.to_unit` output of the whole case (``float32``, ``(D, H, W[, C])``; a 2D
+    image becomes a one-slice volume ``(1, H, W[, C])``), ``label`` int64 of the same spatial shape, ``geometry``
+    that of the image file and ``spacing`` in array axis order (mm for volumes; 2D rasters get ``(1, 1, 1)``, their
+    pixel spacing being nominal).
 
     Args:
         root: Dataset folder (validated on construction).
@@ -675,45 +665,61 @@ class FolderVolumeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cases)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __iter__(self) -> Iterator[Case]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def __getitem__(self, index: int) -> Case:
         case = self.cases[index]
         data = _reread_case(self.root, self.spec, case)
-        return {
-            "case": case,
-            "image_unit": _to_unit(self.preprocessing, case, data.image),
-            "label": data.label.astype(np.int64),  # type: ignore[union-attr]
-            "geometry": data.geometry,
-            "spacing_zyx": tuple(reversed(data.geometry.spacing)),
-        }
+        image = _to_unit(self.preprocessing, case, data.image)
+        label = data.label.astype(np.int64)  # type: ignore[union-attr]
+        spacing = tuple(float(v) for v in reversed(data.geometry.spacing))
+        if self.dims == 2:
+            image, label, spacing = image[None], label[None], (1.0, *spacing[-2:])
+        return Case(case, image, label, spacing, data.geometry)  # type: ignore[arg-type]
 
 
-def split_cases(cases: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Split case ids into training and validation sets, reproducibly.
+@register_source
+class FolderSource(Source):
+    """A dataset folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``) as a :class:`Source`.
 
-    The ids are sorted and shuffled with ``np.random.default_rng(seed)``; ``round(n * val_fraction)`` of them
-    (at least 1 and at most n - 1 when ``val_fraction > 0``) go to validation. Splitting by case (not by slice)
-    keeps slices of one patient on one side.
-
-    Returns:
-        ``(train, val)``, each sorted.
-
-    Raises:
-        ValueError: ``val_fraction`` outside [0, 1), duplicate ids, or fewer than 2 cases with ``val_fraction > 0``.
+    Classes, channels and the intensity mapping come from ``dataset.json`` (:meth:`DatasetSpec.preprocessing`).
+    Every labelled case can train or validate; this layout has no labelled test set, so ``evaluate`` scores the
+    labelled cases it is given (default: all of them).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    ordered = sorted(cases)
-    if len(set(ordered)) != len(ordered):
-        duplicates = sorted({c for c in ordered if ordered.count(c) > 1})
-        raise ValueError(f"duplicate case ids {duplicates}; each case must appear once")
-    if val_fraction == 0.0:
-        return ordered, []
-    if len(ordered) < 2:
-        raise ValueError(
-            f"cannot hold out a validation set from {len(ordered)} case(s); add cases or pass val_fraction=0"
+
+    kind = "folder"
+
+    def __init__(self, root: PathLike) -> None:
+        self.root = Path(root)
+        self.spec = load_dataset_json(self.root)
+        self.class_names = self.spec.class_names
+        self.in_channels = self.spec.in_channels
+        self.preprocessing = self.spec.preprocessing()
+        self._report: FolderReport | None = None
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return (root / "dataset.json").is_file()
+
+    def _validated(self) -> FolderReport:
+        if self._report is None:
+            self._report = validate_folder(self.root)
+        return self._report
+
+    def train_ids(self) -> list[str]:
+        return list(self._validated().cases)
+
+    def evaluation_ids(self) -> list[str]:
+        return self.train_ids()
+
+    def training_dataset(
+        self, ids: Sequence[str], transform: Callable[..., tuple[torch.Tensor, torch.Tensor]], seed: int
+    ) -> FolderSliceDataset:
+        return FolderSliceDataset(
+            self.root, cases=ids, transform=transform, seed=seed, preprocessing=self.preprocessing
         )
-    n_val = min(max(1, round(len(ordered) * val_fraction)), len(ordered) - 1)
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    val = sorted(ordered[i] for i in order[:n_val])
-    train = sorted(ordered[i] for i in order[n_val:])
-    return train, val
+
+    def cases(self, ids: Sequence[str], preprocessing: Preprocessing | None = None) -> Iterator[Case]:
+        yield from FolderVolumeDataset(self.root, cases=ids, preprocessing=preprocessing or self.preprocessing)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ import torch
 from tqdm import tqdm
 
 from msa2net.data.io import atomic_path, read_image, write_text_atomic
-from msa2net.data.synapse import EpochSeededDataset
+from msa2net.data.preprocessing import ISIC_PREPROCESSING, Preprocessing
+from msa2net.data.source import Case, EpochSeededDataset, Source, Split, register_source
 
 __all__ = [
     "IMAGE_DIR",
@@ -37,6 +38,7 @@ __all__ = [
     "MASK_DIR",
     "SPLITS",
     "ISICDataset",
+    "ISICSource",
     "isic_split_counts",
     "prepare_isic2018",
 ]
@@ -212,9 +214,10 @@ class ISICDataset(EpochSeededDataset):
     """One split of a prepared ISIC 2018 folder, held in memory.
 
     Items are dicts ``{"image", "label", "name"}``. With a ``transform`` it is called as ``transform(image, label,
-    rng)`` with ``image`` uint8 ``(H, W, 3)``, ``label`` int64 ``(H, W)`` in {0, 1} and ``rng`` this item's stream
-    ``default_rng([seed, epoch, index])``, and must return ``(image_tensor, label_tensor)``. Without one, ``image``
-    is a float32 tensor ``(3, H, W)`` in [0, 1] and ``label`` an int64 tensor ``(H, W)``.
+    rng)`` with ``image`` the unit representation (:data:`ISIC_PREPROCESSING` ``.to_unit``: float32 ``(H, W, 3)`` in
+    [0, 1]), ``label`` int64 ``(H, W)`` in {0, 1} and ``rng`` this item's stream ``default_rng([seed, epoch,
+    index])``, and must return ``(image_tensor, label_tensor)``. Without one, ``image`` is that float32 data as a
+    ``(3, H, W)`` tensor and ``label`` an int64 tensor ``(H, W)``.
 
     Args:
         root: Output folder of :func:`prepare_isic2018`.
@@ -262,12 +265,71 @@ class ISICDataset(EpochSeededDataset):
         return len(self.names)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = self.images[index]
+        image = ISIC_PREPROCESSING.to_unit(self.images[index])
         label = self.masks[index].astype(np.int64)
         if self.transform is not None:
             image_t, label_t = self.transform(image, label, self.rng(index))
         else:
-            # (H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]
-            image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0)
+            image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
             label_t = torch.from_numpy(label)
         return {"image": image_t, "label": label_t, "name": self.names[index]}
+
+
+@register_source
+class ISICSource(Source):
+    """A prepared ISIC 2018 folder (:func:`prepare_isic2018` output) as a :class:`Source`.
+
+    The case ids are the split names: ``train`` trains, ``val`` validates (``test`` with ``data.validation=test``)
+    and ``test`` is evaluated. Each split is one :class:`Case` whose slices are the split's images, because the
+    protocol pools pixels over the whole split (:attr:`pooled`). Checkpoints store :data:`ISIC_PREPROCESSING`.
+    """
+
+    kind = "isic2018"
+    pooled = True
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.class_names = ["background", "lesion"]
+        self.in_channels = 3
+        self.preprocessing = ISIC_PREPROCESSING
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return (root / "split.json").is_file() and any((root / f"{s}.npz").is_file() for s in SPLITS)
+
+    def train_ids(self) -> list[str]:
+        return ["train"]
+
+    def test_ids(self) -> list[str]:
+        return ["test"]
+
+    def split(
+        self,
+        validation: str = "held_out",
+        *,
+        val_fraction: float = 0.2,
+        val_cases: Sequence[str] | None = None,
+        train_cases: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> Split:
+        if val_cases or train_cases:
+            raise ValueError(
+                "data.val_cases / data.train_cases do not apply to ISIC 2018: its train/val/test splits are fixed by "
+                "msa2net prepare isic2018"
+            )
+        if validation == "held_out":
+            return Split(["train"], ["val"])
+        return super().split(validation)
+
+    def training_dataset(
+        self, ids: Sequence[str], transform: Callable[..., tuple[torch.Tensor, torch.Tensor]], seed: int
+    ) -> ISICDataset:
+        if list(ids) != ["train"]:
+            raise ValueError(f"ISIC 2018 trains on the 'train' split only, got {list(ids)}")
+        return ISICDataset(self.root, "train", transform=transform, seed=seed)
+
+    def cases(self, ids: Sequence[str], preprocessing: Preprocessing | None = None) -> Iterator[Case]:
+        prep = preprocessing or self.preprocessing
+        for split in ids:
+            data = ISICDataset(self.root, split)
+            yield Case(f"isic_{split}", prep.to_unit(data.images), data.masks.astype(np.int64))

@@ -175,7 +175,7 @@ class Preprocessing:
 
     # ------------------------------------------------------------------------------------------ mapping
 
-    def _arrange_channels(self, array: np.ndarray) -> np.ndarray:
+    def arrange_channels(self, array: np.ndarray) -> np.ndarray:
         """Bring ``array`` to the channel layout of this preprocessing (see the class docstring)."""
         n = self.in_channels
         colour_raster = array.ndim == 3 and array.dtype == np.uint8 and array.shape[-1] in (3, 4)
@@ -218,7 +218,7 @@ class Preprocessing:
         if array.dtype == bool or not (np.issubdtype(array.dtype, np.number)):
             raise ValueError(f"expected a numeric image array, got dtype {array.dtype}")
         _check_finite(array)
-        array = self._arrange_channels(array)
+        array = self.arrange_channels(array)
 
         if self.kind == "ct_window":
             lo, hi = self.window  # type: ignore[misc]
@@ -270,6 +270,11 @@ class Preprocessing:
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         return ((unit - mean) / std).astype(np.float32)
+
+    def unit_input(self) -> Preprocessing:
+        """The same model-space step for data already mapped by :meth:`to_unit`: a ``unit`` pass-through with this
+        mapping's ``mean``/``std`` (what inference applies to :class:`~msa2net.data.source.Case` images)."""
+        return Preprocessing(kind="unit", in_channels=self.in_channels, mean=self.mean, std=self.std)
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
         """Raw intensities -> ``float32`` model input: ``normalize(to_unit(array))``."""

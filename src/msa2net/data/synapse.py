@@ -10,16 +10,14 @@ Prepared layout (the one of the public TransUNet release, plus ``spacing.json``)
 
 Axis order: volumes are ``(Z, Y, X)`` = ``(slice, row, column)`` in NIfTI file order, which is exactly the TransUNet
 release's order (nibabel's ``(X, Y, Z)`` array transposed by ``(2, 1, 0)``); a slice is ``volume[z]``. No
-reorientation is applied. Intensities: HU clipped to :data:`HU_WINDOW` and mapped by ``(x + 125) / 400`` to [0, 1].
+reorientation is applied. Intensities: :data:`~msa2net.data.preprocessing.CT_PREPROCESSING` (HU clipped to
+[-125, 275] and mapped by ``(x + 125) / 400`` to [0, 1]).
 Labels: BTCV ids mapped by :data:`BTCV_TO_SYNAPSE` to the 8 organ classes of :data:`CLASS_NAMES`.
 
 The public TransUNet download (``train_npz``, ``test_vol_h5``, ``lists_Synapse`` without ``spacing.json``) works
 with the datasets here without a prepare step; volume spacing is then reported as None.
 
-Random augmentation streams: each item ``i`` of an epoch draws from ``np.random.default_rng([seed, epoch, i])``, so
-it is reproducible from the seed, differs between epochs and items, and does not depend on the number of DataLoader
-workers. :meth:`EpochSeededDataset.set_epoch` stores the epoch in shared memory, so persistent workers see it too
-(call it before iterating the loader for that epoch).
+The engine reaches all of this through :class:`SynapseSource` (see :mod:`msa2net.data.source`).
 """
 
 from __future__ import annotations
@@ -41,25 +39,23 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from msa2net.data.io import Geometry, ImageReadError, atomic_path, read_image, write_text_atomic
+from msa2net.data.preprocessing import CT_PREPROCESSING, Preprocessing
+from msa2net.data.source import Case, EpochSeededDataset, Source, register_source
 
 __all__ = [
     "BTCV_TO_SYNAPSE",
     "CLASS_NAMES",
-    "HU_WINDOW",
     "LABEL_MODES",
     "INTENSITY_MODES",
     "TEST_CASES",
     "TRAIN_CASES",
-    "EpochSeededDataset",
     "SynapseSliceDataset",
+    "SynapseSource",
     "SynapseVolumeDataset",
     "available_cases",
     "btcv_to_synapse",
     "case_name",
-    "hu_to_unit",
     "prepare_synapse",
-    "split_train_val",
-    "volume_cases_from_train",
 ]
 
 #: The 12 test cases of the TransUNet split (BTCV numbering).
@@ -79,8 +75,6 @@ BTCV_TO_SYNAPSE: dict[int, int] = {
 CLASS_NAMES: tuple[str, ...] = (
     "background", "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas",
 )  # fmt: skip
-#: CT window in HU applied before mapping to [0, 1].
-HU_WINDOW: tuple[float, float] = (-125.0, 275.0)
 #: ``labels=`` choices: stored ids are the 8 Synapse classes, or 14-class BTCV ids to be mapped.
 LABEL_MODES: tuple[str, ...] = ("synapse8", "btcv14")
 #: ``intensity=`` choices: values outside [0, 1] are an error, or are clipped.
@@ -103,17 +97,6 @@ def case_name(case: str | int) -> str:
     if not digits.isdigit():
         raise ValueError(f"case ids look like 'case0005', '0005' or 5; got {case!r}")
     return f"case{int(digits):04d}"
-
-
-# Kept for callers written against the earlier private name.
-_case_name = case_name
-
-
-def hu_to_unit(hu: np.ndarray) -> np.ndarray:
-    """Clip HU to :data:`HU_WINDOW` and map linearly to [0, 1]: ``(clip(x, -125, 275) + 125) / 400``; float32."""
-    lo, hi = HU_WINDOW
-    unit = (np.clip(np.asarray(hu, dtype=np.float32), lo, hi) - np.float32(lo)) / np.float32(hi - lo)
-    return unit.astype(np.float32, copy=False)
 
 
 def btcv_to_synapse(labels: np.ndarray) -> np.ndarray:
@@ -232,7 +215,7 @@ def _load_case(case: str, image_path: Path, label_path: Path) -> tuple[np.ndarra
         raise ValueError(
             f"{case}: {label_path.name}: {err}; this is not a BTCV 13-organ label map (ids 0..13)"
         ) from err
-    return hu_to_unit(hu), synapse.astype(np.float32), image_geometry
+    return CT_PREPROCESSING.to_unit(hu), synapse.astype(np.float32), image_geometry
 
 
 def _save_slice(path: Path, image: np.ndarray, label: np.ndarray) -> None:
@@ -393,35 +376,6 @@ def prepare_synapse(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class EpochSeededDataset(Dataset):
-    """Base for datasets whose item ``i`` in epoch ``e`` draws from ``np.random.default_rng([seed, e, i])``.
-
-    The epoch lives in a shared-memory tensor, so :meth:`set_epoch` reaches DataLoader workers, persistent ones
-    included, as long as it is called before the loader is iterated for that epoch.
-    """
-
-    def __init__(self, seed: int = 0) -> None:
-        if int(seed) < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}")
-        self.seed = int(seed)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch (0 until :meth:`set_epoch` is called)."""
-        return int(self._epoch.item())
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the random streams of ``epoch`` (a non-negative integer)."""
-        if int(epoch) < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch}")
-        self._epoch.fill_(int(epoch))
-
-    def rng(self, index: int) -> np.random.Generator:
-        """The random stream of item ``index`` in the current epoch."""
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
-
-
 def _check_modes(labels: str, intensity: str) -> None:
     if labels not in LABEL_MODES:
         raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
@@ -506,31 +460,6 @@ def available_cases(root: str | os.PathLike[str], list_file: str = "train.txt") 
     return sorted({_case_of(n) for n in _read_list(Path(root), list_file)})
 
 
-def split_train_val(
-    cases: Sequence[str | int], val_fraction: float = 0.2, seed: int = 0
-) -> tuple[list[str], list[str]]:
-    """Hold out whole cases for validation.
-
-    Deterministic given ``(cases as a set, val_fraction, seed)``: the cases are sorted, shuffled with
-    ``default_rng(seed)``, and ``round(n * val_fraction)`` of them (at least 1 when ``n >= 2`` and
-    ``val_fraction > 0``, at most ``n - 1``) form the validation set.
-
-    Returns:
-        ``(train_cases, val_cases)``, each sorted, as ``caseXXXX`` names; disjoint, together all cases.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    unique = sorted({case_name(c) for c in cases})
-    n = len(unique)
-    n_val = 0
-    if n >= 2 and val_fraction > 0.0:
-        n_val = min(max(1, round(n * val_fraction)), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    val = sorted(unique[i] for i in order[:n_val])
-    train = sorted(unique[i] for i in order[n_val:])
-    return train, val
-
-
 class SynapseSliceDataset(EpochSeededDataset):
     """Training slices ``root/train_npz/<name>.npz`` for the names in ``root/lists_Synapse/<list_file>``.
 
@@ -611,10 +540,10 @@ class SynapseSliceDataset(EpochSeededDataset):
 class SynapseVolumeDataset(Dataset):
     """Whole test volumes ``root/test_vol_h5/<case>.npy.h5`` for the cases in ``root/lists_Synapse/<list_file>``.
 
-    Items are dicts ``{"case": "caseXXXX", "image": float32 (D, H, W) in [0, 1], "label": int64 (D, H, W),
-    "spacing": (z, y, x) mm or None}`` of numpy arrays; spacing comes from ``root/spacing.json`` (None when the file
-    or the case is absent, as in the public download). ``labels`` and ``intensity`` act as in
-    :class:`SynapseSliceDataset`.
+    Items are :class:`~msa2net.data.source.Case` records: ``image`` float32 ``(D, H, W)`` in [0, 1], ``label``
+    int64 ``(D, H, W)``, ``spacing`` ``(z, y, x)`` mm from ``root/spacing.json`` (None when the file or the case is
+    absent, as in the public download) and a geometry with that spacing (zero origin, identity direction: the
+    release keeps no more). ``labels`` and ``intensity`` act as in :class:`SynapseSliceDataset`.
 
     :meth:`from_train_slices` builds the same kind of dataset from the training slices of held-out cases.
     """
@@ -668,7 +597,7 @@ class SynapseVolumeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.case_names)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Case]:
         """Yield the volumes one at a time (each is loaded when reached)."""
         for index in range(len(self)):
             yield self[index]
@@ -713,24 +642,75 @@ class SynapseVolumeDataset(Dataset):
                 labels.append(data["label"])
         return np.stack(images), np.stack(labels), slice_dir / f"{case}_slice*.npz"
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> Case:
         case = self.case_names[index]
         image, label, source = self._load_h5(case) if self.source == "h5" else self._load_slices(case)
         if image.ndim != 3:
             raise ValueError(f"{case}: expected a (D, H, W) volume in {source}, found shape {image.shape}")
         image, label = _checked_arrays(image, label, case, source, self.labels, self.intensity)
-        return {"case": case, "image": image, "label": label, "spacing": self._spacing_of(case)}
+        spacing = self._spacing_of(case)
+        geometry = None
+        if spacing is not None:
+            geometry = Geometry(spacing=spacing[::-1], origin=(0.0,) * 3, direction=Geometry.identity(3).direction)
+        return Case(case, image, label, spacing, geometry)
 
 
-def volume_cases_from_train(
-    root: str | os.PathLike[str],
-    cases: Iterable[str | int],
-    labels: str = "synapse8",
-    intensity: str = "strict",
-) -> SynapseVolumeDataset:
-    """Validation volumes of held-out training cases, assembled from their ``train_npz`` slices in slice order.
+@register_source
+class SynapseSource(Source):
+    """A prepared Synapse folder (``prepare synapse`` output or the TransUNet release) as a :class:`Source`.
 
-    Returns a lazily loading :class:`SynapseVolumeDataset` whose items have the same format as the test volumes:
-    ``{"case", "image" (D, H, W) float32, "label" (D, H, W) int64, "spacing" (z, y, x) or None}``.
+    Case ids are ``caseXXXX``. Training cases are those of ``lists_Synapse/train.txt`` (slices in ``train_npz``),
+    test cases those of ``test_vol.txt`` (volumes in ``test_vol_h5``). Checkpoints store
+    :data:`~msa2net.data.preprocessing.CT_PREPROCESSING`: prepared slices are already HU-windowed to [0, 1], and
+    raw CT scans given to ``predict`` later get the same window.
+
+    Args:
+        root: The prepared folder.
+        labels: ``"synapse8"`` or ``"btcv14"`` (see :class:`SynapseSliceDataset`).
+        intensity: ``"strict"`` or ``"clip"`` (see :class:`SynapseSliceDataset`).
     """
-    return SynapseVolumeDataset.from_train_slices(root, cases, labels=labels, intensity=intensity)
+
+    kind = "synapse"
+    OPTIONS = {"labels": LABEL_MODES, "intensity": INTENSITY_MODES}
+
+    def __init__(self, root: str | os.PathLike[str], labels: str = "synapse8", intensity: str = "strict") -> None:
+        _check_modes(labels, intensity)
+        self.root = Path(root)
+        self.labels, self.intensity = labels, intensity
+        self.class_names = list(CLASS_NAMES)
+        self.in_channels = 1
+        self.preprocessing = CT_PREPROCESSING
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return (root / "lists_Synapse").is_dir() and ((root / "train_npz").is_dir() or (root / "test_vol_h5").is_dir())
+
+    def normalize_id(self, case: str) -> str:
+        return case_name(case)
+
+    def train_ids(self) -> list[str]:
+        return available_cases(self.root, "train.txt")
+
+    def test_ids(self) -> list[str]:
+        if not (self.root / "lists_Synapse" / "test_vol.txt").is_file():
+            return []
+        return available_cases(self.root, "test_vol.txt")
+
+    def training_dataset(
+        self, ids: Sequence[str], transform: Callable[..., tuple[torch.Tensor, torch.Tensor]], seed: int
+    ) -> SynapseSliceDataset:
+        return SynapseSliceDataset(
+            self.root, cases=ids, transform=transform, labels=self.labels, intensity=self.intensity, seed=seed
+        )
+
+    def cases(self, ids: Sequence[str], preprocessing: Preprocessing | None = None) -> Iterator[Case]:
+        # prepared data are stored windowed to [0, 1]: no raw mapping to apply
+        test = set(self.test_ids())
+        for case in (self.normalize_id(c) for c in ids):
+            if case in test:
+                yield SynapseVolumeDataset(self.root, cases=[case], labels=self.labels, intensity=self.intensity)[0]
+            else:
+                volumes = SynapseVolumeDataset.from_train_slices(
+                    self.root, [case], labels=self.labels, intensity=self.intensity
+                )
+                yield volumes[0]

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .preprocessing import Preprocessing
+
 __all__ = [
     "Augment",
     "FlipAugment",
@@ -468,13 +470,6 @@ class FlipAugment:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _as_channel_tuple(value: float | Sequence[float], name: str) -> tuple[float, ...]:
-    values = (float(value),) if np.isscalar(value) else tuple(float(v) for v in value)  # type: ignore[union-attr]
-    if not values:
-        raise ValueError(f"{name} must be a number or a non-empty sequence of numbers")
-    return values
-
-
 class SegmentationTransform:
     """Training/evaluation pipeline: augment, resize, normalise, convert to tensors.
 
@@ -483,64 +478,36 @@ class SegmentationTransform:
     1. ``augment(image, label, rng)`` at the source resolution (skipped when ``augment`` is None);
     2. resize the image with a cubic spline (order 3) and the label with nearest neighbour to ``size``
        (:func:`resize_image`, :func:`resize_label`; skipped when ``size`` is None or already matching);
-       with ``augment_before_resize=False`` steps 1 and 2 swap (cheaper on large slices, not the legacy order);
-    3. map to [0, 1]: ``uint8`` input is divided by 255, floating-point input is taken as already in [0, 1]
-       (e.g. :meth:`Preprocessing.to_unit` output), then normalise ``(x - mean) / std`` per channel;
+    3. ``preprocessing.normalize`` (the model-space step of the :class:`Preprocessing` that checkpoints store and
+       prediction re-applies; skipped when ``preprocessing`` is None);
     4. channels first.
 
     Args:
         augment: Any :class:`Augment` callable, or None.
         size: Output ``(height, width)``, or None to keep the input size.
-        normalize: ``(mean, std)`` applied after mapping to [0, 1]; each a number or one value per channel.
-            None skips normalisation (the output is then the [0, 1] data). Default (0.5, 0.5) maps
-            [0, 1] to [-1, 1] as the released code does.
-        augment_before_resize: True (default, legacy) augments at the source resolution.
+        preprocessing: The dataset's :class:`~msa2net.data.preprocessing.Preprocessing`; None leaves the unit data.
 
-    Input contract: ``image`` ``(H, W)`` or ``(H, W, C)``, ``uint8`` or floating point, all values finite;
-    ``label`` ``(H, W)`` with whole-number values. Output: ``float32`` tensor ``(C, h, w)`` (``C`` = 1 for
-    ``(H, W)`` input) and ``int64`` tensor ``(h, w)`` whose values are a subset of the input label's values
-    plus possibly 0 (background moved in by geometric augmentation).
+    Input contract: ``image`` is the unit representation (:meth:`Preprocessing.to_unit` output), floating point
+    ``(H, W)`` or ``(H, W, C)``, all values finite; ``label`` ``(H, W)`` with whole-number values. Output:
+    ``float32`` tensor ``(C, h, w)`` (``C`` = 1 for ``(H, W)`` input) and ``int64`` tensor ``(h, w)`` whose values
+    are a subset of the input label's values plus possibly 0 (background moved in by geometric augmentation).
     """
 
     def __init__(
         self,
         augment: Augment | None = None,
         size: Sequence[int] | None = (224, 224),
-        normalize: tuple[float | Sequence[float], float | Sequence[float]] | None = (0.5, 0.5),
-        augment_before_resize: bool = True,
+        preprocessing: Preprocessing | None = None,
     ) -> None:
         self.augment = augment
         self.size = None if size is None else _check_size(size)
-        if normalize is None:
-            self.mean: tuple[float, ...] | None = None
-            self.std: tuple[float, ...] | None = None
-        else:
-            self.mean = _as_channel_tuple(normalize[0], "normalize mean")
-            self.std = _as_channel_tuple(normalize[1], "normalize std")
-            if any(s <= 0 for s in self.std):
-                raise ValueError(f"normalize std must be positive, got {self.std}")
-        self.augment_before_resize = augment_before_resize
+        self.preprocessing = preprocessing
 
     def __repr__(self) -> str:
         return (
             f"SegmentationTransform(augment={type(self.augment).__name__ if self.augment else None}, "
-            f"size={self.size}, mean={self.mean}, std={self.std}, augment_before_resize={self.augment_before_resize})"
+            f"size={self.size}, preprocessing={self.preprocessing})"
         )
-
-    def _normalize(self, unit: np.ndarray) -> np.ndarray:
-        if self.mean is None or self.std is None:
-            return unit
-        channels = 1 if unit.ndim == 2 else unit.shape[2]
-        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
-        for name, values in (("mean", mean), ("std", std)):
-            if values.size not in (1, channels):
-                raise ValueError(
-                    f"normalize {name} has {values.size} values but the image has {channels} channels; "
-                    f"give one value or one per channel"
-                )
-        if unit.ndim == 2:
-            return (unit - mean[0]) / std[0]
-        return (unit - mean) / std  # broadcasts over the channels-last axis
 
     def __call__(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
@@ -549,20 +516,16 @@ class SegmentationTransform:
         image = np.asarray(image)
         label = np.asarray(label)
         _check_pair(image, label)
-        if image.dtype == np.uint8:
-            to_unit = 1.0 / 255.0
-        elif np.issubdtype(image.dtype, np.floating):
-            to_unit = 1.0
-            n_bad = int(image.size - np.count_nonzero(np.isfinite(image)))
-            if n_bad:
-                raise ValueError(
-                    f"image holds {n_bad} NaN/infinite values (shape {image.shape}); check the source file "
-                    "and the preprocessing that produced it"
-                )
-        else:
+        if not np.issubdtype(image.dtype, np.floating):
             raise ValueError(
-                f"image dtype {image.dtype} is not supported: expected uint8 (0-255) or floating point in [0, 1]; "
-                "map raw intensities (e.g. CT in HU) with msa2net.data.preprocessing.Preprocessing.to_unit first"
+                f"image dtype {image.dtype} is not the unit representation: map raw intensities (CT in HU, 8-bit "
+                "pixels, ...) with msa2net.data.preprocessing.Preprocessing.to_unit first"
+            )
+        n_bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+        if n_bad:
+            raise ValueError(
+                f"image holds {n_bad} NaN/infinite values (shape {image.shape}); check the source file "
+                "and the preprocessing that produced it"
             )
         if not np.issubdtype(label.dtype, np.integer):
             if not np.array_equal(label, np.round(label)):
@@ -572,32 +535,27 @@ class SegmentationTransform:
         if self.augment is not None and rng is None:
             raise ValueError("an rng (numpy.random.Generator) is required when the transform augments")
 
-        if self.augment is not None and self.augment_before_resize:
+        if self.augment is not None:
             image, label = self.augment(image, label, rng)
         if self.size is not None:
             image = resize_image(image, self.size, order=3)
             label = resize_label(label, self.size)
-        if self.augment is not None and not self.augment_before_resize:
-            image, label = self.augment(image, label, rng)
 
-        unit = image.astype(np.float32) * np.float32(to_unit)
-        model_input = self._normalize(unit).astype(np.float32, copy=False)
+        unit = image.astype(np.float32, copy=False)
+        model_input = unit if self.preprocessing is None else self.preprocessing.normalize(unit)
         if model_input.ndim == 2:
             model_input = model_input[None]  # (H, W) -> (1, H, W)
         else:
             model_input = model_input.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
         label_out = np.rint(label).astype(np.int64) if not np.issubdtype(label.dtype, np.integer) else label
         return (
-            torch.from_numpy(np.ascontiguousarray(model_input)),
+            torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(label_out, dtype=np.int64)),
         )
 
 
 def build_transform(
-    recipe: str,
-    size: Sequence[int] | None = (224, 224),
-    normalize_mean: float | Sequence[float] = 0.5,
-    normalize_std: float | Sequence[float] = 0.5,
+    recipe: str, size: Sequence[int] | None = (224, 224), preprocessing: Preprocessing | None = None
 ) -> SegmentationTransform:
     """Build the pipeline for a named augmentation recipe.
 
@@ -606,8 +564,8 @@ def build_transform(
             (:class:`TransUNetAugment`), ``"flip"`` (:class:`FlipAugment`, ISIC training) or ``"none"``
             (evaluation).
         size: Output ``(height, width)`` (None keeps the input size).
-        normalize_mean: Mean after mapping to [0, 1]; a number or one per channel.
-        normalize_std: Standard deviation after mapping to [0, 1]; a number or one per channel.
+        preprocessing: The dataset's :class:`~msa2net.data.preprocessing.Preprocessing`, whose ``normalize`` maps
+            unit data to model input (None: outputs stay in the unit representation).
 
     Returns:
         A :class:`SegmentationTransform` that augments before resizing (the legacy order).
@@ -623,4 +581,4 @@ def build_transform(
     }
     if recipe not in augments:
         raise ValueError(f"unknown augmentation recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    return SegmentationTransform(augment=augments[recipe](), size=size, normalize=(normalize_mean, normalize_std))
+    return SegmentationTransform(augment=augments[recipe](), size=size, preprocessing=preprocessing)

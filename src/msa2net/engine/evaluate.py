@@ -4,81 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..data.io import Geometry, write_image, write_overlay_png, write_text_atomic
 from ..data.preprocessing import Preprocessing
+from ..data.source import Case, Source, open_source
 from ..metrics import MetricAggregator, PooledBinaryMetrics, case_metrics, format_paper_table, json_safe
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
 from .inference import predict_volume
-
-
-@dataclass
-class EvalCase:
-    case: str
-    image: np.ndarray  # as the preprocessing expects: (D, H, W[, C])
-    label: np.ndarray  # (D, H, W)
-    spacing_zyx: tuple[float, ...] | None
-    geometry: Geometry | None
-
-
-def detect_kind(root: Path) -> str:
-    """``synapse`` (test_vol_h5), ``folder`` (dataset.json) or ``isic2018`` (test.npz)."""
-    if (root / "test_vol_h5").is_dir():
-        return "synapse"
-    if (root / "dataset.json").is_file():
-        return "folder"
-    if (root / "test.npz").is_file():
-        return "isic2018"
-    raise ValueError(
-        f"{str(root)!r} is not an evaluation set: expected a prepared Synapse folder (test_vol_h5/), a dataset folder "
-        "(dataset.json, imagesTr/, labelsTr/) or a prepared ISIC 2018 folder (test.npz)"
-    )
-
-
-def _cases(root: Path, kind: str, prep: Preprocessing, cases: list[str] | None) -> tuple[Iterator[EvalCase], Any]:
-    if kind == "synapse":
-        from ..data.synapse import SynapseVolumeDataset
-
-        ds = SynapseVolumeDataset(root, cases=cases)
-        # prepared volumes are already windowed to [0, 1]: only the model-space normalisation remains
-        unit = Preprocessing(kind="unit", in_channels=prep.in_channels, mean=prep.mean, std=prep.std)
-
-        def gen() -> Iterator[EvalCase]:
-            for item in ds:
-                sp = item["spacing"]
-                geom = None
-                if sp is not None:
-                    geom = Geometry(
-                        spacing=tuple(reversed(sp)), origin=(0.0,) * 3, direction=Geometry.identity(3).direction
-                    )
-                yield EvalCase(item["case"], item["image"], item["label"], sp, geom)
-
-        return gen(), unit
-    if kind == "folder":
-        from ..data.folder import FolderVolumeDataset, validate_folder
-
-        report = validate_folder(root)
-        ds = FolderVolumeDataset(root, cases=cases or report.cases, preprocessing=prep)
-        unit = Preprocessing(kind="unit", in_channels=prep.in_channels, mean=prep.mean, std=prep.std)
-
-        def gen() -> Iterator[EvalCase]:
-            for item in ds:
-                image, label, geom = item["image_unit"], item["label"], item["geometry"]
-                sp = tuple(item["spacing_zyx"])
-                if report.dims == 2:  # one-slice volume; pixel spacing of rasters is nominal (1, 1)
-                    image, label, sp = image[None], label[None], (1.0, *sp[-2:])
-                yield EvalCase(item["case"], image, label, sp, geom)
-
-        return gen(), unit
-    raise ValueError(f"unknown evaluation kind {kind!r}")
 
 
 def evaluate(
@@ -98,6 +36,7 @@ def evaluate(
     postprocess: bool = False,
     progress: bool = True,
     title: str = "MSA2Net (msa2net)",
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (ours or the authors') and write the report into ``out_dir``.
 
@@ -110,62 +49,74 @@ def evaluate(
     ISIC 2018: pixels pooled over the test split (DSC, IoU, sensitivity, specificity, accuracy), optionally
     after the opening + hole-filling post-process of that protocol.
 
+    ``data`` is any dataset folder :func:`~msa2net.data.source.open_source` recognises (``kind`` forces one); the
+    cases are ``cases``, else the source's evaluation cases (Synapse and ISIC: the test set; dataset folders:
+    every labelled case).
+
     Returns:
         The summary dict written to ``summary.json``.
     """
-    root, out = Path(data), Path(out_dir)
+    out = Path(out_dir)
     ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, resolve_device(device))
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     class_names = list(ckpt["class_names"])
-    kind = detect_kind(root)
+    source = open_source(data, kind)
+    _check_fits(source, class_names, prep, checkpoint)
+    model = model_from_checkpoint(ckpt, resolve_device(device))
+    ids = list(cases) if cases else source.evaluation_ids()
     out.mkdir(parents=True, exist_ok=True)
     settings = {
         "checkpoint": str(checkpoint),
         "model": ckpt["model_name"],
-        "data": str(root),
-        "kind": kind,
+        "data": str(source.root),
+        "kind": source.kind,
+        "cases": ids,
         "tta": tta,
         "empty_policy_mm": empty,
         "nsd_tolerance_mm": nsd_tolerance_mm,
     }
-    if kind == "isic2018":
-        return _evaluate_isic(model, root, out, prep, settings, batch_size, tta, amp, postprocess)
+    model_prep = prep.unit_input()  # case images arrive mapped to [0, 1] by the source
+    predictions = (
+        (
+            case,
+            predict_volume(
+                model,
+                case.image,
+                preprocessing=model_prep,
+                batch_size=batch_size,
+                tta=tta,
+                amp=amp,
+                progress=progress,
+                desc=case.name,
+            ),
+        )
+        for case in source.cases(ids, prep)
+    )
+    if source.pooled:
+        return _evaluate_pooled(predictions, out, settings, class_names, postprocess, overlays_per_case)
 
-    iterator, model_prep = _cases(root, kind, prep, cases)
     fg = class_names[1:]
     agg = MetricAggregator(fg)
-    for case in iterator:
-        pred = predict_volume(
-            model,
-            case.image,
-            preprocessing=model_prep,
-            batch_size=batch_size,
-            tta=tta,
-            amp=amp,
-            progress=progress,
-            desc=case.case,
-        )
-        spacing = case.spacing_zyx
+    for case, pred in predictions:
         rows = case_metrics(
             pred,
             case.label,
             len(class_names),
-            spacing=spacing,
+            spacing=case.spacing,
             empty=empty,
             nsd_tolerance_mm=nsd_tolerance_mm,
             class_names=fg,
         )
-        agg.add_case(case.case, rows)
+        agg.add_case(case.name, rows)
         if save_predictions:
             geom = case.geometry or Geometry.identity(3)
             arr = pred if pred.shape[0] > 1 or geom.ndim == 3 else pred[0]
-            write_image(arr, geom, out / "predictions" / f"{case.case}.nii.gz")
+            write_image(arr, geom, out / "predictions" / f"{case.name}.nii.gz")
         if overlays_per_case:
             _overlays(case, pred, out / "overlays", overlays_per_case, len(class_names))
         if progress:
             dice = np.mean([r["dice"] for r in rows.values()])
-            print(f"{case.case}: legacy mean Dice {dice:.4f}")
+            print(f"{case.name}: legacy mean Dice {dice:.4f}")
     summary = agg.summary()
     legacy_dice = {c: summary["per_class"][c]["mean"]["dice"] for c in fg}
     legacy_hd = {c: summary["per_class"][c]["mean"]["hd95"] for c in fg}
@@ -197,32 +148,51 @@ def evaluate(
     return report
 
 
-def _overlays(case: EvalCase, pred: np.ndarray, folder: Path, n: int, num_classes: int) -> None:
+def _check_fits(source: Source, class_names: list[str], prep: Preprocessing, checkpoint: Any) -> None:
+    if len(class_names) != source.num_classes or prep.in_channels != source.in_channels:
+        raise ValueError(
+            f"checkpoint {checkpoint} segments {len(class_names)} classes from {prep.in_channels} channel(s) but "
+            f"{source.describe()}; evaluate it on data of the task it was trained for"
+        )
+
+
+def _overlays(case: Case, pred: np.ndarray, folder: Path, n: int, num_classes: int) -> None:
     """A few slices with the most ground-truth foreground: ground truth (left) and prediction (right)."""
     fg = (case.label > 0).reshape(case.label.shape[0], -1).sum(axis=1)
     order = [int(z) for z in np.argsort(-fg, kind="stable")[:n] if fg[z] > 0] or [case.label.shape[0] // 2]
     for z in sorted(order):
-        image = case.image[z]
         write_overlay_png(
-            image, pred[z], folder / f"{case.case}_z{z:03d}.png", num_classes=num_classes, reference=case.label[z]
+            case.image[z],
+            pred[z],
+            folder / f"{case.name}_z{z:03d}.png",
+            num_classes=num_classes,
+            reference=case.label[z],
         )
 
 
-@torch.inference_mode()
-def _evaluate_isic(model, root, out, prep, settings, batch_size, tta, amp, postprocess) -> dict[str, Any]:
-    from ..data.isic import ISICDataset
-
-    ds = ISICDataset(root, "test")
+def _evaluate_pooled(
+    predictions: Iterable[tuple[Case, np.ndarray]],
+    out: Path,
+    settings: dict[str, Any],
+    class_names: list[str],
+    postprocess: bool,
+    overlays: int,
+) -> dict[str, Any]:
+    """Pixels of every case pooled (ISIC protocol): DSC, IoU, sensitivity, specificity, accuracy of class 1."""
+    if len(class_names) != 2:
+        raise ValueError(f"pooled scores are defined for binary tasks; this checkpoint has classes {class_names}")
     pooled = PooledBinaryMetrics(postprocess=postprocess)
-    images, labels = ds.images, ds.masks
-    pred = predict_volume(model, images, preprocessing=prep, batch_size=batch_size, tta=tta, amp=amp)
-    for p, g in zip(pred, labels):
-        pooled.update(p == 1, g == 1)
-    metrics = pooled.compute()
-    report = {"settings": {**settings, "postprocess": postprocess}, "n_images": len(ds), "pooled": metrics}
+    n_images = 0
+    for case, pred in predictions:
+        for p, g in zip(pred, case.label):
+            pooled.update(p == 1, g == 1)
+        n_images += len(pred)
+        if overlays:
+            _overlays(case, pred, out / "overlays", overlays, 2)
+    report = {
+        "settings": {**settings, "postprocess": postprocess},
+        "n_images": n_images,
+        "pooled": pooled.compute(),
+    }
     write_text_atomic(out / "summary.json", json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
-    for i in range(min(3, len(ds))):
-        write_overlay_png(
-            images[i], pred[i], out / "overlays" / f"{ds.names[i]}.png", num_classes=2, reference=labels[i]
-        )
     return report

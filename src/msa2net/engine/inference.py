@@ -120,7 +120,4 @@ def predict_image(
     alpha dropped, a colour image refused by a grey model) before the image becomes a one-slice volume.
     """
     unit = preprocessing.to_unit(np.asarray(image))
-    as_unit = Preprocessing(
-        kind="unit", in_channels=preprocessing.in_channels, mean=preprocessing.mean, std=preprocessing.std
-    )
-    return predict_volume(model, unit[None], preprocessing=as_unit, tta=tta, amp=amp)[0]
+    return predict_volume(model, unit[None], preprocessing=preprocessing.unit_input(), tta=tta, amp=amp)[0]

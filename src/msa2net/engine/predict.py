@@ -181,8 +181,7 @@ def _segment_one(
             desc=source.name,
         )
     else:
-        if prep.kind == "rgb" and prep.in_channels == 3 and image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)  # grey raster shown and segmented as RGB
+        image = prep.arrange_channels(image)  # e.g. a grey raster shown and segmented as RGB by an RGB model
         labels = predict_image(model, image, preprocessing=prep, tta=tta, amp=amp)
     counts = summarise_labels(labels, class_names)
 

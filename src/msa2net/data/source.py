@@ -1,0 +1,323 @@
+"""One seam between data and engine: every dataset kind reaches training and evaluation as a :class:`Source`.
+
+A :class:`Source` wraps one prepared dataset folder and answers everything the engine needs to know, so the engine
+never asks which kind it holds:
+
+- what it contains: :attr:`Source.class_names`, :attr:`Source.in_channels`, and the :class:`Preprocessing` that
+  maps the kind's *raw* files (the files a user will later segment) to model input; this is what checkpoints store;
+- how its scores are formed: per case (Synapse, dataset folders) or pooled over all pixels of a split
+  (:attr:`Source.pooled`, ISIC 2018);
+- which cases train, validate and test (:meth:`Source.split`, :meth:`Source.test_ids`);
+- the slice-wise training dataset (:meth:`Source.training_dataset`) and whole labelled cases for validation and
+  evaluation (:meth:`Source.cases`), as :class:`Case` records.
+
+Representation contract: :attr:`Case.image` and the images a training dataset hands to its transform are in the
+*unit* representation, the output of :meth:`Preprocessing.to_unit` (``float32``, roughly [0, 1]). The model-space
+step (:meth:`Preprocessing.normalize`) is applied by the training transform and by inference with the same
+:class:`Preprocessing`, so training and prediction normalise identically.
+
+Adding a dataset kind is one subclass registered with :func:`register_source`; :func:`open_source` finds it by
+``kind`` or by :meth:`Source.detect`.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .io import Geometry
+from .preprocessing import Preprocessing
+
+__all__ = [
+    "VALIDATION_MODES",
+    "Case",
+    "EpochSeededDataset",
+    "Source",
+    "Split",
+    "open_source",
+    "register_source",
+    "source_kinds",
+    "split_cases",
+]
+
+#: ``data.validation`` choices: held-out training cases, the test cases (the authors' practice), or none.
+VALIDATION_MODES: tuple[str, ...] = ("held_out", "test", "none")
+
+
+@dataclass
+class Case:
+    """One labelled case, whatever the dataset kind.
+
+    Attributes:
+        name: Case id, unique within its source (e.g. ``"case0001"``, a file stem, ``"isic_test"``).
+        image: ``float32`` unit representation (:meth:`Preprocessing.to_unit` output), ``(D, H, W)`` for one channel
+            or channels-last ``(D, H, W, C)``; 2D data are one-slice volumes (``D == 1``), and a pooled split
+            stacks its images along ``D``.
+        label: ``int64`` class ids, ``(D, H, W)``.
+        spacing: Voxel size in mm in array axis order ``(z, y, x)``; None when unknown (distances then in voxels).
+        geometry: Geometry of the source image file (SimpleITK order), to write predictions back; None when the
+            source has none (ISIC arrays; the TransUNet release, which records spacing only).
+    """
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float] | None = None
+    geometry: Geometry | None = None
+
+
+@dataclass
+class Split:
+    """Which case ids train and which validate, with notes the user should see."""
+
+    train: list[str]
+    val: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+class EpochSeededDataset(Dataset):
+    """Base of every training dataset: item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``.
+
+    The epoch lives in a shared-memory tensor, so :meth:`set_epoch` reaches DataLoader workers, persistent ones
+    included, as long as it is called before the loader is iterated for that epoch. Augmentation is therefore
+    reproducible from the seed, differs between epochs and items, and does not depend on the number of workers.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        if int(seed) < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        self.seed = int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch (0 until :meth:`set_epoch` is called)."""
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random streams of ``epoch`` (a non-negative integer)."""
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch}")
+        self._epoch.fill_(int(epoch))
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The random stream of item ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+
+def split_cases(cases: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Hold out whole cases for validation, reproducibly.
+
+    The ids are sorted and shuffled with ``np.random.default_rng(seed)``; ``round(n * val_fraction)`` of them (at
+    least 1 and at most ``n - 1`` when ``val_fraction > 0``) validate. Splitting by case, not by slice, keeps the
+    slices of one patient on one side. The result depends only on the set of ids, the fraction and the seed.
+
+    Returns:
+        ``(train, val)``, each sorted, disjoint, together all ids.
+
+    Raises:
+        ValueError: ``val_fraction`` outside [0, 1), duplicate ids, or fewer than 2 cases with ``val_fraction > 0``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    ordered = sorted(cases)
+    if len(set(ordered)) != len(ordered):
+        duplicates = sorted({c for c in ordered if ordered.count(c) > 1})
+        raise ValueError(f"duplicate case ids {duplicates}; each case must appear once")
+    if val_fraction == 0.0:
+        return ordered, []
+    if len(ordered) < 2:
+        raise ValueError(
+            f"cannot hold out a validation case from {len(ordered)} training case(s); add cases, or set "
+            "data.validation=none (or data.val_fraction=0)"
+        )
+    n_val = min(max(1, round(len(ordered) * val_fraction)), len(ordered) - 1)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    val = sorted(ordered[i] for i in order[:n_val])
+    train = sorted(ordered[i] for i in order[n_val:])
+    return train, val
+
+
+class Source(ABC):
+    """A prepared dataset of one kind, as the engine sees it (see the module docstring).
+
+    Subclasses set :attr:`kind`, :attr:`OPTIONS` (kind-specific options and their choices, first the default),
+    and in ``__init__`` :attr:`root`, :attr:`class_names`, :attr:`in_channels` and :attr:`preprocessing`.
+    """
+
+    #: Name used in configs (``data.kind``) and reports.
+    kind: ClassVar[str]
+    #: Kind-specific options: name -> allowed values, the first being the default.
+    OPTIONS: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    #: True when scores pool the pixels of all cases (ISIC), False for per-case scores averaged over cases.
+    pooled: ClassVar[bool] = False
+
+    root: Path
+    class_names: list[str]
+    in_channels: int
+    preprocessing: Preprocessing
+
+    @classmethod
+    @abstractmethod
+    def detect(cls, root: Path) -> bool:
+        """Whether ``root`` looks like a dataset of this kind (cheap: file names only)."""
+
+    @abstractmethod
+    def train_ids(self) -> list[str]:
+        """Ids of the labelled cases available for training (and held-out validation)."""
+
+    def test_ids(self) -> list[str]:
+        """Ids of the labelled test cases that evaluation uses by default (empty when the kind has none)."""
+        return []
+
+    def evaluation_ids(self) -> list[str]:
+        """The cases ``evaluate`` scores when none are named: :meth:`test_ids`."""
+        return self.test_ids()
+
+    def normalize_id(self, case: str) -> str:
+        """A user-given case id in this source's spelling (e.g. ``"0005"`` -> ``"case0005"``)."""
+        return str(case)
+
+    @abstractmethod
+    def training_dataset(
+        self, ids: Sequence[str], transform: Callable[..., tuple[torch.Tensor, torch.Tensor]], seed: int
+    ) -> EpochSeededDataset:
+        """Slice-wise training samples of ``ids``: items ``{"image", "label", "name"}`` from
+        ``transform(unit_slice, label_slice, rng)``."""
+
+    @abstractmethod
+    def cases(self, ids: Sequence[str], preprocessing: Preprocessing | None = None) -> Iterator[Case]:
+        """Whole labelled cases, loaded one at a time, with raw files mapped by ``preprocessing.to_unit``
+        (default :attr:`preprocessing`; prepared kinds whose files are stored already mapped ignore it)."""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.class_names)
+
+    def describe(self) -> str:
+        """One line for logs."""
+        return f"{self.kind} data at {self.root} ({self.num_classes} classes, {self.in_channels} channel(s))"
+
+    def _select(self, ids: Sequence[str], available: Sequence[str], what: str) -> list[str]:
+        chosen = [self.normalize_id(c) for c in ids]
+        unknown = sorted(set(chosen) - set(available))
+        if unknown:
+            shown = ", ".join(list(available)[:8]) + (" ..." if len(available) > 8 else "")
+            raise ValueError(f"{what} {unknown} are not cases of {self.root}; available: {shown}")
+        return sorted(set(chosen))
+
+    def split(
+        self,
+        validation: str = "held_out",
+        *,
+        val_fraction: float = 0.2,
+        val_cases: Sequence[str] | None = None,
+        train_cases: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> Split:
+        """Training and validation case ids.
+
+        Args:
+            validation: ``"held_out"`` (hold out ``val_cases``, or ``val_fraction`` of the training cases chosen
+                by :func:`split_cases`), ``"test"`` (validate on :meth:`test_ids`, the authors' practice: its
+                scores are then no clean test, and a note says so) or ``"none"``.
+            val_fraction: Share of training cases held out when ``val_cases`` is not given.
+            val_cases: Explicit validation case ids (held out of training).
+            train_cases: Restrict training to these case ids.
+            seed: Seed of the held-out draw.
+        """
+        if validation not in VALIDATION_MODES:
+            raise ValueError(f"data.validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}")
+        available = self.train_ids()
+        train = self._select(train_cases, available, "data.train_cases") if train_cases else list(available)
+        if validation == "none":
+            return Split(train, [])
+        if validation == "test":
+            test = self.test_ids()
+            if not test:
+                raise ValueError(
+                    f"data.validation=test: {self.describe()} has no labelled test cases; use held_out or none"
+                )
+            note = "validation on the TEST cases (the authors' practice): their scores are not a clean test"
+            return Split(train, test, [note])
+        if val_cases:
+            val = self._select(val_cases, available, "data.val_cases")
+            return Split([c for c in train if c not in val], val)
+        train, val = split_cases(train, val_fraction, seed)
+        return Split(train, val)
+
+
+_REGISTRY: dict[str, type[Source]] = {}
+
+
+def register_source(cls: type[Source]) -> type[Source]:
+    """Class decorator: make a :class:`Source` subclass known to :func:`open_source` under ``cls.kind``."""
+    if not getattr(cls, "kind", None):
+        raise ValueError(f"{cls.__name__} must set the class attribute 'kind'")
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers their sources.
+    from . import folder, isic, synapse  # noqa: F401
+
+
+def source_kinds() -> tuple[str, ...]:
+    """Registered dataset kinds."""
+    _load_builtin()
+    return tuple(_REGISTRY)
+
+
+def open_source(
+    root: str | os.PathLike[str], kind: str | None = None, options: Mapping[str, Any] | None = None
+) -> Source:
+    """Open a prepared dataset folder as a :class:`Source`.
+
+    Args:
+        root: The folder.
+        kind: A registered kind (:func:`source_kinds`), or None to detect it from the folder's files.
+        options: Kind-specific options (e.g. Synapse's ``labels`` and ``intensity``); None values mean the kind's
+            default. A non-None option the kind does not have is an error.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: unknown kind, a folder that no kind (or several) recognises, or an option the kind lacks.
+    """
+    _load_builtin()
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data folder {str(root)!r} does not exist (data.root / --data)")
+    if kind is None:
+        found = [name for name, cls in _REGISTRY.items() if cls.detect(root)]
+        if len(found) != 1:
+            what = "no known dataset layout" if not found else f"the layouts of several kinds ({', '.join(found)})"
+            raise ValueError(
+                f"{str(root)!r} has {what}: expected a prepared Synapse folder (train_npz/ or test_vol_h5/ with "
+                "lists_Synapse/), a dataset folder (dataset.json, imagesTr/, labelsTr/) or a prepared ISIC 2018 folder "
+                "(train.npz, val.npz, test.npz); prepare the raw data with msa2net prepare, or set data.kind"
+            )
+        kind = found[0]
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown data.kind {kind!r}; choose one of {', '.join(_REGISTRY)}")
+    cls = _REGISTRY[kind]
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    foreign = sorted(set(given) - set(cls.OPTIONS))
+    if foreign:
+        raise ValueError(
+            f"data.{foreign[0]} does not apply to {kind} data ({root}); it takes "
+            + (", ".join(f"data.{k}" for k in cls.OPTIONS) or "no kind-specific options")
+        )
+    for name, value in given.items():
+        if value not in cls.OPTIONS[name]:
+            raise ValueError(f"data.{name} must be one of {', '.join(cls.OPTIONS[name])}, got {value!r}")
+    return cls(root, **given)  # type: ignore[call-arg]

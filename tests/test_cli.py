@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from reference import official_state_dict
 
-from msa2net.cli import main
+from msa2net.cli import build_parser, main
 
 
 def test_info_paper_and_released(capsys):
@@ -100,3 +101,127 @@ def test_export_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "max |logits - eager| onnx" in out and "max |logits - eager| torchscript" in out
     assert {p.name for p in (tmp_path / "x").iterdir()} >= {"model.ts", "model.onnx", "model.safetensors", "model.json"}
+
+
+# ---------------------------------------------------------------------------------------------- argument validation
+
+
+def _argparse_error(argv: list[str], capsys) -> str:
+    """stderr of an argparse refusal (exit code 2)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_train_rejects_a_bad_config_before_touching_the_data(tmp_path, capsys):
+    missing = tmp_path / "no_such_data"
+    argv = ["train", "demo", "--data", str(missing), "--out", str(tmp_path / "run")]
+    assert main([*argv, "--set", "train.epochs=abc", "--set", "data.validation=maybe"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("msa2net train: error: preset 'demo': 2 problems:")
+    assert "train.epochs: expected an integer >= 1, found 'abc'" in err
+    assert "data.validation: expected one of held_out, test, none, found 'maybe'" in err
+    assert "does not exist" not in err and "Traceback" not in err
+    assert not missing.exists() and not (tmp_path / "run").exists()
+
+
+def test_train_reports_bad_yaml_and_sections_in_one_message(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text("- train\n- data\n")
+    assert main(["train", str(path), "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 1: expected a mapping of sections at the top level" in err and "Traceback" not in err
+    assert main(["train", "demo", "--set", "model=5", "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "model: expected a mapping of model options" in err and "Traceback" not in err
+
+
+def test_phantom_size_must_be_positive(tmp_path, capsys):
+    out = tmp_path / "ph"
+    err = _argparse_error(["phantom", "synapse", "--out", str(out), "--size", "0"], capsys)
+    assert "argument --size: expected an integer >= 16, got '0'" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["phantom", "synapse", "--out", "x", "--cases", "0"], "argument --cases: expected a BTCV case number >= 1"),
+        (["phantom", "isic2018", "--out", "x", "-n", "0"], "argument -n: expected an integer >= 1, got '0'"),
+        (["phantom", "isic2018", "--out", "x", "--seed", "-1"], "argument --seed: expected an integer >= 0"),
+        (["train", "--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
+        (["train", "--batch-size", "x"], "argument --batch-size: expected an integer >= 1, got 'x'"),
+        (["train", "--num-workers", "-1"], "argument --num-workers: expected an integer >= 0, got '-1'"),
+        (["train", "--device", "gpu"], "argument --device: expected auto, cpu, cuda, cuda:N (N a GPU index) or mps"),
+        (["evaluate", "--checkpoint", "c", "--data", "d", "--batch-size", "0"], "argument --batch-size: expected"),
+        (["evaluate", "--checkpoint", "c", "--data", "d", "--overlays", "-1"], "argument --overlays: expected an"),
+        (["evaluate", "--checkpoint", "c", "--data", "d", "--nsd-tolerance", "0"], "argument --nsd-tolerance: expec"),
+        (["predict", "a.png", "--checkpoint", "c", "-o", "o", "--batch-size", "0"], "argument --batch-size: expect"),
+        (["info", "msa2net_test", "--num-classes", "0"], "argument --num-classes: expected an integer >= 1"),
+        (["info", "msa2net_test", "--img-size", "0x224"], "argument --img-size: size must be N or HxW with positive"),
+    ],
+)
+def test_numeric_options_refuse_bad_values(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative outputs land here should an option ever be accepted
+    assert message in _argparse_error(argv, capsys)
+
+
+def test_evaluate_empty_accepts_policies_and_non_negative_numbers(capsys):
+    err = _argparse_error(["evaluate", "--checkpoint", "c", "--data", "d", "--empty", "foo"], capsys)
+    assert "argument --empty: expected nan, legacy, diagonal or a non-negative number (mm), got 'foo'" in err
+    assert "could not convert" not in err
+    parser = build_parser()
+    base = ["evaluate", "--checkpoint", "c", "--data", "d"]
+    assert parser.parse_args(base).empty == "nan"
+    assert [parser.parse_args([*base, "--empty", v]).empty for v in ("legacy", "Diagonal", "373.13", "0")] == [
+        "legacy",
+        "diagonal",
+        373.13,
+        0.0,
+    ]
+    assert "argument --empty" in _argparse_error([*base, "--empty", "-5"], capsys)
+
+
+def test_pretrained_encoder_none_means_no_weights_and_text_options_stay_text(tmp_path, monkeypatch):
+    import msa2net.engine.train as engine_train
+
+    seen = []
+    monkeypatch.setattr(engine_train, "train", lambda cfg, resume=None: seen.append(cfg) or {"ok": True})
+    for spelling in ("none", "None", "NONE"):
+        assert main(["train", "synapse", "--pretrained-encoder", spelling, "--data", "2024", "--device", "cuda:1"]) == 0
+        cfg = seen.pop()
+        assert cfg.model.pretrained_encoder is None  # not a file called "none"
+        assert cfg.data.root == "2024" and cfg.train.device == "cuda:1"  # a string, not the integer 2024
+    assert main(["train", "synapse", "--pretrained-encoder", "weights/none.pth", "--out", "yes"]) == 0
+    cfg = seen.pop()
+    assert cfg.model.pretrained_encoder == "weights/none.pth" and cfg.out_dir == "yes"
+
+
+def test_predict_device_defaults_to_auto_like_evaluate():
+    parser = build_parser()
+    assert parser.parse_args(["predict", "a.png", "--checkpoint", "c", "-o", "o"]).device == "auto"
+    assert parser.parse_args(["evaluate", "--checkpoint", "c", "--data", "d"]).device == "auto"
+    assert parser.parse_args(["phantom", "synapse", "--out", "x"]).size == 512
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [
+        f"{command} {action.option_strings or action.dest}"
+        for command, sub_parser in sub.choices.items()
+        for action in sub_parser._actions
+        if not action.help
+    ]
+    assert missing == []
+
+
+def test_demo_rejects_a_bad_override_before_writing_anything(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--set", "train.epochs=0", "--set", "train.optimiser=sgd"]) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs: expected an integer >= 1, found 0" in err and "unknown keys in 'train': ['optimiser']" in err
+    assert "Traceback" not in err and not out.exists()

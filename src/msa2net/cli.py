@@ -4,20 +4,84 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+EMPTY_POLICIES: tuple[str, ...] = ("nan", "legacy", "diagonal")
 
 
 def _size(text: str) -> tuple[int, int]:
+    """``N`` or ``HxW`` (also ``H,W``) -> ``(H, W)``, both positive."""
     parts = text.lower().replace(",", "x").split("x")
     if len(parts) == 1:
         parts = parts * 2
     try:
         h, w = (int(p) for p in parts)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from exc
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW with positive integers, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW with positive integers, got {text!r}")
     return h, w
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer >= ``minimum``; argparse prefixes the option name to the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse ``type=``: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _empty_policy(text: str) -> str | float:
+    """``--empty``: one of :data:`EMPTY_POLICIES` (any case) or a non-negative distance in mm."""
+    if text.strip().lower() in EMPTY_POLICIES:
+        return text.strip().lower()
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(EMPTY_POLICIES)} or a non-negative number (mm), got {text!r}"
+        )
+    return value
+
+
+def _device(text: str) -> str:
+    """``--device``: auto, cpu, cuda, cuda:N or mps."""
+    from .config import device_is_valid
+
+    if not device_is_valid(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N (N a GPU index) or mps, got {text!r}")
+    return text
+
+
+def _case_number(text: str) -> str:
+    """``phantom --cases``: a BTCV case number >= 1 (``1``, ``0001`` or ``case0001``)."""
+    digits = text.strip()[4:] if text.strip().lower().startswith("case") else text.strip()
+    if not digits.isdigit() or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"expected a BTCV case number >= 1 like 1, 0001 or case0001, got {text!r}")
+    return text
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -37,7 +101,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     from .data.phantom import make_isic_phantom, make_synapse_phantom
 
     if args.dataset == "synapse":
-        cases = make_synapse_phantom(args.out, cases=args.cases, seed=args.seed, size=args.size or 512)
+        cases = make_synapse_phantom(args.out, cases=args.cases, seed=args.seed, size=args.size)
         print(f"wrote {len(cases)} CT phantom cases to {args.out}/RawData/Training (then: msa2net prepare synapse)")
     else:
         names = make_isic_phantom(args.out, n=args.n, seed=args.seed)
@@ -59,6 +123,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` items preceded by the dedicated options as ``key=value`` items (the ``--set`` items win).
+
+    Text options are written as quoted YAML strings, so a folder named ``2024`` or ``yes`` stays a string;
+    ``--pretrained-encoder none`` becomes ``null`` (no pretrained weights).
+    """
     sets = list(args.set or [])
     for flag, key in (
         ("data", "data.root"),
@@ -74,8 +143,13 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         ("num_workers", "data.num_workers"),
     ):
         value = getattr(args, flag)
-        if value is not None:
-            sets.insert(0, f"{key}={value}")
+        if value is None:
+            continue
+        if flag == "pretrained_encoder" and value.strip().lower() == "none":
+            text = "null"
+        else:
+            text = json.dumps(value) if isinstance(value, str) else str(value)
+        sets.insert(0, f"{key}={text}")
     return sets
 
 
@@ -86,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = _train_overrides(args)
     if args.resume and args.config is None:
         base = config_from_checkpoint(args.resume).to_dict()
-        cfg = load_config("resume", overrides, base=base)
+        cfg = load_config(f"config of {args.resume}", overrides, base=base)
     else:
         cfg = load_config(args.config or "synapse", overrides)
     result = train(cfg, resume=args.resume)
@@ -98,8 +172,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate
 
     empty: str | float = args.empty
-    if empty not in ("nan", "legacy", "diagonal"):
-        empty = float(empty)
     out = args.out or str(Path(args.checkpoint).with_suffix("")) + "_eval"
     report = evaluate(
         args.checkpoint,
@@ -156,7 +228,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .config import load_config
     from .engine.demo import run_demo
+
+    load_config("demo", [f"train.device={args.device}", *(args.set or [])])  # report a bad --set before any work
 
     result = run_demo(args.out, overrides=args.set, device=args.device)
     print()
@@ -170,6 +245,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .config import AMP_MODES
 
     parser = argparse.ArgumentParser(prog="msa2net", description="MSA2Net medical image segmentation")
     parser.add_argument("--version", action="version", version=f"msa2net {__version__}")
@@ -178,23 +254,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="parameters, GFLOPs and settings of a model name or checkpoint")
     p.add_argument("target", nargs="?", help="registered model name (omit to list them) or checkpoint path")
     p.add_argument("--img-size", type=_size, default=None, help="input size for the FLOP count, N or HxW")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument(
+        "--num-classes",
+        type=_int_at_least(1),
+        default=None,
+        help="output classes for the FLOP count (model names only)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("phantom", help="write built-in phantom data (no download needed)")
-    p.add_argument("dataset", choices=["synapse", "isic2018"])
+    p.add_argument("dataset", choices=["synapse", "isic2018"], help="CT phantom (synapse) or lesion images (isic2018)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cases", nargs="+", default=None, help="BTCV case ids (synapse)")
-    p.add_argument("--size", type=int, default=None, help="in-plane size (synapse, default 512)")
-    p.add_argument("-n", type=int, default=24, help="number of images (isic2018)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (same seed, same files; default 0)")
+    p.add_argument(
+        "--cases", nargs="+", type=_case_number, default=None, help="BTCV case numbers, e.g. 1 2 or 0001 (synapse)"
+    )
+    p.add_argument("--size", type=_int_at_least(16), default=512, help="in-plane size in pixels (synapse, default 512)")
+    p.add_argument("-n", type=_int_at_least(1), default=24, help="number of images (isic2018, default 24)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("prepare", help="raw download -> training layout (Synapse: TransUNet's; ISIC: split npz)")
-    p.add_argument("dataset", choices=["synapse", "isic2018"])
+    p.add_argument("dataset", choices=["synapse", "isic2018"], help="which dataset the raw folder holds")
     p.add_argument("--raw", required=True, help="raw data folder (BTCV RawData, or the ISIC 2018 task 1 folders)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder for the prepared dataset")
     p.add_argument("--overwrite", action="store_true", help="redo finished cases")
     p.set_defaults(func=cmd_prepare)
 
@@ -202,14 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", default=None, help="preset (synapse, isic2018, folder, demo) or YAML file")
     p.add_argument("--data", help="data root (data.root)")
     p.add_argument("--out", help="run folder (out_dir)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size over all processes")
+    p.add_argument("--epochs", type=_int_at_least(1), help="training epochs (train.epochs)")
+    p.add_argument("--batch-size", type=_int_at_least(1), help="global batch size over all processes")
     p.add_argument("--model", help="registered model name, e.g. msa2net_paper, msa2net_released, msa2net_pico")
-    p.add_argument("--device", help="auto, cpu, cuda, mps")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--pretrained-encoder", help="ImageNet weights file for the encoder, or 'hub'")
+    p.add_argument("--device", type=_device, help="auto, cpu, cuda, cuda:N or mps (train.device)")
+    p.add_argument("--amp", choices=AMP_MODES, help="mixed precision: none, bf16 or fp16 (fp16 needs CUDA)")
+    p.add_argument("--seed", type=_int_at_least(0), help="random seed (train.seed)")
+    p.add_argument("--num-workers", type=_int_at_least(0), help="DataLoader worker processes (data.num_workers)")
+    p.add_argument(
+        "--pretrained-encoder",
+        help="ImageNet weights file for the encoder, 'hub' (download), or 'none' (no pretrained weights)",
+    )
     p.add_argument("--official", help="start from an authors' MSA2Net .pth")
     p.add_argument("--resume", help="last.pt (or its run folder) to continue exactly")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field, e.g. train.lr=0.01")
@@ -219,40 +305,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="msa2net checkpoint or an authors' .pth")
     p.add_argument("--data", required=True, help="prepared Synapse folder, dataset folder or prepared ISIC folder")
     p.add_argument("--out", help="report folder (default: next to the checkpoint)")
-    p.add_argument("--cases", nargs="+")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cases", nargs="+", help="evaluate only these test cases, e.g. case0001 case0002 (default: all)")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=16, help="slices per forward pass (default 16)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--amp", choices=["bf16", "fp16"])
-    p.add_argument("--empty", default="nan", help="HD95-mm policy for empty masks: nan, legacy, diagonal or a number")
-    p.add_argument("--nsd-tolerance", type=float, default=2.0, help="surface Dice tolerance in mm")
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision inference (default: float32)")
+    p.add_argument(
+        "--empty",
+        type=_empty_policy,
+        default="nan",
+        help="HD95-mm policy for empty masks: nan, legacy, diagonal or a non-negative number (mm); default nan",
+    )
+    p.add_argument(
+        "--nsd-tolerance", type=_positive_float, default=2.0, help="surface Dice tolerance in mm, > 0 (default 2)"
+    )
     p.add_argument("--save-predictions", action="store_true", help="write NIfTI predictions")
-    p.add_argument("--overlays", type=int, default=3, help="overlay PNGs per case (0: none)")
+    p.add_argument("--overlays", type=_int_at_least(0), default=3, help="overlay PNGs per case (0: none; default 3)")
     p.add_argument("--postprocess", action="store_true", help="ISIC: opening + hole filling before scoring")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment NIfTI/NRRD/MHA files, DICOM series folders, PNG/JPG, or folders")
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("inputs", nargs="+", help="image files, DICOM series folders, or folders of them")
+    p.add_argument("--checkpoint", required=True, help="msa2net checkpoint or an authors' .pth")
     p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--tta", action="store_true")
-    p.add_argument("--amp", choices=["bf16", "fp16"])
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision inference (default: float32)")
     p.add_argument("--overlays", action="store_true", help="also write PNG overlays")
     p.add_argument("--format", help="mask format for volumes: .nii.gz, .nii, .nrrd, .mha")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="TorchScript and ONNX export, checked against eager PyTorch")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("-o", "--out", required=True)
-    p.add_argument("--formats", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
-    p.add_argument("--no-check", action="store_true")
+    p.add_argument("--checkpoint", required=True, help="msa2net checkpoint or an authors' .pth")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["torchscript", "onnx"],
+        choices=["torchscript", "onnx"],
+        help="formats to write (default: both)",
+    )
+    p.add_argument("--no-check", action="store_true", help="skip comparing the exported model with eager PyTorch")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="phantom -> prepare -> train -> evaluate -> predict, on CPU in minutes")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the demo preset")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -1,9 +1,26 @@
-"""Training configuration: dataclasses, YAML presets (``msa2net/configs``) and command-line overrides."""
+"""Training configuration: dataclasses, YAML presets (``msa2net/configs``), command-line overrides and validation.
+
+Every way of turning text or plain data into a :class:`Config` (:func:`load_config`, :func:`config_from_dict`)
+validates the result completely before returning it, so a bad option is reported before any data are read. All
+problems found are collected and raised together as one :class:`ConfigError`, one line per problem, each naming the
+option (``train.epochs``), what was found and what is valid. Malformed YAML, YAML tags (``!!python/...``) and
+malformed ``--set`` overrides are reported the same way, never as a ``yaml`` traceback.
+
+Importing this module is light (PyYAML only): the model registry, the augmentation recipes and the loss names are
+imported when a configuration is validated.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import math
 import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -12,22 +29,70 @@ import yaml
 
 from ._atomic import write_text_atomic
 
-PRESETS = ("synapse", "isic2018", "folder", "demo")
+#: Built-in presets, the YAML files in ``msa2net/configs``.
+PRESETS: tuple[str, ...] = ("synapse", "isic2018", "folder", "demo")
+#: ``train.optimizer``.
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+#: ``train.scheduler``: poly per iteration, reduce-on-plateau per evaluation, or a constant LR.
+SCHEDULERS: tuple[str, ...] = ("poly", "plateau", "constant")
+#: ``train.amp``: mixed precision (fp16 needs CUDA).
+AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
+#: ``train.lr_scaling``: the authors' batch/24 rule, or the LR as given.
+LR_SCALINGS: tuple[str, ...] = ("authors", "none")
+#: ``train.loss_weights`` keys (``train.loss=ce_dice`` only).
+LOSS_WEIGHT_KEYS: tuple[str, ...] = ("ce", "dice")
+
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+_DEVICE_TEXT = "auto, cpu, cuda, cuda:N (N a GPU index) or mps"
+_SIZE_MULTIPLE = 32
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with every problem found.
+
+    Attributes:
+        problems: One line per problem, each naming the option (or file / ``--set`` item), what was found and what
+            is valid.
+        where: What was loaded (a file path, ``preset 'synapse'``, ...), or None.
+        hint: What to do, printed after the problems, or None.
+
+    ``str(error)`` is the whole message: ``where``, then the problem (or a bulleted list of them), then the hint.
+    """
+
+    def __init__(self, problems: str | Sequence[str], where: str | None = None, hint: str | None = None) -> None:
+        self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
+        self.where = where
+        self.hint = hint
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        prefix = f"{self.where}: " if self.where else ""
+        if len(self.problems) == 1:
+            text = prefix + self.problems[0]
+        else:
+            text = f"{prefix}{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        return f"{text}\n{self.hint}" if self.hint else text
 
 
 @dataclass
 class ModelConfig:
+    """``model:``: which network, its size and starting weights. ``num_classes`` / ``in_channels`` None: taken from the
+    dataset (when given, the data layer checks them against it)."""
+
     name: str = "msa2net_paper"
-    num_classes: int | None = None  # None: from the dataset
+    num_classes: int | None = None  # None: from the dataset; when given, >= 2 (background included)
     in_channels: int | None = None  # None: from the dataset
     img_size: list[int] = field(default_factory=lambda: [224, 224])
-    pretrained_encoder: str | None = None  # local weights file or "hub"
+    pretrained_encoder: str | None = None  # local weights file or "hub"; "none" (any case) is read as None
     official_checkpoint: str | None = None  # start from an authors' .pth (fine-tuning)
 
 
 @dataclass
 class DataConfig:
-    kind: str | None = None  # synapse | isic2018 | folder; None: detected from the folder
+    """``data:``: where the data are and how they are split and augmented. ``kind`` None: detected from the folder;
+    ``labels`` / ``intensity`` (Synapse only) None: that dataset's default."""
+
+    kind: str | None = None  # synapse | isic2018 | folder; None: detect from the folder
     root: str = "data/Synapse"
     # held_out: cases held out of the training set; test: the test set doubles as validation (the
     # authors' practice; results on it are then not a clean test); none: no validation
@@ -35,17 +100,19 @@ class DataConfig:
     val_fraction: float = 0.2
     val_cases: list[str] | None = None
     train_cases: list[str] | None = None
-    labels: str | None = None  # Synapse: synapse8 | btcv14 (None: synapse8)
-    intensity: str | None = None  # Synapse: strict | clip (None: strict)
+    labels: str | None = None  # Synapse only: synapse8 | btcv14; None: the dataset's default
+    intensity: str | None = None  # Synapse only: strict | clip; None: the dataset's default
     augment: str = "msa2net"  # msa2net | transunet | flip | none
     num_workers: int = 2
 
 
 @dataclass
 class TrainConfig:
+    """``train:``: optimisation, schedule, precision, evaluation cadence and device."""
+
     epochs: int = 700
     batch_size: int = 20  # global, over all processes
-    loss: str = "boundary_dou"  # boundary_dou | ce | dice | ce_dice | bce
+    loss: str = "boundary_dou"  # boundary_dou | ce | dice | ce_dice
     loss_weights: dict[str, float] | None = None
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.05
@@ -71,6 +138,9 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    """A whole training configuration. Build it with :func:`load_config` or :func:`config_from_dict`, which validate it;
+    :func:`validate_config` checks one built or modified in code."""
+
     preset: str = "synapse"
     out_dir: str = "runs/synapse"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -78,6 +148,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (what checkpoints store); :func:`config_from_dict` turns it back into an equal config."""
         return dataclasses.asdict(self)
 
     def dump(self, path: str | os.PathLike) -> None:
@@ -85,26 +156,129 @@ class Config:
         write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+_SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+_TOP_LEVEL: tuple[str, ...] = ("preset", "out_dir", *_SECTIONS)
+_VALIDATION_HINT = "Fix the config file, or override with --set section.key=value (e.g. --set train.epochs=100)."
 
 
-def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
-    """Build a :class:`Config`, rejecting unknown keys with the list of valid ones."""
-    data = dict(data or {})
-    unknown = set(data) - {"preset", "out_dir", *_SECTIONS}
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown top-level keys {sorted(unknown)}; valid: preset, out_dir, model, data, train"
+def device_is_valid(name: object) -> bool:
+    """Whether ``name`` is a device string msa2net accepts: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    return isinstance(name, str) and _DEVICE_RE.fullmatch(name) is not None
+
+
+# ---------------------------------------------------------------------------------------------- YAML
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-4`` as a float (YAML 1.2; PyYAML's 1.1 needs ``1.0e-4``)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _where_in(source: str, mark: yaml.Mark | None) -> str:
+    return f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else source
+
+
+def _parse_yaml(text: str, source: str, what_to_do: str) -> tuple[Any, int]:
+    """Parse one YAML document safely: ``(data, line of the top-level node)``.
+
+    Raises:
+        ConfigError: malformed YAML or a tag (``!!python/object/apply:...``); names ``source``, line and column.
+    """
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+        return data, (node.start_mark.line + 1 if node is not None else 1)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        if "constructor for the tag" in str(exc.problem):
+            tag = exc.problem.split("tag", 1)[1].strip().replace("tag:yaml.org,2002:", "!!")
+            problem = (
+                f"YAML tags are not allowed in configs, found the tag {tag}; use plain values only "
+                "(numbers, strings, true/false, null, lists and mappings)"
+            )
+        else:
+            problem = f"cannot be read as YAML: {exc.problem}; {what_to_do}"
+        raise ConfigError(problem, where=_where_in(source, mark)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        detail = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{detail} ({context})" if context else detail
+        raise ConfigError(f"not valid YAML: {detail}; {what_to_do}", where=_where_in(source, mark)) from None
+    finally:
+        loader.dispose()
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not a UTF-8 text file ({exc.reason} at byte {exc.start}); pass a YAML file", where=path
+        ) from None
+    data, line = _parse_yaml(text, path, "fix the file (see the presets in msa2net/configs for the layout)")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"expected a mapping of sections at the top level (preset:, out_dir:, model:, data:, train:), found "
+            f"{_found(data)}; see the presets in msa2net/configs for the layout",
+            where=f"{path}, line {line}",
         )
-    kwargs: dict[str, Any] = {k: data[k] for k in ("preset", "out_dir") if k in data}
-    for name, cls in _SECTIONS.items():
-        section = data.get(name) or {}
-        valid = {f.name for f in dataclasses.fields(cls)}
-        bad = set(section) - valid
-        if bad:
-            raise ValueError(f"{where}: unknown keys in '{name}': {sorted(bad)}; valid: {sorted(valid)}")
-        kwargs[name] = cls(**section)
-    return Config(**kwargs)
+    return data
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The plain data of a built-in preset.
+
+    Raises:
+        ConfigError: ``name`` is not one of :data:`PRESETS` (the message lists them).
+    """
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}, or pass a YAML file")
+    text = resources.files("msa2net.configs").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    data, _ = _parse_yaml(text, f"preset {name!r}", "the installed preset file is damaged; reinstall msa2net")
+    return data or {}
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``train.epochs=5`` -> ``{"train": {"epochs": 5}}``; the value is parsed as YAML (numbers, lists, null).
+
+    Keys are ``section.key`` (sections: model, data, train) or a top-level key (``out_dir``, ``preset``); whether the
+    key exists in its section is checked later, with the whole config.
+
+    Raises:
+        ConfigError: no ``=``, an empty key part, an unknown section, too many dots, or a value that is not YAML.
+    """
+    usage = "expected section.key=value, e.g. train.epochs=5 or data.root=data/Synapse"
+    where = f"--set {text!r}"
+    if "=" not in text:
+        raise ConfigError(f"no '=' found; {usage}", where=where)
+    key, value = text.split("=", 1)
+    parts = [p.strip() for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"empty key {key.strip()!r}; {usage}", where=where)
+    if len(parts) > 2:
+        raise ConfigError(f"key {key.strip()!r} has more than one dot; {usage}", where=where)
+    if len(parts) == 2 and parts[0] not in _SECTIONS:
+        hint = f"; {parts[0]} is a top-level key: {parts[0]}=value" if parts[0] in _TOP_LEVEL else ""
+        raise ConfigError(
+            f"unknown section {parts[0]!r}; valid sections: {', '.join(_SECTIONS)}{hint}; {usage}", where=where
+        )
+    parsed, _ = _parse_yaml(value, where, "quote the value, e.g. --set 'data.root=\"my: folder\"'")
+    out: dict[str, Any] = {parts[-1]: parsed}
+    for part in reversed(parts[:-1]):
+        out = {part: out}
+    return out
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -114,36 +288,395 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def preset_dict(name: str) -> dict[str, Any]:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS} or pass a YAML file")
-    text = resources.files("msa2net.configs").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
-
-
-def parse_override(text: str) -> dict[str, Any]:
-    """``train.epochs=5`` -> {"train": {"epochs": 5}}; the value is parsed as YAML (numbers, lists, null)."""
-    if "=" not in text:
-        raise ValueError(f"override {text!r} must look like section.key=value, e.g. train.epochs=5")
-    key, value = text.split("=", 1)
-    parts = key.strip().split(".")
-    out: dict[str, Any] = {parts[-1]: yaml.safe_load(value)}
-    for part in reversed(parts[:-1]):
-        out = {part: out}
-    return out
-
-
 def load_config(preset_or_file: str, overrides: list[str] | None = None, base: dict | None = None) -> Config:
-    """A preset name or YAML file (which may name a ``preset`` to start from), then ``key=value`` overrides."""
+    """Load and validate a configuration; nothing outside the config files is read.
+
+    Args:
+        preset_or_file: A preset name (:data:`PRESETS`) or a YAML file, which may name a ``preset`` to start from
+            (its own values win). With ``base`` it is only the label used in messages.
+        overrides: ``section.key=value`` items applied in order (see :func:`parse_override`).
+        base: Plain data to start from instead of a preset or file (e.g. a checkpoint's config).
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: The file is missing, not YAML or not a mapping, names an unknown preset, or the result has
+            problems (unknown keys, wrong types, bad values, malformed overrides); every problem of the overrides
+            and the merged config is listed in the one error.
+    """
     if base is not None:
-        data = base
+        data, where = dict(base), preset_or_file
     elif os.path.isfile(preset_or_file):
-        with open(preset_or_file) as f:
-            data = yaml.safe_load(f) or {}
+        data, where = _read_config_file(preset_or_file), preset_or_file
         if "preset" in data:
+            if not isinstance(data["preset"], str) or data["preset"] not in PRESETS:
+                raise ConfigError(
+                    f"preset: unknown preset {data['preset']!r}; choose one of {', '.join(PRESETS)} to start from, "
+                    "or remove the preset key to start from the defaults",
+                    where=preset_or_file,
+                )
             data = _merge(preset_dict(data["preset"]), data)
+    elif preset_or_file.endswith((".yaml", ".yml")) or os.sep in preset_or_file or "/" in preset_or_file:
+        raise ConfigError(
+            f"config file {preset_or_file!r} not found; pass an existing YAML file or a preset ({', '.join(PRESETS)})"
+        )
     else:
-        data = preset_dict(preset_or_file)
+        data, where = preset_dict(preset_or_file), f"preset {preset_or_file!r}"
+    problems: list[str] = []
     for item in overrides or []:
-        data = _merge(data, parse_override(item))
-    return config_from_dict(data, where=preset_or_file)
+        try:
+            data = _merge(data, parse_override(item))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    cfg, found = _build(data)
+    problems += found
+    if problems:
+        raise ConfigError(problems, where=where, hint=_VALIDATION_HINT)
+    return cfg
+
+
+def config_from_dict(data: Mapping[str, Any] | None, where: str = "config") -> Config:
+    """Build and validate a :class:`Config` from plain data (a parsed YAML file, a checkpoint's config).
+
+    Ints are accepted where floats are expected (and stored as floats), tuples where lists are, and
+    ``model.pretrained_encoder: none`` (any case) is read as None.
+
+    Raises:
+        ConfigError: every problem found (see :func:`config_problems`), plus unknown keys and sections that are
+            not mappings; ``where`` labels the message.
+    """
+    cfg, problems = _build(data)
+    if problems:
+        raise ConfigError(problems, where=where, hint=_VALIDATION_HINT)
+    return cfg
+
+
+def validate_config(cfg: Config, where: str = "config") -> None:
+    """Raise :class:`ConfigError` listing every problem of an already built ``cfg``; return if there is none."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError(problems, where=where, hint=_VALIDATION_HINT)
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def _suggest(name: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(data: Any) -> tuple[Config, list[str]]:
+    """A :class:`Config` of the known keys of ``data`` (defaults elsewhere) and every problem found."""
+    problems: list[str] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        problems.append(f"expected a mapping with keys {', '.join(_TOP_LEVEL)}, found {_found(data)}")
+        data = {}
+    unknown = [str(k) for k in data if k not in _TOP_LEVEL]
+    if unknown:
+        notes = []
+        for key in unknown:
+            homes = [s for s, cls in _SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+            notes.append(f" (did you mean {homes[0]}.{key}?)" if homes else _suggest(key, _TOP_LEVEL))
+        problems.append(
+            f"unknown top-level keys {unknown}{''.join(dict.fromkeys(notes))}; valid: {', '.join(_TOP_LEVEL)}"
+        )
+    kwargs: dict[str, Any] = {k: _normalize(data[k], _hints(Config)[k]) for k in ("preset", "out_dir") if k in data}
+    for name, cls in _SECTIONS.items():
+        valid = [f.name for f in dataclasses.fields(cls)]
+        section = data.get(name)
+        if section is None:
+            section = {}
+        if not isinstance(section, Mapping):
+            problems.append(
+                f"{name}: expected a mapping of {name} options (e.g. {name}.{valid[0]}=...), found "
+                f"{_found(section)}; valid keys: {', '.join(valid)}"
+            )
+            section = {}
+        bad = [str(k) for k in section if k not in valid]
+        if bad:
+            hints = "".join(dict.fromkeys(_suggest(b, valid) for b in bad))
+            problems.append(f"{name}: unknown keys in {name!r}: {bad}{hints}; valid: {', '.join(valid)}")
+        hints_of = _hints(cls)
+        kwargs[name] = cls(**{k: _normalize(v, hints_of[k], f"{name}.{k}") for k, v in section.items() if k in valid})
+    cfg = Config(**kwargs)
+    return cfg, problems + config_problems(cfg)
+
+
+def _normalize(value: Any, tp: Any, option: str = "") -> Any:
+    """Lossless conversions: int -> float where a float is expected, tuple -> list, pretrained 'none' -> None."""
+    if option == "model.pretrained_encoder" and isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
+    if len(args) != 1:
+        return value
+    (tp,) = args
+    origin = typing.get_origin(tp)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is list and isinstance(value, tuple):
+        value = list(value)
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(tp)
+        return [_normalize(v, item) for v in value]
+    if origin is dict and isinstance(value, dict):
+        _, item = typing.get_args(tp)
+        return {k: _normalize(v, item) for k, v in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    """Whether ``value`` has annotation ``tp`` (bool is not an int; floats must be finite)."""
+    if _is_union(tp):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(tp)
+        return isinstance(value, dict) and all(_type_ok(k, key) and _type_ok(v, item) for k, v in value.items())
+    raise TypeError(f"config annotation {tp!r} is not supported by the validator")
+
+
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+_PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+
+
+def _type_text(tp: Any) -> str:
+    if _is_union(tp):
+        args = sorted(typing.get_args(tp), key=lambda a: a is type(None))
+        return " or ".join(_type_text(a) for a in args)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_PLURALS[typing.get_args(tp)[0]]}"
+    if origin is dict:
+        key, item = typing.get_args(tp)
+        return f"a mapping of {_PLURALS[key]} to {_PLURALS[item]}"
+    return _NAMES[tp]
+
+
+def _found(value: Any) -> str:
+    """``'abc' (a string)``, ``[1, 2] (a list)``, ``null``: a short description of a found value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    kinds = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    kind = kinds.get(type(value), type(value).__name__)
+    if isinstance(value, float) and not math.isfinite(value):
+        kind = "a number that is not finite"
+    return f"{text} ({kind})"
+
+
+def _first_bad_item(value: Any, tp: Any) -> str:
+    """For a list or mapping of the wrong item type: which item is wrong, else ''."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
+    if len(args) != 1:
+        return ""
+    origin = typing.get_origin(args[0])
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(args[0])
+        for i, v in enumerate(value):
+            if not _type_ok(v, item):
+                extra = "; quote names that look like numbers, e.g. ['0005']" if item is str else ""
+                return f"; item {i} is {_found(v)}{extra}"
+    if origin is dict and isinstance(value, dict):
+        key_tp, item = typing.get_args(args[0])
+        for k, v in value.items():
+            if not _type_ok(k, key_tp):
+                return f"; key {_found(k)} is not {_NAMES.get(key_tp, key_tp)}"
+            if not _type_ok(v, item):
+                return f"; the value of {k!r} is {_found(v)}"
+    return ""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What a well-typed value must also satisfy: ``expected()`` says it in words (type included)."""
+
+    expected: Callable[[], str]
+    ok: Callable[[Any], bool]
+
+
+def _int_min(lo: int) -> _Rule:
+    return _Rule(lambda: f"an integer >= {lo}", lambda v: v >= lo)
+
+
+def _number(text: str, ok: Callable[[float], bool]) -> _Rule:
+    return _Rule(lambda: f"a number {text}", ok)
+
+
+def _one_of(names: Callable[[], Sequence[str]], fold_case: bool = False) -> _Rule:
+    return _Rule(lambda: "one of " + ", ".join(names()), lambda v: (v.lower() if fold_case else v) in names())
+
+
+def _model_names() -> tuple[str, ...]:
+    from .models import list_models
+
+    return tuple(list_models())
+
+
+def _recipes() -> tuple[str, ...]:
+    from .data.transforms import RECIPES
+
+    return tuple(RECIPES)
+
+
+def _loss_names() -> tuple[str, ...]:
+    from .losses import LOSS_NAMES
+
+    return tuple(LOSS_NAMES)
+
+
+def _data_kinds() -> tuple[str, ...]:
+    from .data.source import source_kinds
+
+    return source_kinds()
+
+
+def _validation_modes() -> tuple[str, ...]:
+    from .data.source import VALIDATION_MODES
+
+    return VALIDATION_MODES
+
+
+def _source_option(name: str) -> tuple[str, ...]:
+    """The values a kind-specific data option takes (e.g. Synapse's ``labels``), from the sources that have it."""
+    from .data.source import source_option_choices
+
+    return source_option_choices(name)
+
+
+def _img_size_ok(v: list[int]) -> bool:
+    return len(v) == 2 and all(s > 0 and s % _SIZE_MULTIPLE == 0 for s in v)
+
+
+def _loss_weights_ok(v: dict[str, float]) -> bool:
+    return set(v) <= set(LOSS_WEIGHT_KEYS) and all(w >= 0 for w in v.values())
+
+
+_RULES: dict[str, _Rule] = {
+    "model.name": _one_of(_model_names),
+    "model.num_classes": _int_min(2),
+    "model.in_channels": _int_min(1),
+    "model.img_size": _Rule(
+        lambda: f"a list of two positive multiples of {_SIZE_MULTIPLE} (height, width), e.g. [224, 224]",
+        _img_size_ok,
+    ),
+    "data.kind": _one_of(_data_kinds),
+    "data.validation": _one_of(_validation_modes),
+    "data.val_fraction": _number("in [0, 1)", lambda v: 0 <= v < 1),
+    "data.labels": _one_of(lambda: _source_option("labels")),
+    "data.intensity": _one_of(lambda: _source_option("intensity")),
+    "data.augment": _one_of(_recipes),
+    "data.num_workers": _int_min(0),
+    "train.epochs": _int_min(1),
+    "train.batch_size": _int_min(1),
+    "train.loss": _one_of(_loss_names, fold_case=True),
+    "train.loss_weights": _Rule(
+        lambda: "a mapping with keys ce and/or dice to numbers >= 0, e.g. {ce: 0.4, dice: 0.6}", _loss_weights_ok
+    ),
+    "train.optimizer": _one_of(lambda: OPTIMIZERS),
+    "train.lr": _number("> 0", lambda v: v > 0),
+    "train.lr_scaling": _one_of(lambda: LR_SCALINGS),
+    "train.momentum": _number("in [0, 1)", lambda v: 0 <= v < 1),
+    "train.weight_decay": _number(">= 0", lambda v: v >= 0),
+    "train.scheduler": _one_of(lambda: SCHEDULERS),
+    "train.poly_power": _number(">= 0", lambda v: v >= 0),
+    "train.plateau_factor": _number("in (0, 1)", lambda v: 0 < v < 1),
+    "train.plateau_patience": _int_min(0),
+    "train.amp": _one_of(lambda: AMP_MODES),
+    "train.grad_clip": _number("> 0", lambda v: v > 0),
+    "train.seed": _Rule(lambda: "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32),
+    "train.eval_every": _int_min(1),
+    "train.eval_batch_size": _int_min(1),
+    "train.max_iterations": _int_min(1),
+    "train.device": _Rule(lambda: _DEVICE_TEXT, device_is_valid),
+    "train.log_every": _int_min(1),
+}
+
+
+def _check(option: str, value: Any, tp: Any) -> str | None:
+    """The problem of one option's value, or None."""
+    rule = _RULES.get(option)
+    optional = _is_union(tp) and type(None) in typing.get_args(tp)
+    if rule is None:
+        expected = _type_text(tp)
+    else:
+        expected = rule.expected() + (" or null" if optional else "")
+    if not _type_ok(value, tp):
+        return f"{option}: expected {expected}, found {_found(value)}{_first_bad_item(value, tp)}"
+    if rule is not None and value is not None and not rule.ok(value):
+        return f"{option}: expected {expected}, found {_found(value)}"
+    return None
+
+
+def config_problems(cfg: Config) -> list[str]:
+    """Every problem of a built ``cfg``, one line each (empty: valid).
+
+    Checks each field's type against its annotation, its allowed values or range (see the module's ``_RULES``),
+    and the cross-field rules: ``train.amp=fp16`` needs a CUDA (or auto) device, ``train.loss_weights`` only go with
+    ``train.loss=ce_dice``.
+    """
+    problems: list[str] = []
+    bad: set[str] = set()
+    for name in ("preset", "out_dir"):
+        problem = _check(name, getattr(cfg, name), _hints(Config)[name])
+        if problem:
+            problems.append(problem)
+            bad.add(name)
+    for section, cls in _SECTIONS.items():
+        obj = getattr(cfg, section)
+        if not isinstance(obj, cls):
+            problems.append(f"{section}: expected a {cls.__name__}, found {_found(obj)}")
+            bad.add(section)
+            continue
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            option = f"{section}.{f.name}"
+            problem = _check(option, getattr(obj, f.name), hints[f.name])
+            if problem:
+                problems.append(problem)
+                bad.add(option)
+    if "train" in bad:
+        return problems
+    t = cfg.train
+    if not bad & {"train.amp", "train.device"} and t.amp == "fp16" and t.device.split(":")[0] in ("cpu", "mps"):
+        problems.append(
+            f"train.amp: fp16 needs CUDA (it uses a gradient scaler), found train.device={t.device}; use "
+            "train.amp=bf16 or none there, or train.device=cuda"
+        )
+    if not bad & {"train.loss", "train.loss_weights"} and t.loss_weights and t.loss.lower() != "ce_dice":
+        problems.append(
+            f"train.loss_weights: only apply to train.loss=ce_dice, found train.loss={t.loss} with weights "
+            f"{t.loss_weights}; remove them (train.loss_weights=null) or use train.loss=ce_dice"
+        )
+    return problems

@@ -45,6 +45,7 @@ __all__ = [
     "open_source",
     "register_source",
     "source_kinds",
+    "source_option_choices",
     "split_cases",
 ]
 
@@ -276,6 +277,15 @@ def source_kinds() -> tuple[str, ...]:
     """Registered dataset kinds."""
     _load_builtin()
     return tuple(_REGISTRY)
+
+
+def source_option_choices(name: str) -> tuple[str, ...]:
+    """The allowed values of the kind-specific option ``name`` over every registered kind (empty if none has it)."""
+    _load_builtin()
+    values: list[str] = []
+    for cls in _REGISTRY.values():
+        values += [v for v in cls.OPTIONS.get(name, ()) if v not in values]
+    return tuple(values)
 
 
 def open_source(

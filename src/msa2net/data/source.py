@@ -273,18 +273,23 @@ def _load_builtin() -> None:
     from . import folder, isic, synapse  # noqa: F401
 
 
+_BUILTIN_ORDER = ("synapse", "isic2018", "folder")
+
+
 def source_kinds() -> tuple[str, ...]:
-    """Registered dataset kinds."""
+    """Registered dataset kinds: the built-in ones first, then others in registration order."""
     _load_builtin()
-    return tuple(_REGISTRY)
+    return tuple(
+        sorted(_REGISTRY, key=lambda k: _BUILTIN_ORDER.index(k) if k in _BUILTIN_ORDER else len(_BUILTIN_ORDER))
+    )
 
 
 def source_option_choices(name: str) -> tuple[str, ...]:
     """The allowed values of the kind-specific option ``name`` over every registered kind (empty if none has it)."""
     _load_builtin()
     values: list[str] = []
-    for cls in _REGISTRY.values():
-        values += [v for v in cls.OPTIONS.get(name, ()) if v not in values]
+    for kind in source_kinds():
+        values += [v for v in _REGISTRY[kind].OPTIONS.get(name, ()) if v not in values]
     return tuple(values)
 
 
@@ -308,7 +313,7 @@ def open_source(
     if not root.exists():
         raise FileNotFoundError(f"data folder {str(root)!r} does not exist (data.root / --data)")
     if kind is None:
-        found = [name for name, cls in _REGISTRY.items() if cls.detect(root)]
+        found = [name for name in source_kinds() if _REGISTRY[name].detect(root)]
         if len(found) != 1:
             what = "no known dataset layout" if not found else f"the layouts of several kinds ({', '.join(found)})"
             raise ValueError(
@@ -318,7 +323,7 @@ def open_source(
             )
         kind = found[0]
     if kind not in _REGISTRY:
-        raise ValueError(f"unknown data.kind {kind!r}; choose one of {', '.join(_REGISTRY)}")
+        raise ValueError(f"unknown data.kind {kind!r}; choose one of {', '.join(source_kinds())}")
     cls = _REGISTRY[kind]
     given = {k: v for k, v in (options or {}).items() if v is not None}
     foreign = sorted(set(given) - set(cls.OPTIONS))

@@ -11,10 +11,10 @@ from scipy.ndimage import zoom
 
 import msa2net
 from msa2net.data.preprocessing import Preprocessing
+from msa2net.data.synapse import CLASS_NAMES
 from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
 from msa2net.engine.evaluate import evaluate
 from msa2net.engine.inference import predict_image
-from msa2net.metrics import SYNAPSE_CLASSES
 
 
 def _legacy_single_volume(model, volume: np.ndarray, size: int) -> np.ndarray:
@@ -65,15 +65,13 @@ def test_predict_image_channel_rules():
 
 
 def test_evaluate_writes_the_paper_table_and_honest_metrics(data_synapse_prepared, tiny_model, tmp_path):
-    ckpt = make_checkpoint(
-        tiny_model, "msa2net_test", Preprocessing(kind="unit").to_dict(), ["background", *SYNAPSE_CLASSES]
-    )
+    ckpt = make_checkpoint(tiny_model, "msa2net_test", Preprocessing(kind="unit").to_dict(), list(CLASS_NAMES))
     path = tmp_path / "model.pt"
     save_checkpoint(ckpt, path)
     out = tmp_path / "eval"
     report = evaluate(path, data_synapse_prepared, out, device="cpu", progress=False, save_predictions=True)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["class_names"][1:] == list(SYNAPSE_CLASSES)
+    assert summary["class_names"] == list(CLASS_NAMES)
     assert summary["n_cases"] == 2 and {r["case_id"] for r in summary["cases"]} == {"case0001", "case0002"}
     row = summary["cases"][0]
     for key in ("dice", "hd95", "hd95_mm", "nsd", "pred_empty", "gt_empty"):
@@ -150,7 +148,7 @@ def test_evaluate_a_2d_png_folder(tmp_path):
 @pytest.mark.parametrize("postprocess", [False, True])
 def test_evaluate_isic_pools_pixels(data_isic_raw, tmp_path, postprocess):
     from msa2net.data.isic import ISICDataset, prepare_isic2018
-    from msa2net.metrics import PooledBinaryMetrics
+    from msa2net.report import PooledBinaryMetrics
 
     root = tmp_path / "isic"
     prepare_isic2018(data_isic_raw, root, size=(64, 64), progress=False)

@@ -10,7 +10,6 @@ from PIL import Image
 
 from msa2net.data.io import (
     IMAGE_SUFFIXES,
-    OVERLAY_COLORS,
     Geometry,
     ImageReadError,
     atomic_path,
@@ -19,7 +18,6 @@ from msa2net.data.io import (
     list_inputs,
     read_image,
     write_image,
-    write_overlay_png,
     write_text_atomic,
 )
 
@@ -371,50 +369,6 @@ def test_interrupted_volume_write_keeps_previous_file(tmp_path: Path, monkeypatc
     monkeypatch.undo()
     assert _visible_files(tmp_path) == ["v.nii.gz"]
     np.testing.assert_array_equal(read_image(path)[0], np.ones((2, 3, 4)))
-
-
-def test_overlay_blends_label_colours_on_minmax_scaled_image(tmp_path: Path) -> None:
-    image = np.array([[10.0, 20.0], [30.0, 50.0]])
-    labels = np.array([[0, 1], [2, 0]])
-    path = write_overlay_png(image, labels, tmp_path / "ov.png", alpha=0.5)
-    out = np.asarray(Image.open(path))
-    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
-    np.testing.assert_array_equal(out[0, 0], [0, 0, 0])  # min -> black, background untouched
-    np.testing.assert_array_equal(out[1, 1], [255, 255, 255])  # max -> white
-    grey_01 = round((20 - 10) / 40 * 255)
-    np.testing.assert_array_equal(out[0, 1], np.round(0.5 * grey_01 + 0.5 * OVERLAY_COLORS[1].astype(float)))
-    grey_10 = round((30 - 10) / 40 * 255)
-    np.testing.assert_array_equal(out[1, 0], np.round(0.5 * grey_10 + 0.5 * OVERLAY_COLORS[2].astype(float)))
-    assert _visible_files(tmp_path) == ["ov.png"]
-
-
-def test_overlay_with_reference_is_ground_truth_then_prediction(tmp_path: Path) -> None:
-    image = np.array([[10.0, 20.0], [30.0, 50.0]])
-    truth, pred = np.array([[0, 1], [0, 0]]), np.array([[0, 0], [2, 0]])
-    out = np.asarray(Image.open(write_overlay_png(image, pred, tmp_path / "pair.png", reference=truth)))
-    assert out.shape == (2, 2 + 4 + 2, 3)
-    left = np.asarray(Image.open(write_overlay_png(image, truth, tmp_path / "t.png")))
-    right = np.asarray(Image.open(write_overlay_png(image, pred, tmp_path / "p.png")))
-    np.testing.assert_array_equal(out[:, :2], left)
-    np.testing.assert_array_equal(out[:, 6:], right)
-    assert (out[:, 2:6] == 255).all()
-    with pytest.raises(ValueError, match="labels shape"):
-        write_overlay_png(image, pred, tmp_path / "bad.png", reference=np.zeros((3, 3), int))
-
-
-def test_overlay_accepts_rgb_and_rejects_bad_labels(tmp_path: Path) -> None:
-    rgb = np.zeros((3, 4, 3), np.uint8)
-    rgb[..., 1] = 200
-    rgb[0, 0] = 0
-    out = np.asarray(Image.open(write_overlay_png(rgb, np.zeros((3, 4), int), tmp_path / "rgb.png")))
-    assert out[1, 1, 1] == 255 and out[1, 1, 0] == 0  # per-image min-max over all channels
-    with pytest.raises(ValueError, match="0..15"):
-        write_overlay_png(rgb, np.full((3, 4), 16), tmp_path / "bad.png")
-    with pytest.raises(ValueError, match="0..2"):
-        write_overlay_png(rgb, np.full((3, 4), 3), tmp_path / "bad.png", num_classes=3)
-    with pytest.raises(ValueError, match="differs from image shape"):
-        write_overlay_png(rgb, np.zeros((4, 3), int), tmp_path / "bad.png")
-    assert not (tmp_path / "bad.png").exists()
 
 
 @pytest.mark.parametrize("name", ["nan.nii.gz", "nan.nii"])

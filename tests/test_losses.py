@@ -11,7 +11,6 @@ from torch import nn
 
 from msa2net.losses import (
     LOSS_NAMES,
-    BinaryCrossEntropyLoss,
     BoundaryDoULoss,
     CombinedLoss,
     CrossEntropyLoss,
@@ -152,7 +151,7 @@ def test_bf16_autocast_on_cpu() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Dice, CE, BCE, combinations
+# Dice, CE, combinations
 # ----------------------------------------------------------------------------------------------
 
 
@@ -189,34 +188,19 @@ def test_ce_dice_is_the_weighted_sum() -> None:
     assert combined(logits, labels).item() == pytest.approx(2 * BoundaryDoULoss(3)(logits, labels).item())
 
 
-def test_bce_accepts_both_target_layouts() -> None:
-    rng = np.random.default_rng(7)
-    logits = rng.normal(size=(2, 1, 4, 4))
-    target = (rng.random((2, 4, 4)) > 0.5).astype(np.float64)
-    probs = 1 / (1 + np.exp(-logits[:, 0]))
-    expected = -np.mean(target * np.log(probs) + (1 - target) * np.log(1 - probs))
-    loss = build_loss("bce", 1)
-    assert isinstance(loss, BinaryCrossEntropyLoss)
-    assert loss(torch.from_numpy(logits), torch.from_numpy(target)).item() == pytest.approx(expected, rel=1e-10)
-    as_channel = torch.from_numpy(target).unsqueeze(1).to(torch.uint8)
-    assert loss(torch.from_numpy(logits), as_channel).item() == pytest.approx(expected, rel=1e-10)
-    with pytest.raises(ValueError, match=r"0 or 1, found \[255"):
-        loss(torch.from_numpy(logits), torch.from_numpy(target) * 255)
-
-
 def test_build_loss_names_and_errors() -> None:
     expected = {"boundary_dou": BoundaryDoULoss, "ce": CrossEntropyLoss, "dice": DiceLoss, "ce_dice": CombinedLoss}
     for name, cls in expected.items():
         assert isinstance(build_loss(name, 9), cls)
-    assert set(LOSS_NAMES) == {*expected, "bce"}
+    assert set(LOSS_NAMES) == set(expected)
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("focal", 9)
     with pytest.raises(ValueError, match="unknown weight keys"):
         build_loss("ce_dice", 9, weights={"boundary": 1.0})
     with pytest.raises(ValueError, match="only apply to 'ce_dice'"):
         build_loss("dice", 9, weights={"dice": 1.0})
-    with pytest.raises(ValueError, match="binary"):
-        build_loss("bce", 9)
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_loss("bce", 2)  # removed: binary tasks use two classes with "ce"
     with pytest.raises(ValueError, match="non-negative"):
         CombinedLoss([(DiceLoss(2), -1.0)])
 
@@ -234,13 +218,12 @@ def test_out_of_range_labels_are_named(name: str) -> None:
         build_loss(name, 9)(torch.zeros(1, 9, 4, 4), labels)
 
 
-@pytest.mark.parametrize("name", ["boundary_dou", "ce", "dice", "bce"])
+@pytest.mark.parametrize("name", ["boundary_dou", "ce", "dice"])
 def test_nan_logits_raise(name: str) -> None:
-    channels = 1 if name == "bce" else 3
-    logits = torch.zeros(1, channels, 4, 4)
+    logits = torch.zeros(1, 3, 4, 4)
     logits[0, 0, 1, 1] = math.nan
     with pytest.raises(ValueError, match="1 NaN"):
-        build_loss(name, 3 if channels == 3 else 1)(logits, torch.zeros(1, 4, 4, dtype=torch.long))
+        build_loss(name, 3)(logits, torch.zeros(1, 4, 4, dtype=torch.long))
 
 
 def test_label_layouts_and_shape_errors() -> None:

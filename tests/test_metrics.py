@@ -1,11 +1,8 @@
-"""Tests of msa2net.metrics: MedPy as an oracle, geometry known by hand, empty-mask rules, reports."""
+"""Tests of msa2net.metrics: MedPy as an oracle, geometry known by hand, empty-mask rules, pooled scores."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -13,18 +10,13 @@ from scipy import ndimage
 
 from msa2net import metrics
 from msa2net.metrics import (
-    SYNAPSE_CLASSES,
-    SYNAPSE_COLUMNS,
-    MetricAggregator,
-    PooledBinaryMetrics,
     binary_confusion,
-    case_metrics,
     diagonal_mm,
     dice,
-    format_paper_table,
     hd95,
     isic_postprocess,
     legacy_case_metrics,
+    legacy_case_scores,
     pooled_binary_metrics,
     surface_dice,
 )
@@ -248,18 +240,18 @@ def test_surface_dice_empty_conventions() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# case_metrics
+# legacy_case_scores
 # ----------------------------------------------------------------------------------------------
 
 
-def test_case_metrics_on_a_label_map() -> None:
+def test_legacy_case_scores_on_a_label_map() -> None:
     shape, spacing = (20, 12, 12), (2.5, 0.8, 0.8)
     gt = np.zeros(shape, dtype=np.int64)
     pred = np.zeros(shape, dtype=np.int64)
     gt[box(shape, (3, 3, 3), (6, 6, 6))] = 1
     pred[box(shape, (5, 3, 3), (6, 6, 6))] = 1  # class 1 shifted by 2 slices
     gt[box(shape, (14, 2, 2), (2, 2, 2))] = 2  # class 2 missed by the prediction; class 3 absent
-    out = case_metrics(pred, gt, num_classes=4, spacing=spacing, empty="nan", nsd_tolerance_mm=5.0)
+    out = legacy_case_scores(pred, gt, num_classes=4, spacing=spacing, empty="nan", nsd_tolerance_mm=5.0)
 
     assert list(out) == ["class_1", "class_2", "class_3"]
     c1 = out["class_1"]
@@ -279,33 +271,33 @@ def test_case_metrics_on_a_label_map() -> None:
     assert math.isnan(c3["hd95_mm"]) and math.isnan(c3["nsd"])
     assert (c3["pred_empty"], c3["gt_empty"]) == (1.0, 1.0)
 
-    penalised = case_metrics(pred, gt, num_classes=4, spacing=spacing, empty="diagonal")
+    penalised = legacy_case_scores(pred, gt, num_classes=4, spacing=spacing, empty="diagonal")
     assert penalised["class_2"]["hd95_mm"] == pytest.approx(diagonal_mm(shape, spacing))
     assert "nsd" not in penalised["class_2"]
 
 
-def test_case_metrics_agrees_with_the_single_mask_functions() -> None:
+def test_legacy_case_scores_agrees_with_the_single_mask_functions() -> None:
     rng = np.random.default_rng(4)
     shape, spacing = (10, 24, 24), (3.0, 0.7, 0.7)
     gt = rng.integers(0, 3, size=shape) * blob(rng, shape, 0.5)
     pred = rng.integers(0, 3, size=shape) * blob(rng, shape, 0.5)
     names = ("liver", "spleen")
-    out = case_metrics(pred.astype(np.float32), gt, 3, spacing=spacing, nsd_tolerance_mm=2.0, class_names=names)
+    out = legacy_case_scores(pred.astype(np.float32), gt, 3, spacing=spacing, nsd_tolerance_mm=2.0, class_names=names)
     for label, name in enumerate(names, start=1):
         assert (out[name]["dice"], out[name]["hd95"]) == legacy_case_metrics(pred == label, gt == label)
         assert out[name]["hd95_mm"] == hd95(pred == label, gt == label, spacing=spacing)
         assert out[name]["nsd"] == surface_dice(pred == label, gt == label, 2.0, spacing=spacing)
 
 
-def test_case_metrics_rejects_bad_labels() -> None:
+def test_legacy_case_scores_rejects_bad_labels() -> None:
     gt = np.zeros((4, 4), dtype=np.int64)
     gt[0, 0], gt[1, 1] = 9, 12
     with pytest.raises(ValueError, match=r"\[9, 12\]"):
-        case_metrics(gt, gt, num_classes=9)
+        legacy_case_scores(gt, gt, num_classes=9)
     with pytest.raises(ValueError, match="non-integer"):
-        case_metrics(np.full((4, 4), 0.5), gt.clip(0, 1), num_classes=2)
+        legacy_case_scores(np.full((4, 4), 0.5), gt.clip(0, 1), num_classes=2)
     with pytest.raises(ValueError, match="same shape"):
-        case_metrics(np.zeros((4, 5), dtype=int), np.zeros((4, 4), dtype=int), num_classes=2)
+        legacy_case_scores(np.zeros((4, 5), dtype=int), np.zeros((4, 4), dtype=int), num_classes=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,21 +318,6 @@ def test_pooled_binary_metrics_hand_example() -> None:
     assert math.isnan(pooled_binary_metrics((0, 0, 0, 5))["dsc"])
 
 
-def test_streaming_pooled_metrics_pool_pixels_not_images() -> None:
-    rng = np.random.default_rng(5)
-    preds = rng.random((3, 8, 8)) > 0.5
-    gts = rng.random((3, 8, 8)) > 0.6
-    stream = PooledBinaryMetrics()
-    for pred, gt in zip(preds, gts):
-        stream.update(pred, gt)
-    assert stream.confusion == binary_confusion(preds, gts)
-    assert stream.compute() == pytest.approx(pooled_binary_metrics(binary_confusion(preds, gts)))
-    per_image_mean = np.mean([pooled_binary_metrics(binary_confusion(p, g))["dsc"] for p, g in zip(preds, gts)])
-    assert stream.compute()["dsc"] != pytest.approx(per_image_mean)
-    stream.reset()
-    assert stream.confusion == (0, 0, 0, 0)
-
-
 def lesion_with_hole_and_speck() -> tuple[np.ndarray, np.ndarray]:
     lesion = box((40, 40), (5, 5), (24, 24))
     noisy = lesion.copy()
@@ -358,102 +335,20 @@ def test_isic_postprocess_removes_speck_and_fills_hole() -> None:
         isic_postprocess(np.zeros((2, 4, 4)))
 
 
-def test_streaming_metrics_with_postprocessing() -> None:
-    noisy, lesion = lesion_with_hole_and_speck()
-    raw, cleaned = PooledBinaryMetrics(), PooledBinaryMetrics(postprocess=True)
-    raw.update(noisy[None], lesion[None])
-    cleaned.update(noisy[None], lesion[None])
-    assert raw.confusion == (lesion.sum() - 4, 9, 4, 40 * 40 - lesion.sum() - 9)
-    assert cleaned.compute()["dsc"] == 1.0
+def test_legacy_case_scores_dice_follows_the_legacy_rule_not_dice() -> None:
+    # The naming trap the rename removes: a hallucinated organ is a perfect score under the legacy rule.
+    hallucinated = np.zeros((6, 6), dtype=np.int64)
+    hallucinated[1:3, 1:3] = 1
+    absent = np.zeros_like(hallucinated)
+    scores = legacy_case_scores(hallucinated, absent, num_classes=2, empty="nan")["class_1"]
+    assert (scores["dice"], scores["hd95"]) == (1.0, 0.0)
+    assert dice(hallucinated == 1, absent == 1) == 0.0
+    assert math.isnan(scores["hd95_mm"]) and math.isnan(hd95(hallucinated == 1, absent == 1, empty="nan"))
 
 
-# ----------------------------------------------------------------------------------------------
-# Aggregation and reports
-# ----------------------------------------------------------------------------------------------
-
-
-def filled_aggregator() -> MetricAggregator:
-    agg = MetricAggregator(class_names=["spleen", "liver"])
-    agg.add_case("case0001", {"spleen": {"dice": 0.8, "hd95_mm": 4.0}, "liver": {"dice": 0.9, "hd95_mm": 2.0}})
-    agg.add_case("case0002", {"spleen": {"dice": 0.0, "hd95_mm": float("nan")}, "liver": {"dice": 0.7, "hd95_mm": 6.0}})
-    return agg
-
-
-def test_aggregator_means_and_nan_counting() -> None:
-    agg = filled_aggregator()
-    assert agg.per_class_means("dice") == pytest.approx({"spleen": 0.4, "liver": 0.8})
-    assert agg.per_class_means("hd95_mm") == pytest.approx({"spleen": 4.0, "liver": 4.0})
-    propagated = agg.per_class_means("hd95_mm", nan_policy="propagate")
-    assert math.isnan(propagated["spleen"]) and propagated["liver"] == pytest.approx(4.0)
-    summary = agg.summary()
-    assert summary["n_cases"] == 2
-    assert summary["per_class"]["spleen"]["n_failed"] == {"dice": 0, "hd95_mm": 1}
-    assert summary["per_class"]["liver"]["n_failed"] == {"dice": 0, "hd95_mm": 0}
-    assert summary["mean"] == pytest.approx({"dice": 0.6, "hd95_mm": 4.0})
-    assert len(summary["cases"]) == 4
-    with pytest.raises(ValueError, match="already added"):
-        agg.add_case("case0001", {"spleen": {"dice": 1.0}})
-    with pytest.raises(KeyError, match="unknown metric"):
-        agg.per_class_means("nsd")
-
-
-def test_aggregator_csv_round_trip(tmp_path) -> None:
-    agg = filled_aggregator()
-    path = agg.write_csv(tmp_path / "metrics.csv")
-    with open(path, newline="") as handle:
-        records = list(csv.DictReader(handle))
-    assert [r["case_id"] for r in records] == ["case0001", "case0001", "case0002", "case0002"]
-    assert records[2]["hd95_mm"] == "nan"
-    back = MetricAggregator.from_csv(path)
-    assert back.case_ids == agg.case_ids and back.metric_names == agg.metric_names
-    for original, restored in zip(agg.rows, back.rows):
-        assert original.keys() == restored.keys()
-        for key, value in original.items():
-            if isinstance(value, float) and math.isnan(value):
-                assert math.isnan(restored[key])
-            else:
-                assert restored[key] == value
-
-
-def test_aggregator_json_is_strict_and_complete(tmp_path) -> None:
-    path = filled_aggregator().write_json(tmp_path / "out" / "summary.json")
-    text = path.read_text()
-    assert "NaN" not in text
-    data = json.loads(text)
-    assert data["per_class"]["spleen"]["mean"]["dice"] == pytest.approx(0.4)
-    assert data["per_class"]["spleen"]["n_failed"]["hd95_mm"] == 1
-    assert data["cases"][2]["hd95_mm"] is None
-    assert data["classes"] == ["spleen", "liver"]
-
-
-def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch) -> None:
-    path = tmp_path / "summary.json"
-    path.write_text("old content")
-
-    def fail(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        filled_aggregator().write_json(path)
-    assert path.read_text() == "old content"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no temporary left behind
-
-
-def test_format_paper_table_reproduces_the_paper_layout() -> None:
-    # Per-organ Dice of MSA2Net in the paper; their mean is the paper's DSC 84.75.
-    paper = (92.69, 84.24, 88.30, 74.35, 95.59, 84.03, 89.47, 69.30)
-    per_class_dice = {name: value / 100 for name, value in zip(SYNAPSE_CLASSES, paper)}
-    per_class_hd95 = {name: 13.29 for name in SYNAPSE_CLASSES}
-    table = format_paper_table(per_class_dice, per_class_hd95, SYNAPSE_CLASSES, "MSA2Net")
-    header, rule, row = table.splitlines()
-    assert header == "| Method | DSC | HD95 | " + " | ".join(SYNAPSE_COLUMNS) + " |"
-    assert rule.count("|") == header.count("|")
-    assert row == "| MSA2Net | 84.75 | 13.29 | " + " | ".join(f"{v:.2f}" for v in paper) + " |"
-    with pytest.raises(ValueError, match="fractions"):
-        format_paper_table({k: 100 * v for k, v in per_class_dice.items()}, per_class_hd95, SYNAPSE_CLASSES, "x")
-
-
-def test_synapse_constants_follow_the_label_order() -> None:
-    assert SYNAPSE_CLASSES[0] == "spleen" and SYNAPSE_CLASSES[4] == "liver" and SYNAPSE_CLASSES[-1] == "pancreas"
-    assert len(SYNAPSE_CLASSES) == len(SYNAPSE_COLUMNS) == 8
+def test_metrics_exports_pure_functions_only() -> None:
+    assert all(callable(getattr(metrics, name)) for name in metrics.__all__ if name != "EmptyPolicy")
+    for moved in ("MetricAggregator", "PooledBinaryMetrics", "json_safe", "format_paper_table", "SYNAPSE_CLASSES"):
+        assert not hasattr(metrics, moved), moved  # reporting lives in msa2net.report, class names in data
+    with pytest.raises(AttributeError, match="case_metrics"):
+        metrics.case_metrics  # noqa: B018 (renamed legacy_case_scores; no alias keeps the misleading name)

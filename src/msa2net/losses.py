@@ -1,4 +1,4 @@
-"""Training losses: Boundary DoU (the one MSA2Net trains with), soft Dice, cross-entropy, BCE and sums.
+"""Training losses: Boundary DoU (the one MSA2Net trains with), soft Dice, cross-entropy and weighted sums.
 
 Multi-class losses take raw logits of shape (B, K, H, W) and integer label maps of shape (B, H, W)
 (a (B, 1, H, W) map is accepted too). Every loss is computed in float32 (float64 for float64
@@ -19,7 +19,6 @@ from torch import nn
 __all__ = [
     "LOSS_NAMES",
     "boundary_alpha",
-    "BinaryCrossEntropyLoss",
     "BoundaryDoULoss",
     "CombinedLoss",
     "CrossEntropyLoss",
@@ -28,7 +27,7 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`build_loss`.
-LOSS_NAMES: tuple[str, ...] = ("boundary_dou", "ce", "dice", "ce_dice", "bce")
+LOSS_NAMES: tuple[str, ...] = ("boundary_dou", "ce", "dice", "ce_dice")
 
 _EPS = 1e-5
 
@@ -210,39 +209,6 @@ class CrossEntropyLoss(_MulticlassLoss):
         return F.cross_entropy(logits.to(_loss_dtype(logits)), labels)
 
 
-class BinaryCrossEntropyLoss(nn.Module):
-    """BCE-with-logits for one-channel binary segmentation (the ISIC recipe), mean over pixels.
-
-    Args:
-        validate: Check that the target holds only 0 and 1 and that the logits are finite.
-
-    Shape:
-        logits (B, 1, H, W); target (B, H, W) or (B, 1, H, W) with values 0/1 (bool, int or float).
-    """
-
-    def __init__(self, validate: bool = True) -> None:
-        super().__init__()
-        self.validate = validate
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.validate:
-            _check_logits(logits, 1)
-        if target.ndim == 3:
-            target = target.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
-        if tuple(target.shape) != tuple(logits.shape):
-            raise ValueError(f"expected a 0/1 target of shape {tuple(logits.shape)}, found {tuple(target.shape)}")
-        if self.validate and target.dtype != torch.bool:
-            outside = (target != 0) & (target != 1)
-            if bool(outside.any()):
-                bad = torch.unique(target[outside])[:10].tolist()
-                raise ValueError(
-                    f"binary target values must be 0 or 1, found {bad}: threshold the mask "
-                    "(e.g. PNG masks stored as 0/255 need mask > 127)"
-                )
-        dtype = _loss_dtype(logits)
-        return F.binary_cross_entropy_with_logits(logits.to(dtype), target.to(dtype))
-
-
 class CombinedLoss(nn.Module):
     """Weighted sum of losses that share the call signature ``loss(logits, target)``.
 
@@ -271,9 +237,9 @@ def build_loss(name: str, num_classes: int, weights: Mapping[str, float] | None 
     Args:
         name: ``"boundary_dou"`` (MSA2Net's Synapse loss), ``"ce"``, ``"dice"``, ``"ce_dice"``
             (``weights["ce"] * CE + weights["dice"] * Dice``, default 0.4 and 0.6 as in the authors'
-            commented-out line) or ``"bce"`` (one logit channel, binary target; ISIC).
-        num_classes: Classes including background; for ``"bce"`` 1 (the output channel count) or 2
-            (background + lesion) are both accepted.
+            commented-out line). Binary tasks (ISIC) use two classes with ``"ce"``, which equals BCE on the
+            logit difference.
+        num_classes: Classes including background (the logit channel count).
         weights: Only for ``"ce_dice"``: ``{"ce": w, "dice": w}``, either key may be omitted.
 
     Returns:
@@ -284,12 +250,6 @@ def build_loss(name: str, num_classes: int, weights: Mapping[str, float] | None 
         raise ValueError(f"unknown loss {name!r}; choose one of {LOSS_NAMES}")
     if weights and key != "ce_dice":
         raise ValueError(f"weights only apply to 'ce_dice', found {dict(weights)} for {name!r}")
-    if key == "bce":
-        if int(num_classes) not in (1, 2):
-            raise ValueError(
-                f"'bce' is for binary segmentation with one logit channel; found num_classes={num_classes}"
-            )
-        return BinaryCrossEntropyLoss()
     if key == "boundary_dou":
         return BoundaryDoULoss(num_classes)
     if key == "ce":

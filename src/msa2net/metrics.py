@@ -1,7 +1,11 @@
-"""Segmentation metrics: overlap, surface distances, pooled binary scores and per-case aggregation.
+"""Segmentation metrics: pure functions of numpy arrays.
 
-Everything here is a pure function of numpy arrays (plus one aggregator class), written for this
-package. Conventions shared by all functions:
+Overlap (:func:`dice`), surface distances (:func:`hd95`, :func:`surface_dice`), the legacy (paper) protocol
+(:func:`legacy_case_metrics`, :func:`legacy_case_scores`) and the pooled pixel scores of the ISIC protocol
+(:func:`binary_confusion`, :func:`pooled_binary_metrics`, :func:`isic_postprocess`). Nothing here writes files,
+formats tables or accumulates state: aggregation over cases and every report live in :mod:`msa2net.report`.
+
+Conventions shared by all functions:
 
 * Masks are arrays of any dimension; anything non-zero counts as foreground. Label maps are
   integer arrays where class ``c`` is ``labels == c``.
@@ -12,7 +16,8 @@ package. Conventions shared by all functions:
   element (6-neighbourhood in 3D, 4-neighbourhood in 2D), with everything outside the array counted
   as background, so a mask touching the array border has a surface there.
 * NaN means "undefined for this case" (for instance a distance to an empty mask under the ``"nan"``
-  policy); the aggregator counts NaN values as failures instead of averaging them away silently.
+  policy); :class:`msa2net.report.MetricAggregator` counts NaN values as failures instead of averaging
+  them away silently.
 
 The Dice and HD95 definitions reproduce the legacy evaluation of the MSA2Net / TransUNet code (which
 calls MedPy) to within floating point; MedPy is only used as an oracle in the tests, never here.
@@ -20,51 +25,26 @@ calls MedPy) to within floating point; MedPy is only used as an oracle in the te
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from ._atomic import write_text_atomic
-
 __all__ = [
-    "SYNAPSE_CLASSES",
-    "SYNAPSE_COLUMNS",
-    "MetricAggregator",
-    "PooledBinaryMetrics",
+    "EmptyPolicy",
     "binary_confusion",
-    "case_metrics",
     "diagonal_mm",
     "dice",
-    "format_paper_table",
     "hd95",
     "isic_postprocess",
     "legacy_case_metrics",
+    "legacy_case_scores",
     "pooled_binary_metrics",
     "surface_dice",
 ]
 
-#: Synapse foreground classes in label order 1..8 (background excluded), as in the paper's table.
-SYNAPSE_CLASSES: tuple[str, ...] = (
-    "spleen",
-    "right_kidney",
-    "left_kidney",
-    "gallbladder",
-    "liver",
-    "stomach",
-    "aorta",
-    "pancreas",
-)
-
-#: Column headers of the paper's Synapse table, aligned with :data:`SYNAPSE_CLASSES`.
-SYNAPSE_COLUMNS: tuple[str, ...] = ("Spl", "RKid", "LKid", "Gal", "Liv", "Sto", "Aor", "Pan")
-
+#: An empty-mask policy of :func:`hd95`: ``"legacy"``, ``"nan"``, ``"diagonal"`` or a non-negative distance.
 EmptyPolicy = str | float
 
 _EMPTY_POLICIES = ("legacy", "nan", "diagonal")
@@ -372,7 +352,7 @@ def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray
     return array
 
 
-def case_metrics(
+def legacy_case_scores(
     pred_labels: np.ndarray,
     gt_labels: np.ndarray,
     num_classes: int,
@@ -381,7 +361,12 @@ def case_metrics(
     nsd_tolerance_mm: float | None = None,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """All per-class metrics of one case (one predicted and one ground-truth label map).
+    """Per-class scores of one case: the legacy (paper) figures and the millimetre figures side by side.
+
+    **Keys ``dice`` and ``hd95`` follow the legacy empty-mask rule** of :func:`legacy_case_metrics`, not
+    :func:`dice` / :func:`hd95`: a missed organ scores (0.0, 0.0), a hallucinated one (1.0, 0.0), an organ absent
+    from both masks (0.0, 0.0), and ``hd95`` is in voxels (unit spacing). Keys ``hd95_mm`` and ``nsd`` follow
+    ``spacing`` and the ``empty`` policy instead (NaN for an empty mask under ``"nan"``).
 
     Each class is cropped once to its joint bounding box and its surfaces computed once, so the
     legacy figures and the millimetre figures cost little more than one of them.
@@ -393,14 +378,19 @@ def case_metrics(
         spacing: Voxel size per axis in mm for ``hd95_mm`` and ``nsd`` (``None``: unit spacing, so
             those are in voxels).
         empty: Empty-mask policy of ``hd95_mm`` (see :func:`hd95`); the legacy ``hd95`` always
-            follows the legacy rules.
+            follows the legacy rule.
         nsd_tolerance_mm: If given, also report ``nsd`` (:func:`surface_dice`) at this tolerance.
         class_names: Names of classes 1..num_classes-1, used as keys; default ``"class_1"``, ...
 
     Returns:
-        ``{class_name: {"dice", "hd95", "hd95_mm", ["nsd"], "pred_empty", "gt_empty"}}`` where
-        ``dice`` and ``hd95`` follow :func:`legacy_case_metrics` (HD95 in voxels), ``hd95_mm`` uses
-        ``spacing`` and ``empty``, and the flags are 1.0 when that mask is empty, else 0.0.
+        ``{class_name: {"dice", "hd95", "hd95_mm", ["nsd"], "pred_empty", "gt_empty"}}``: ``dice`` and
+        ``hd95`` are the legacy figures (see above), ``hd95_mm`` uses ``spacing`` and ``empty``, ``nsd`` is
+        NaN when both masks are empty and 0.0 when one is, and the flags are 1.0 when that mask is empty,
+        else 0.0.
+
+    Raises:
+        ValueError: labels outside ``[0, num_classes)`` or non-integral, shapes that differ, a wrong number
+            of class names, a bad spacing, policy or tolerance.
     """
     if int(num_classes) < 2:
         raise ValueError(f"num_classes counts background too and must be >= 2, found {num_classes}")
@@ -522,280 +512,3 @@ def isic_postprocess(mask: np.ndarray, opening: int = 6) -> np.ndarray:
     if opening:
         array = ndimage.binary_opening(array, structure=np.ones((int(opening), int(opening)), dtype=bool))
     return ndimage.binary_fill_holes(array)
-
-
-class PooledBinaryMetrics:
-    """Streaming version of :func:`pooled_binary_metrics`: accumulate counts batch by batch.
-
-    Args:
-        postprocess: Apply :func:`isic_postprocess` to each predicted 2D mask before counting
-            (the D-LKA protocol; off by default, report whether it was used).
-        opening: Size of the opening when ``postprocess`` is on.
-    """
-
-    def __init__(self, postprocess: bool = False, opening: int = 6) -> None:
-        self.postprocess = bool(postprocess)
-        self.opening = int(opening)
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything accumulated so far."""
-        self._counts = [0, 0, 0, 0]
-
-    @property
-    def confusion(self) -> tuple[int, int, int, int]:
-        """Pooled ``(tp, fp, fn, tn)`` so far."""
-        tp, fp, fn, tn = self._counts
-        return tp, fp, fn, tn
-
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        """Add one mask (H, W) or a batch (N, H, W) of thresholded predictions and ground truths."""
-        pred_mask, gt_mask = _mask_pair(pred, gt)
-        if self.postprocess:
-            if pred_mask.ndim == 2:
-                pred_mask = isic_postprocess(pred_mask, self.opening)
-            elif pred_mask.ndim == 3:
-                pred_mask = np.stack([isic_postprocess(m, self.opening) for m in pred_mask])
-            else:
-                raise ValueError(f"post-processing needs (H, W) or (N, H, W) masks, found shape {pred_mask.shape}")
-        for i, count in enumerate(binary_confusion(pred_mask, gt_mask)):
-            self._counts[i] += count
-
-    def compute(self) -> dict[str, float]:
-        """Scores of everything added so far (see :func:`pooled_binary_metrics`)."""
-        return pooled_binary_metrics(self.confusion)
-
-
-# ----------------------------------------------------------------------------------------------
-# Aggregation and reporting
-# ----------------------------------------------------------------------------------------------
-
-
-def json_safe(value: object) -> object:
-    """Replace NaN/inf floats by None (JSON null) recursively so the output is strict JSON; NumPy scalars become
-    Python numbers."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def _mean(values: Sequence[float], nan_policy: str) -> float:
-    array = np.asarray(values, dtype=np.float64)
-    if nan_policy == "omit":
-        array = array[~np.isnan(array)]
-    return float(array.mean()) if array.size else float("nan")
-
-
-class MetricAggregator:
-    """Per-case, per-class metric rows with class means, NaN-as-failure counts and atomic export.
-
-    A row is ``(case_id, class_name, metric values...)``. NaN marks a metric that could not be
-    computed for that case (for instance HD95 with an empty mask under the ``"nan"`` policy); means
-    omit NaN by default and :meth:`summary` reports how many were omitted as ``n_failed``.
-
-    Args:
-        class_names: Optional class order for reports; classes seen later are appended.
-    """
-
-    def __init__(self, class_names: Sequence[str] | None = None) -> None:
-        self._classes: list[str] = [str(c) for c in class_names] if class_names is not None else []
-        self._metrics: list[str] = []
-        self._rows: list[dict[str, object]] = []
-        self._case_ids: list[str] = []
-
-    @property
-    def rows(self) -> list[dict[str, object]]:
-        """Copies of the rows: ``{"case_id", "class_name", metric: float, ...}``."""
-        return [dict(row) for row in self._rows]
-
-    @property
-    def case_ids(self) -> list[str]:
-        """Case ids in the order they were added."""
-        return list(self._case_ids)
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names in report order."""
-        return list(self._classes)
-
-    @property
-    def metric_names(self) -> list[str]:
-        """Metric names in order of first appearance."""
-        return list(self._metrics)
-
-    def add_case(self, case_id: str, per_class: Mapping[str, Mapping[str, float]]) -> None:
-        """Add the metrics of one case, e.g. the output of :func:`case_metrics`.
-
-        Args:
-            case_id: Unique case identifier (a second case with the same id is an error).
-            per_class: ``{class_name: {metric_name: value}}``; booleans are stored as 0.0/1.0 and
-                ``None`` as NaN.
-        """
-        key = str(case_id)
-        if key in self._case_ids:
-            raise ValueError(f"case {key!r} was already added; case ids must be unique")
-        new_rows = []
-        for class_name, values in per_class.items():
-            row: dict[str, object] = {"case_id": key, "class_name": str(class_name)}
-            for metric, value in values.items():
-                if metric in ("case_id", "class_name"):
-                    raise ValueError(f"{metric!r} is a reserved column name and cannot be a metric")
-                row[str(metric)] = float("nan") if value is None else float(value)
-            new_rows.append(row)
-        self._case_ids.append(key)
-        for row in new_rows:
-            if row["class_name"] not in self._classes:
-                self._classes.append(str(row["class_name"]))
-            for metric in row:
-                if metric not in ("case_id", "class_name") and metric not in self._metrics:
-                    self._metrics.append(metric)
-            self._rows.append(row)
-
-    def _values(self, class_name: str, metric: str) -> list[float]:
-        return [
-            float(row[metric])  # type: ignore[arg-type]
-            for row in self._rows
-            if row["class_name"] == class_name and metric in row
-        ]
-
-    def per_class_means(self, metric: str, nan_policy: str = "omit") -> dict[str, float]:
-        """Mean of one metric per class over the cases.
-
-        Args:
-            metric: Metric name, e.g. ``"dice"``.
-            nan_policy: ``"omit"`` averages the non-NaN values (NaN if there are none);
-                ``"propagate"`` gives NaN for a class with any NaN.
-
-        Returns:
-            ``{class_name: mean}`` in class order.
-        """
-        if nan_policy not in ("omit", "propagate"):
-            raise ValueError(f"nan_policy must be 'omit' or 'propagate', found {nan_policy!r}")
-        if metric not in self._metrics:
-            raise KeyError(f"unknown metric {metric!r}; known metrics: {self._metrics}")
-        return {name: _mean(self._values(name, metric), nan_policy) for name in self._classes}
-
-    def n_failed(self, metric: str) -> dict[str, int]:
-        """Number of NaN values of one metric per class."""
-        return {name: int(np.count_nonzero(np.isnan(self._values(name, metric)))) for name in self._classes}
-
-    def summary(self) -> dict[str, object]:
-        """Everything needed for a report, JSON-ready apart from NaN floats.
-
-        Returns:
-            ``{"n_cases", "classes", "metrics", "per_class": {class: {"n_cases", "mean": {metric: v},
-            "n_failed": {metric: k}}}, "mean": {metric: mean over classes of the class means},
-            "cases": rows}``. Means omit NaN (counted in ``n_failed``); the mean over classes omits
-            classes whose mean is NaN.
-        """
-        per_class: dict[str, dict[str, object]] = {}
-        for name in self._classes:
-            per_class[name] = {
-                "n_cases": len({row["case_id"] for row in self._rows if row["class_name"] == name}),
-                "mean": {metric: _mean(self._values(name, metric), "omit") for metric in self._metrics},
-                "n_failed": {
-                    metric: int(np.count_nonzero(np.isnan(self._values(name, metric)))) for metric in self._metrics
-                },
-            }
-        overall = {
-            metric: _mean([per_class[name]["mean"][metric] for name in self._classes], "omit")  # type: ignore[index]
-            for metric in self._metrics
-        }
-        return {
-            "n_cases": len(self._case_ids),
-            "classes": list(self._classes),
-            "metrics": list(self._metrics),
-            "per_class": per_class,
-            "mean": overall,
-            "cases": self.rows,
-        }
-
-    def write_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write the per-case rows as CSV (``case_id,class_name,<metrics>``; NaN as ``nan``), atomically."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["case_id", "class_name", *self._metrics])
-        for row in self._rows:
-            cells = [repr(float(row[m])) if m in row else "" for m in self._metrics]  # type: ignore[arg-type]
-            writer.writerow([row["case_id"], row["class_name"], *cells])
-        return write_text_atomic(path, buffer.getvalue())
-
-    def write_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`summary` as strict JSON (NaN as ``null``), atomically."""
-        text = json.dumps(json_safe(self.summary()), indent=2, allow_nan=False)
-        return write_text_atomic(path, text + "\n")
-
-    @classmethod
-    def from_csv(cls, path: str | os.PathLike[str]) -> MetricAggregator:
-        """Rebuild an aggregator from a file written by :meth:`write_csv`."""
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or reader.fieldnames[:2] != ["case_id", "class_name"]:
-                raise ValueError(f"{path} is not a metrics CSV: expected header case_id,class_name,<metrics>")
-            cases: dict[str, dict[str, dict[str, float]]] = {}
-            for record in reader:
-                case_id, class_name = record.pop("case_id"), record.pop("class_name")
-                values = {metric: float(cell) for metric, cell in record.items() if cell not in ("", None)}
-                cases.setdefault(case_id, {})[class_name] = values
-        aggregator = cls()
-        for case_id, per_class in cases.items():
-            aggregator.add_case(case_id, per_class)
-        return aggregator
-
-
-def format_paper_table(
-    per_class_dice: Mapping[str, float],
-    per_class_hd95: Mapping[str, float],
-    classes: Sequence[str],
-    title: str,
-    columns: Sequence[str] | None = None,
-) -> str:
-    """One method's results in the layout of the paper's Synapse table, as a markdown table.
-
-    Columns: ``Method | DSC | HD95 | <one Dice column per class>``. DSC and the class columns are
-    percentages with two decimals; HD95 has two decimals in the unit it was given in. DSC and HD95
-    are the plain means over ``classes`` (a NaN class value makes the mean NaN, shown as ``nan``).
-
-    Args:
-        per_class_dice: ``{class_name: mean Dice}`` as fractions in [0, 1].
-        per_class_hd95: ``{class_name: mean HD95}``.
-        classes: Classes to show, in column order.
-        title: Text of the Method cell (e.g. ``"MSA2Net (ours)"``).
-        columns: Column headers for ``classes``; default :data:`SYNAPSE_COLUMNS` when ``classes`` are
-            :data:`SYNAPSE_CLASSES`, else the class names.
-
-    Returns:
-        Header, alignment and one result row, separated by newlines.
-    """
-    names = [str(c) for c in classes]
-    if not names:
-        raise ValueError("classes must name at least one class")
-    missing = [n for n in names if n not in per_class_dice or n not in per_class_hd95]
-    if missing:
-        raise KeyError(f"classes {missing} are missing from per_class_dice or per_class_hd95")
-    if columns is None:
-        headers = list(SYNAPSE_COLUMNS) if tuple(names) == SYNAPSE_CLASSES else names
-    else:
-        headers = [str(c) for c in columns]
-        if len(headers) != len(names):
-            raise ValueError(f"columns has {len(headers)} headers for {len(names)} classes")
-    dice_values = [float(per_class_dice[n]) for n in names]
-    if any(v > 1.0 for v in dice_values if not math.isnan(v)):
-        raise ValueError("per_class_dice must be fractions in [0, 1]; the table converts them to percentages")
-    hd_values = [float(per_class_hd95[n]) for n in names]
-    mean_dice = float(np.mean(dice_values))
-    mean_hd = float(np.mean(hd_values))
-    header = ["Method", "DSC", "HD95", *headers]
-    cells = [title, f"{100 * mean_dice:.2f}", f"{mean_hd:.2f}", *(f"{100 * v:.2f}" for v in dice_values)]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
-        "| " + " | ".join(cells) + " |",
-    ]
-    return "\n".join(lines)

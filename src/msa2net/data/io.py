@@ -40,7 +40,6 @@ from .._atomic import atomic_path, write_text_atomic
 __all__ = [
     "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
-    "OVERLAY_COLORS",
     "RASTER_SUFFIXES",
     "VOLUME_SUFFIXES",
     "Geometry",
@@ -52,7 +51,6 @@ __all__ = [
     "list_inputs",
     "read_image",
     "write_image",
-    "write_overlay_png",
     "write_text_atomic",
 ]
 
@@ -64,29 +62,6 @@ RASTER_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".t
 IMAGE_SUFFIXES: tuple[str, ...] = VOLUME_SUFFIXES + RASTER_SUFFIXES
 #: Files with these suffixes mark a folder as a DICOM series folder.
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".ima")
-
-#: Overlay colours (RGB uint8) for label ids 0..15; id 0 (background) is never drawn.
-OVERLAY_COLORS: np.ndarray = np.array(
-    [
-        (0, 0, 0),
-        (230, 25, 75),
-        (60, 180, 75),
-        (255, 225, 25),
-        (0, 130, 200),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-        (240, 50, 230),
-        (210, 245, 60),
-        (250, 190, 212),
-        (0, 128, 128),
-        (220, 190, 255),
-        (170, 110, 40),
-        (255, 250, 200),
-        (128, 0, 0),
-    ],
-    dtype=np.uint8,
-)
 
 
 class ImageReadError(ValueError):
@@ -581,83 +556,3 @@ def _write_png(array: np.ndarray, target: Path) -> None:
         raise ValueError(f"cannot write {target}: PNG takes (Y, X) or (Y, X, 3|4) arrays, got shape {array.shape}")
     with atomic_path(target) as tmp:
         img.save(tmp, format="PNG")
-
-
-def _to_uint8_rgb(image2d: np.ndarray) -> np.ndarray:
-    image = np.asarray(image2d, dtype=np.float64)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[..., :3]
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-        raise ValueError(f"overlay image must be (H, W) or (H, W, 3), got shape {image.shape}")
-    finite = np.isfinite(image)
-    if finite.any():
-        lo, hi = float(image[finite].min()), float(image[finite].max())
-    else:
-        lo, hi = 0.0, 0.0
-    scaled = np.where(finite, (image - lo) / (hi - lo) if hi > lo else 0.0, 0.0)
-    grey = np.clip(np.round(scaled * 255.0), 0, 255).astype(np.uint8)
-    return grey if grey.ndim == 3 else np.repeat(grey[..., None], 3, axis=2)
-
-
-def write_overlay_png(
-    image2d: np.ndarray,
-    labels2d: np.ndarray,
-    path: str | os.PathLike[str],
-    alpha: float = 0.4,
-    num_classes: int | None = None,
-    reference: np.ndarray | None = None,
-) -> Path:
-    """Write a colour overlay of a label map on a 2D image as PNG, atomically.
-
-    Args:
-        image2d: ``(H, W)`` grey or ``(H, W, 3)`` colour image of any numeric dtype; min-max scaled to 0..255 over its
-            finite values (NaN/inf drawn black; a constant image is drawn black).
-        labels2d: ``(H, W)`` integer label map with ids 0..15; id 0 is left uncoloured.
-        path: Target ``.png`` file.
-        alpha: Opacity of the label colours in [0, 1].
-        num_classes: Number of classes including background (<= 16). When given, ids >= ``num_classes`` are an error.
-        reference: Optional ``(H, W)`` ground-truth label map; the PNG then shows it on the left and ``labels2d``
-            on the right, side by side.
-
-    Returns:
-        The written path. Pixel colours are ``(1 - alpha) * image + alpha * OVERLAY_COLORS[label]`` where label > 0.
-
-    Raises:
-        ValueError: shapes differ, ids are negative/non-integer/too large, or alpha is outside [0, 1].
-    """
-    from PIL import Image
-
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    rgb = _to_uint8_rgb(image2d)
-    limit = len(OVERLAY_COLORS) if num_classes is None else int(num_classes)
-    if limit > len(OVERLAY_COLORS):
-        raise ValueError(f"the overlay colour table has {len(OVERLAY_COLORS)} entries; got num_classes={limit}")
-
-    def blend(labels2d: np.ndarray) -> np.ndarray:
-        labels = np.asarray(labels2d)
-        if labels.shape != rgb.shape[:2]:
-            raise ValueError(f"labels shape {labels.shape} differs from image shape {rgb.shape[:2]}")
-        if labels.size and not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
-            if not np.array_equal(labels, np.round(labels)):
-                raise ValueError(
-                    "labels must be integer ids; got non-integer values (pass an argmax, not probabilities)"
-                )
-        labels = labels.astype(np.int64)
-        if labels.size and (labels.min() < 0 or labels.max() >= limit):
-            raise ValueError(
-                f"label ids must be in 0..{limit - 1}, found {int(labels.min())}..{int(labels.max())}"
-                + ("" if num_classes is not None else f"; overlays support at most {len(OVERLAY_COLORS)} classes")
-            )
-        colours = OVERLAY_COLORS[labels].astype(np.float64)
-        blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colours
-        return np.where((labels > 0)[..., None], np.round(blended), rgb).astype(np.uint8)
-
-    out = blend(labels2d)
-    if reference is not None:
-        gap = np.full((out.shape[0], 4, 3), 255, dtype=np.uint8)
-        out = np.concatenate([blend(reference), gap, out], axis=1)  # ground truth | prediction
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        Image.fromarray(out).save(tmp, format="PNG")
-    return target

@@ -2,8 +2,13 @@
 
 A checkpoint holds everything needed to rebuild the model and run it on new data (model name and arguments,
 preprocessing, class names, the training config) and, for training checkpoints, everything needed to resume
-exactly (epoch, iteration, optimiser, scheduler, scaler and every RNG state). It is read with
-``torch.load(weights_only=True)``: no pickled code is executed. ``export_safetensors`` writes weights only.
+exactly (epoch, iteration, optimiser, scheduler, scaler and every RNG state). It is read through
+:func:`msa2net.models.weights_io.read_weights_file` (``torch.load(weights_only=True)``): no pickled code is
+executed. ``export_safetensors`` writes weights only.
+
+The metadata is checked against itself and the weights when a checkpoint is loaded and when a model is built from
+it (:func:`check_checkpoint`): ``model_args`` keys, the class count of ``class_names`` against the weights' head,
+and the input channels of ``preprocessing`` against ``model_args``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +26,18 @@ import torch
 from .. import __version__
 from .._atomic import atomic_path
 from ..data.preprocessing import CT_PREPROCESSING
-from ..metrics import SYNAPSE_CLASSES
+from ..data.synapse import CLASS_NAMES as SYNAPSE_CLASS_NAMES
 from ..models import MSA2Net, create_model
+from ..models.msa2net import MSA2NetConfig
+from ..models.weights_io import WeightsFileError, read_weights_file, unwrap_state_dict
 
 FORMAT = "msa2net-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("format", "format_version", "model_name", "model_args", "model", "preprocessing", "class_names")
+#: Keys ``model_args`` may hold: the fields of :class:`msa2net.models.msa2net.MSA2NetConfig`.
+MODEL_ARGS: tuple[str, ...] = tuple(f.name for f in fields(MSA2NetConfig))
+#: The weights of the output convolution, whose rows are the classes.
+HEAD_WEIGHT = "decoder.stage0.head.weight"
 
 
 class CheckpointError(ValueError):
@@ -110,19 +122,30 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> N
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint (weights-only unpickling; no code runs)."""
+    """Read and validate a checkpoint: ours, an authors' ``.pth``, or a ``.safetensors`` export.
+
+    Args:
+        path: The file.
+        map_location: Device of the loaded tensors.
+
+    Returns:
+        The checkpoint dict (an authors' checkpoint or an export converted to our form).
+
+    Raises:
+        CheckpointError: the file is missing or unreadable (only weights-only files load: no pickled code runs),
+            is neither our checkpoint nor an authors' one, lacks fields, has a newer format version, or its
+            metadata disagrees with itself or its weights (see :func:`check_checkpoint`). The message names the
+            file.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors" and path.is_file():
+        ckpt = load_safetensors_checkpoint(path)
+        check_checkpoint(ckpt, f"checkpoint {str(path)!r}")
+        return ckpt
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r}: {exc}. It may be truncated or not a torch file; msa2net "
-            "only loads weights-only checkpoints (no pickled code)."
-        ) from exc
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{str(path)!r} is not an msa2net checkpoint (found {type(ckpt).__name__})")
+        ckpt = read_weights_file(path, map_location)
+    except WeightsFileError as exc:
+        raise CheckpointError(str(exc).replace("weights file", "checkpoint", 1)) from exc
     if ckpt.get("format") != FORMAT:
         if _looks_official(ckpt):
             return _from_official(ckpt, path)
@@ -141,14 +164,67 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {str(path)!r} has format version {ckpt['format_version']}; this msa2net reads up to "
             f"{FORMAT_VERSION}: upgrade msa2net"
         )
+    check_checkpoint(ckpt, f"checkpoint {str(path)!r}")
     return ckpt
 
 
+def check_checkpoint(ckpt: Mapping[str, Any], where: str = "checkpoint") -> None:
+    """Check a checkpoint's metadata against itself and its weights, before any model is built.
+
+    Checks: every ``model_args`` key is one of :data:`MODEL_ARGS`; the number of ``class_names`` equals the
+    number of classes of the weights (the rows of :data:`HEAD_WEIGHT`) and ``model_args["num_classes"]`` when
+    given; ``preprocessing["in_channels"]`` equals ``model_args["in_channels"]`` (default
+    ``MSA2NetConfig.in_channels``). Absent fields are not checked here (:func:`load_checkpoint` requires them).
+
+    Args:
+        ckpt: A checkpoint dict.
+        where: What it came from (e.g. ``"checkpoint 'best.pt'"``), the start of every message.
+
+    Raises:
+        CheckpointError: the first disagreement found, naming the key or both counts.
+    """
+    args = ckpt.get("model_args")
+    if args is not None:
+        if not isinstance(args, Mapping):
+            raise CheckpointError(f"{where}: model_args must be a mapping, found {type(args).__name__}")
+        unknown = sorted(str(k) for k in args if k not in MODEL_ARGS)
+        if unknown:
+            raise CheckpointError(
+                f"{where}: model_args has unknown keys {unknown}; valid keys are {list(MODEL_ARGS)}. Was it written "
+                "by another msa2net version?"
+            )
+    args = dict(args or {})
+    weights = ckpt.get("model")
+    head = weights.get(HEAD_WEIGHT) if isinstance(weights, Mapping) else None
+    weight_classes = int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim > 0 else None
+    names = ckpt.get("class_names")
+    if names is not None and weight_classes is not None and len(names) != weight_classes:
+        raise CheckpointError(
+            f"{where}: class_names lists {len(names)} classes but the weights have {weight_classes} "
+            f"({HEAD_WEIGHT} has {weight_classes} rows); class_names must name every output class, background "
+            "included"
+        )
+    if "num_classes" in args and weight_classes is not None and int(args["num_classes"]) != weight_classes:
+        raise CheckpointError(
+            f"{where}: model_args.num_classes is {args['num_classes']} but the weights have {weight_classes} "
+            f"classes ({HEAD_WEIGHT} has {weight_classes} rows)"
+        )
+    prep = ckpt.get("preprocessing")
+    if isinstance(prep, Mapping) and "in_channels" in prep:
+        model_channels = int(args.get("in_channels", MSA2NetConfig.in_channels))
+        if int(prep["in_channels"]) != model_channels:
+            raise CheckpointError(
+                f"{where}: preprocessing.in_channels is {prep['in_channels']} but model_args.in_channels is "
+                f"{model_channels}; the preprocessing must produce the model's input channels"
+            )
+
+
 def _looks_official(obj: Mapping[str, Any]) -> bool:
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-    return any(str(k).removeprefix("module.").startswith("decoder_0.") for k in obj)
+    try:
+        state = unwrap_state_dict(obj)
+    except WeightsFileError:
+        return False
+    return any(k.startswith("decoder_0.") for k in state)
 
 
 def _from_official(obj: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -166,7 +242,8 @@ def _from_official(obj: Mapping[str, Any], path: Path) -> dict[str, Any]:
     if head is None:
         raise CheckpointError(f"{str(path)!r}: the official checkpoint lacks decoder_0.last_layer.weight")
     num_classes = int(head.shape[0])
-    names = ["background", *SYNAPSE_CLASSES] if num_classes == 9 else [f"class_{i}" for i in range(num_classes)]
+    synapse = num_classes == len(SYNAPSE_CLASS_NAMES)
+    names = list(SYNAPSE_CLASS_NAMES) if synapse else [f"class_{i}" for i in range(num_classes)]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -187,9 +264,16 @@ def _from_official(obj: Mapping[str, Any], path: Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any], device: str | torch.device = "cpu") -> MSA2Net:
-    """Rebuild the model a checkpoint describes and load its weights strictly; eval mode."""
+    """Rebuild the model a checkpoint describes and load its weights strictly; eval mode.
+
+    Raises:
+        CheckpointError: the metadata disagrees with itself or the weights (:func:`check_checkpoint`), or the
+            weights do not fit the model the metadata describes.
+    """
+    check_checkpoint(ckpt, f"checkpoint of {ckpt.get('model_name')!r}")
     args = dict(ckpt["model_args"])
-    args["img_size"] = tuple(args["img_size"])
+    if "img_size" in args:
+        args["img_size"] = tuple(args["img_size"])
     model = create_model(ckpt["model_name"], **args)
     try:
         model.load_state_dict(ckpt["model"], strict=True)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from ..config import load_config
-from ..data.io import write_text_atomic
+from ..report import write_demo_report, write_json
 
 #: 2 test cases (the official split) and 8 training cases, one of which validates
 DEMO_CASES = ("0001", "0002", "0005", "0006", "0007", "0009", "0010", "0021", "0023", "0024")
@@ -58,7 +57,7 @@ def run_demo(
     result = train(cfg)
     step("train")
     best = Path(result["best"])
-    summary = evaluate(best, prepared, out / "eval", device=device, progress=False, title="MSA2Net demo (phantom)")
+    summary = evaluate(best, prepared, out / "eval", device=device, progress=False)
     step("evaluate")
     scan = sorted((raw / "RawData" / "Training" / "img").glob("img0001.nii*"))
     report = predict_files(best, scan, out / "predict", device=device, overlays=True, progress=False)
@@ -66,41 +65,23 @@ def run_demo(
         raise RuntimeError("demo prediction failed: " + "; ".join(report.failure_lines()))
     step("predict")
 
-    table = (out / "eval" / "table.md").read_text()
     overlays = sorted((out / "eval" / "overlays").glob("*.png"))[:6]
     shutil.copyfile(out / "run" / "curves.png", out / "curves.png")
-    mean_dice = summary["legacy"]["mean_dice"]
-    lines = [
-        "# msa2net demo report",
-        "",
-        f"A small MSA2Net ({cfg.model.name}, {cfg.model.img_size[0]}x{cfg.model.img_size[1]}) trained from scratch on "
-        f"the built-in CT phantom ({len(DEMO_CASES)} synthetic cases in the BTCV layout, prepared exactly as the "
-        "Synapse data), evaluated on the phantom's test cases (case0001, case0002) with the paper's legacy protocol "
-        "and with HD95 in millimetres.",
-        "",
-        f"**Mean Dice (legacy protocol): {mean_dice:.4f}**; best validation Dice {result['best_mean_dice']:.4f} "
-        f"at epoch {result['best_epoch']}.",
-        "",
-        table,
-        "",
-        "## Training curves",
-        "",
-        "![curves](curves.png)",
-        "",
-        "## Test slices: ground truth (left) and prediction (right)",
-        "",
-        *[f"![{p.stem}](eval/overlays/{p.name})" for p in overlays],
-        "",
-        "## Timings (s)",
-        "",
-        *[f"- {k}: {v}" for k, v in seconds.items()],
-        "",
-        "Files: `run/` (checkpoints best.pt/last.pt, metrics.csv, TensorBoard logs), `eval/summary.json` (per case and "
-        "class, legacy and mm), `predict/` (mask of a raw NIfTI scan in its geometry, with overlays).",
-    ]
-    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    write_demo_report(
+        out / "report.md",
+        model_name=cfg.model.name,
+        img_size=cfg.model.img_size,
+        n_cases=len(DEMO_CASES),
+        evaluation=summary,
+        table=(out / "eval" / "table.md").read_text(),
+        best_mean_dice=result["best_mean_dice"],
+        best_epoch=result["best_epoch"],
+        curves="curves.png",
+        overlays=[p.relative_to(out).as_posix() for p in overlays],
+        seconds=seconds,
+    )
     outcome = {
-        "mean_dice": mean_dice,
+        "mean_dice": summary["legacy"]["mean_dice"],
         "mean_hd95_voxels": summary["legacy"]["mean_hd95_voxels"],
         "mean_hd95_mm": summary["mm"]["mean_hd95_mm"],
         "per_class_dice": summary["legacy"]["per_class_dice"],
@@ -108,5 +89,5 @@ def run_demo(
         "seconds": seconds,
         "total_seconds": round(time.perf_counter() - start, 1),
     }
-    write_text_atomic(out / "demo_summary.json", json.dumps(outcome, indent=2) + "\n")
+    write_json(out / "demo_summary.json", outcome)
     return outcome

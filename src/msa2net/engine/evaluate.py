@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,10 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from ..data.io import Geometry, write_image, write_overlay_png, write_text_atomic
+from ..data.io import Geometry, write_image
 from ..data.preprocessing import Preprocessing
 from ..data.source import Case, Source, open_source
-from ..metrics import MetricAggregator, PooledBinaryMetrics, case_metrics, format_paper_table, json_safe
+from ..metrics import legacy_case_scores
+from ..report import (
+    MetricAggregator,
+    PooledBinaryMetrics,
+    build_evaluation_summary,
+    build_isic_summary,
+    write_evaluation_report,
+    write_json,
+    write_overlay_png,
+)
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
 from .inference import predict_volume
@@ -35,7 +43,7 @@ def evaluate(
     overlays_per_case: int = 3,
     postprocess: bool = False,
     progress: bool = True,
-    title: str = "MSA2Net (msa2net)",
+    title: str | None = None,
     kind: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (ours or the authors') and write the report into ``out_dir``.
@@ -98,7 +106,7 @@ def evaluate(
     fg = class_names[1:]
     agg = MetricAggregator(fg)
     for case, pred in predictions:
-        rows = case_metrics(
+        rows = legacy_case_scores(
             pred,
             case.label,
             len(class_names),
@@ -117,34 +125,8 @@ def evaluate(
         if progress:
             dice = np.mean([r["dice"] for r in rows.values()])
             print(f"{case.name}: legacy mean Dice {dice:.4f}")
-    summary = agg.summary()
-    legacy_dice = {c: summary["per_class"][c]["mean"]["dice"] for c in fg}
-    legacy_hd = {c: summary["per_class"][c]["mean"]["hd95"] for c in fg}
-    mm_hd = {c: summary["per_class"][c]["mean"]["hd95_mm"] for c in fg}
-    failed = {c: summary["per_class"][c]["n_failed"]["hd95_mm"] for c in fg}
-    table_legacy = format_paper_table(legacy_dice, legacy_hd, fg, title + " [legacy: HD95 in voxels, misses score 0]")
-    table_mm = format_paper_table(legacy_dice, mm_hd, fg, title + f" [HD95 in mm, empty={empty}]")
-    report = {
-        "settings": settings,
-        "class_names": class_names,
-        "legacy": {
-            "mean_dice": float(np.mean(list(legacy_dice.values()))),
-            "mean_hd95_voxels": float(np.mean(list(legacy_hd.values()))),
-            "per_class_dice": legacy_dice,
-            "per_class_hd95_voxels": legacy_hd,
-        },
-        "mm": {
-            "mean_hd95_mm": float(np.nanmean(list(mm_hd.values()))) if any(np.isfinite(list(mm_hd.values()))) else None,
-            "per_class_hd95_mm": mm_hd,
-            "per_class_failures": failed,
-            "per_class_nsd": {c: summary["per_class"][c]["mean"].get("nsd") for c in fg},
-            "note": "hd95_mm omits failures (an empty prediction or ground truth) from the means and counts them",
-        },
-        **summary,
-    }
-    write_text_atomic(out / "summary.json", json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
-    agg.write_csv(out / "per_case.csv")
-    write_text_atomic(out / "table.md", table_legacy + "\n\n" + table_mm + "\n")
+    report = build_evaluation_summary(agg, class_names, settings, empty, title)
+    write_evaluation_report(out, report, agg)
     return report
 
 
@@ -189,10 +171,6 @@ def _evaluate_pooled(
         n_images += len(pred)
         if overlays:
             _overlays(case, pred, out / "overlays", overlays, 2)
-    report = {
-        "settings": {**settings, "postprocess": postprocess},
-        "n_images": n_images,
-        "pooled": pooled.compute(),
-    }
-    write_text_atomic(out / "summary.json", json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    report = build_isic_summary(pooled, settings, n_images)
+    write_json(out / "summary.json", report)
     return report

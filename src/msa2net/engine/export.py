@@ -1,9 +1,10 @@
 """Export a checkpoint for deployment: TorchScript, ONNX, safetensors weights and a JSON model card.
 
 ONNX goes through the legacy TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``, opset 17, dynamic
-batch axis). With torch 2.14 and timm's MaxViT it works and matches eager to about 1e-5; the torch.export-based
+batch axis). With torch 2.14 and timm's MaxViT it works and matches eager to about 1e-5. The torch.export-based
 ("dynamo") exporter fails on this model (decomposing a view of a non-contiguous window-attention tensor), with or
-without a dynamic batch. It is still tried as a fallback in case the legacy exporter is removed or breaks.
+without a dynamic batch, so it is not used: when the legacy exporter fails, the export fails with an
+:class:`ExportError` that says so.
 
 The exported graphs take model-space input (B, in_channels, H, W) float32, already normalised: apply the
 preprocessing recorded in ``model.json`` (``to_unit``, resize to H x W, ``(x - mean) / std``) before calling them,
@@ -56,7 +57,7 @@ class ExportResult(dict[str, Path]):
         differences: Per graph format, the max absolute logit difference to eager on the check input (empty when
             ``check=False``).
         tolerance: The allowed difference, ``atol * max(1, max|eager logits|)`` (None when ``check=False``).
-        onnx_exporter: ``"legacy"`` or ``"dynamo"`` when ONNX was exported, else None.
+        onnx_exporter: ``"legacy"`` when ONNX was exported (the only exporter used), else None.
     """
 
     def __init__(
@@ -95,7 +96,11 @@ def _export_torchscript(model: MSA2Net, example: torch.Tensor, path: Path) -> No
 
 
 def _export_onnx(model: MSA2Net, example: torch.Tensor, path: Path) -> str:
-    """Write ``path`` with the legacy exporter, else the dynamo one; returns which one worked."""
+    """Write ``path`` with the legacy exporter; returns ``"legacy"``.
+
+    Raises:
+        ExportError: the exporter failed (the message gives its error and what to do instead).
+    """
     try:
         with _quiet_tracing():
             torch.onnx.export(
@@ -108,30 +113,15 @@ def _export_onnx(model: MSA2Net, example: torch.Tensor, path: Path) -> str:
                 output_names=["logits"],
                 dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
             )
-        return "legacy"
-    except Exception as legacy_err:  # noqa: BLE001 (any failure of the legacy path means: try the other exporter)
+    except Exception as err:
         path.unlink(missing_ok=True)
-        try:
-            # torch.export specialises a batch of 1, so the example for a dynamic batch has CHECK_BATCH rows
-            batch_example = example[:1].expand(CHECK_BATCH, *example.shape[1:]).contiguous()
-            torch.onnx.export(
-                model,
-                (batch_example,),
-                str(path),
-                dynamo=True,
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_shapes={"x": {0: torch.export.Dim.DYNAMIC}},
-                external_data=False,
-            )
-        except Exception as dynamo_err:
-            raise ExportError(
-                f"ONNX export failed with both exporters. Legacy (dynamo=False, opset {ONNX_OPSET}): "
-                f"{type(legacy_err).__name__}: {_first_line(legacy_err)}. Dynamo: {type(dynamo_err).__name__}: "
-                f"{_first_line(dynamo_err)}. Export TorchScript only (formats=('torchscript',)) or try another "
-                "torch version"
-            ) from dynamo_err
-        return "dynamo"
+        raise ExportError(
+            f"ONNX export failed (legacy TorchScript-based exporter, dynamo=False, opset {ONNX_OPSET}): "
+            f"{type(err).__name__}: {_first_line(err)}. The dynamo exporter does not support this model (timm's "
+            "MaxViT window attention). Export TorchScript only (formats=('torchscript',)) or use a torch version "
+            "whose legacy ONNX exporter works"
+        ) from err
+    return "legacy"
 
 
 def _first_line(err: BaseException) -> str:

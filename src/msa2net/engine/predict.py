@@ -22,18 +22,17 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.io import (
-    OVERLAY_COLORS,
     RASTER_SUFFIXES,
     VOLUME_SUFFIXES,
     image_suffix,
     list_inputs,
     read_image,
     write_image,
-    write_overlay_png,
     write_text_atomic,
 )
 from ..data.preprocessing import Preprocessing
 from ..models import MSA2Net
+from ..report import OVERLAY_COLORS, write_overlay_png
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
 from .inference import predict_image, predict_volume

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import random
@@ -18,13 +16,14 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .._atomic import atomic_path, write_text_atomic
 from ..config import Config, config_from_dict
 from ..data.source import EpochSeededDataset, Source, Split, open_source
 from ..data.transforms import build_transform
 from ..losses import build_loss
 from ..metrics import legacy_case_metrics
 from ..models import create_model, load_official_weights
+from ..report import plot_curves
+from ..report import write_metrics_csv as _write_metrics_csv
 from . import distributed
 from .checkpoint import load_checkpoint, make_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .inference import predict_volume
@@ -96,48 +95,6 @@ def validate(
     count = max(1.0, float(sums[n_fg]))
     per_class = {name: float(sums[i]) / count for i, name in enumerate(source.class_names[1:])}
     return per_class, float(np.mean(list(per_class.values())))
-
-
-# ---------------------------------------------------------------------------------------------- logging
-
-
-def _write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
-    if not history:
-        return
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(path, buffer.getvalue())
-
-
-def plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    """Training loss per epoch and validation mean Dice, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(epochs, [r["train_loss"] for r in history], color="tab:blue")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss")
-    ax1.grid(alpha=0.3)
-    val = [(r["epoch"], r["val_mean_dice"]) for r in history if not math.isnan(r.get("val_mean_dice", math.nan))]
-    if val:
-        ax2.plot(*zip(*val), marker="o", color="tab:green")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation mean Dice")
-    ax2.set_ylim(0, 1)
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------- training

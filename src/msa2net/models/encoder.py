@@ -12,6 +12,8 @@ import timm
 import torch
 from torch import nn
 
+from .weights_io import WeightsFileError, read_weights_file, unwrap_state_dict
+
 HUB_PROBE_TIMEOUT_S = 4.0
 
 
@@ -80,8 +82,11 @@ class MaxViTEncoder(nn.Module):
                 f"encoder weights file {str(path)!r} does not exist. Download {self._download_hint()} and pass "
                 "its path with --pretrained-encoder PATH (pretrained_encoder=PATH in Python)."
             )
-        state = _read_state_dict(path)
-        for prefix in ("module.", "backbone.backbone.", "backbone."):
+        try:
+            state = unwrap_state_dict(read_weights_file(path), repr(str(path)))
+        except WeightsFileError as exc:
+            raise EncoderWeightsError(str(exc)) from exc
+        for prefix in ("backbone.backbone.", "backbone."):
             if all(k.startswith(prefix) for k in state):
                 state = {k[len(prefix) :]: v for k, v in state.items()}
         dropped = sorted(k for k in state if k.startswith("head."))
@@ -159,25 +164,6 @@ def _reachable(url: str, timeout: float) -> bool:
     thread.start()
     thread.join(timeout)
     return bool(result and result[0])
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read tensors from a safetensors or torch file without executing pickled code."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EncoderWeightsError(f"cannot read weights file {str(path)!r}: {exc}") from exc
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise EncoderWeightsError(f"{str(path)!r} does not hold a state dict of tensors")
-    return obj
 
 
 def _key_report(missing: list[str], unexpected: list[str], shaped: list[str], limit: int = 20) -> str:

@@ -15,11 +15,11 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from .msa2net import MSA2Net
+from .weights_io import WeightsFileError, read_weights_file, unwrap_state_dict
 
 
 class OfficialCheckpointError(ValueError):
@@ -114,35 +114,20 @@ def map_official_key(key: str) -> str | None:
 
 
 def read_official_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An official state dict from a ``.pth`` path or a mapping, unwrapped (``state_dict``/``model``,
-    DataParallel's ``module.``). Files are read with ``weights_only=True``: no pickled code runs."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise OfficialCheckpointError(f"official checkpoint {str(path)!r} does not exist")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise OfficialCheckpointError(
-                f"cannot read {str(path)!r} as a weights-only torch checkpoint: {exc}. Only tensors are loaded; "
-                "files that need arbitrary pickled objects are refused."
-            ) from exc
-        where = str(path)
-    else:
-        obj, where = source, "the given state dict"
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, Mapping) or not obj:
-        raise OfficialCheckpointError(f"{where} holds no state dict")
-    state = dict(obj)
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise OfficialCheckpointError(f"{where}: non-tensor entries {bad[:5]}")
-    return state
+    """An official state dict from a ``.pth`` path or a mapping, unwrapped (``state_dict``/``model``/
+    ``state_dict_ema``, DataParallel's ``module.``); see :mod:`msa2net.models.weights_io`.
+
+    Files are read with ``weights_only=True``: no pickled code runs.
+
+    Raises:
+        OfficialCheckpointError: the file is missing or unreadable, or holds no state dict of tensors.
+    """
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            return unwrap_state_dict(read_weights_file(source), repr(str(source)))
+        return unwrap_state_dict(source)
+    except WeightsFileError as exc:
+        raise OfficialCheckpointError(str(exc)) from exc
 
 
 def convert_official_state_dict(

@@ -1,0 +1,449 @@
+"""Tests of msa2net.report: aggregation, pooled counts, strict JSON, the evaluation tables (every figure of table.md
+equals the one in summary.json), overlays, training logs and the demo report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from msa2net.data.synapse import CLASS_NAMES
+from msa2net.metrics import binary_confusion, pooled_binary_metrics
+from msa2net.report import (
+    MISSING,
+    OVERLAY_COLORS,
+    SYNAPSE_COLUMNS,
+    MetricAggregator,
+    PooledBinaryMetrics,
+    build_evaluation_summary,
+    build_isic_summary,
+    format_evaluation_tables,
+    format_paper_table,
+    json_safe,
+    plot_curves,
+    write_demo_report,
+    write_evaluation_report,
+    write_json,
+    write_metrics_csv,
+    write_overlay_png,
+)
+
+ORGANS = list(CLASS_NAMES[1:])
+NAN = float("nan")
+
+
+def _visible_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """The markdown tables of ``text``: per table, its rows of stripped cells (alignment row dropped)."""
+    tables: list[list[list[str]]] = []
+    current: list[list[str]] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append([current[0], *current[2:]])
+            current = []
+    return tables
+
+
+def _fmt(value: Any, scale: float = 1.0) -> str:
+    """How a JSON figure must appear in table.md."""
+    return MISSING if value is None else f"{scale * value:.2f}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregator
+# ----------------------------------------------------------------------------------------------
+
+
+def filled_aggregator() -> MetricAggregator:
+    agg = MetricAggregator(class_names=["spleen", "liver"])
+    agg.add_case("case0001", {"spleen": {"dice": 0.8, "hd95_mm": 4.0}, "liver": {"dice": 0.9, "hd95_mm": 2.0}})
+    agg.add_case("case0002", {"spleen": {"dice": 0.0, "hd95_mm": NAN}, "liver": {"dice": 0.7, "hd95_mm": 6.0}})
+    return agg
+
+
+def test_aggregator_summary_means_omit_and_count_failures() -> None:
+    agg = filled_aggregator()
+    summary = agg.summary()
+    assert summary["n_cases"] == 2 and summary["classes"] == ["spleen", "liver"]
+    assert summary["metrics"] == ["dice", "hd95_mm"]
+    assert summary["per_class"]["spleen"]["mean"] == pytest.approx({"dice": 0.4, "hd95_mm": 4.0})
+    assert summary["per_class"]["liver"]["mean"] == pytest.approx({"dice": 0.8, "hd95_mm": 4.0})
+    assert summary["per_class"]["spleen"]["n_failed"] == {"dice": 0, "hd95_mm": 1}
+    assert summary["per_class"]["liver"]["n_failed"] == {"dice": 0, "hd95_mm": 0}
+    assert summary["per_class"]["spleen"]["n_cases"] == 2
+    assert summary["mean"] == pytest.approx({"dice": 0.6, "hd95_mm": 4.0})
+    assert [(r["case_id"], r["class_name"]) for r in summary["cases"]] == [
+        ("case0001", "spleen"),
+        ("case0001", "liver"),
+        ("case0002", "spleen"),
+        ("case0002", "liver"),
+    ]
+    summary["cases"][0]["dice"] = -1.0  # a copy: the aggregator is unchanged
+    assert agg.summary()["cases"][0]["dice"] == 0.8
+
+
+def test_aggregator_rejects_duplicates_and_reserved_names() -> None:
+    agg = filled_aggregator()
+    with pytest.raises(ValueError, match="already added"):
+        agg.add_case("case0001", {"spleen": {"dice": 1.0}})
+    with pytest.raises(ValueError, match="reserved"):
+        agg.add_case("case0003", {"spleen": {"case_id": 1.0}})
+    assert agg.summary()["n_cases"] == 2
+
+
+def test_aggregator_class_whose_every_value_failed() -> None:
+    agg = MetricAggregator(["spleen", "liver"])
+    agg.add_case("a", {"spleen": {"hd95_mm": NAN}, "liver": {"hd95_mm": 3.0}})
+    summary = agg.summary()
+    assert math.isnan(summary["per_class"]["spleen"]["mean"]["hd95_mm"])
+    assert summary["mean"]["hd95_mm"] == 3.0  # the mean over classes leaves the class without a value out
+
+
+def test_aggregator_csv(tmp_path: Path) -> None:
+    agg = filled_aggregator()
+    agg.add_case("case0003", {"spleen": {"dice": 0.5}})  # no hd95_mm: an empty cell
+    path = agg.write_csv(tmp_path / "out" / "per_case.csv")
+    with open(path, newline="") as handle:
+        records = list(csv.DictReader(handle))
+    assert list(records[0]) == ["case_id", "class_name", "dice", "hd95_mm"]
+    assert [(r["case_id"], r["class_name"]) for r in records] == [
+        (r["case_id"], r["class_name"]) for r in agg.summary()["cases"]
+    ]
+    assert records[2]["hd95_mm"] == "nan" and records[4]["hd95_mm"] == ""
+    assert float(records[1]["hd95_mm"]) == 2.0 and float(records[0]["dice"]) == 0.8
+
+
+# ----------------------------------------------------------------------------------------------
+# Pooled ISIC counts
+# ----------------------------------------------------------------------------------------------
+
+
+def test_streaming_pooled_metrics_pool_pixels_not_images() -> None:
+    rng = np.random.default_rng(5)
+    preds = rng.random((3, 8, 8)) > 0.5
+    gts = rng.random((3, 8, 8)) > 0.6
+    stream = PooledBinaryMetrics()
+    for pred, gt in zip(preds, gts):
+        stream.update(pred, gt)
+    assert stream.confusion == binary_confusion(preds, gts)
+    assert stream.compute() == pytest.approx(pooled_binary_metrics(binary_confusion(preds, gts)))
+    per_image_mean = np.mean([pooled_binary_metrics(binary_confusion(p, g))["dsc"] for p, g in zip(preds, gts)])
+    assert stream.compute()["dsc"] != pytest.approx(per_image_mean)
+    stream.reset()
+    assert stream.confusion == (0, 0, 0, 0)
+    with pytest.raises(ValueError, match="same shape"):
+        stream.update(preds[0], gts[0][:4])
+
+
+def test_streaming_metrics_with_postprocessing() -> None:
+    lesion = np.zeros((40, 40), dtype=bool)
+    lesion[5:29, 5:29] = True
+    noisy = lesion.copy()
+    noisy[16:18, 16:18] = False  # 2x2 hole inside the lesion
+    noisy[34:37, 34:37] = True  # 3x3 speck away from it
+    raw, cleaned = PooledBinaryMetrics(), PooledBinaryMetrics(postprocess=True)
+    raw.update(noisy[None], lesion[None])
+    cleaned.update(noisy[None], lesion[None])
+    assert raw.confusion == (lesion.sum() - 4, 9, 4, 40 * 40 - lesion.sum() - 9)
+    assert cleaned.compute()["dsc"] == 1.0
+    with pytest.raises(ValueError, match=r"\(H, W\) or \(N, H, W\)"):
+        cleaned.update(noisy[None, None], lesion[None, None])
+
+
+def test_isic_summary(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = (rng.random((4, 8, 8)) > 0.5).astype(np.uint8)
+    preds = (rng.random((4, 8, 8)) > 0.5).astype(np.uint8)
+    pooled = PooledBinaryMetrics()
+    pooled.update(preds, labels)
+    summary = build_isic_summary(pooled, {"model": "m"}, n_images=4)
+    write_json(tmp_path / "summary.json", summary)
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data == {
+        "settings": {"model": "m", "postprocess": False},
+        "n_images": 4,
+        "pooled": pytest.approx(pooled_binary_metrics(binary_confusion(preds, labels))),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON
+# ----------------------------------------------------------------------------------------------
+
+
+def test_json_safe_and_write_json_are_strict(tmp_path: Path) -> None:
+    data = {"a": NAN, "b": [np.float32(1.5), float("inf")], 3: (np.int64(2), None)}
+    assert json_safe(data) == {"a": None, "b": [1.5, None], "3": [2, None]}
+    path = write_json(tmp_path / "out" / "x.json", data)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.5, None], "3": [2, None]}
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "summary.json"
+    path.write_text("old content")
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_json(path, filled_aggregator().summary())
+    assert path.read_text() == "old content"
+    assert _visible_files(tmp_path) == ["summary.json"]  # no temporary left behind
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and the evaluation report
+# ----------------------------------------------------------------------------------------------
+
+
+def test_format_paper_table_reproduces_the_paper_layout() -> None:
+    # Per-organ Dice of MSA2Net in the paper; their mean is the paper's DSC 84.75.
+    paper = (92.69, 84.24, 88.30, 74.35, 95.59, 84.03, 89.47, 69.30)
+    per_class_dice = {name: value / 100 for name, value in zip(ORGANS, paper)}
+    per_class_hd95 = {name: 13.29 for name in ORGANS}
+    table = format_paper_table(per_class_dice, per_class_hd95, ORGANS, "MSA2Net")
+    header, rule, row = table.splitlines()
+    assert header == "| Method | DSC | HD95 | " + " | ".join(SYNAPSE_COLUMNS) + " |"
+    assert rule.count("|") == header.count("|")
+    assert row == "| MSA2Net | 84.75 | 13.29 | " + " | ".join(f"{v:.2f}" for v in paper) + " |"
+    given = format_paper_table(per_class_dice, per_class_hd95, ORGANS, "MSA2Net", mean_dice=0.5, mean_hd95=NAN)
+    assert given.splitlines()[2].startswith(f"| MSA2Net | 50.00 | {MISSING} | 92.69 |")
+    with pytest.raises(ValueError, match="fractions"):
+        format_paper_table({k: 100 * v for k, v in per_class_dice.items()}, per_class_hd95, ORGANS, "x")
+    other = format_paper_table({"a": 0.5}, {"a": 1.0}, ["a"], "x")
+    assert other.splitlines()[0] == "| Method | DSC | HD95 | a |"
+
+
+def synapse_aggregator() -> MetricAggregator:
+    """Two cases of the 8 organs. Case 2 misses the gallbladder; the pancreas fails in both cases (empty)."""
+    agg = MetricAggregator(ORGANS)
+    for case, offset in (("case0001", 0.0), ("case0002", 2.0)):
+        rows = {}
+        for i, organ in enumerate(ORGANS):
+            rows[organ] = {
+                "dice": 0.5 + 0.05 * i + offset / 20,
+                "hd95": 2.0 + i + offset,
+                "hd95_mm": 3.0 + i + offset,
+                "nsd": 0.9 - offset / 10,
+                "pred_empty": 0.0,
+                "gt_empty": 0.0,
+            }
+        if case == "case0002":
+            rows["gallbladder"].update(dice=0.0, hd95=0.0, hd95_mm=NAN, nsd=0.0, pred_empty=1.0)
+        rows["pancreas"].update(dice=0.0, hd95=0.0, hd95_mm=NAN, nsd=NAN, pred_empty=1.0, gt_empty=1.0)
+        agg.add_case(case, rows)
+    return agg
+
+
+SETTINGS = {"checkpoint": "best.pt", "model": "msa2net_paper", "empty_policy_mm": "nan", "nsd_tolerance_mm": 2.0}
+
+
+def test_evaluation_summary_by_hand() -> None:
+    summary = build_evaluation_summary(synapse_aggregator(), CLASS_NAMES, SETTINGS, "nan")
+    mm = summary["mm"]
+    # class means over the non-failed cases: 4, 5, 6, 6 (gallbladder: case 1 only), 8, 9, 10; pancreas none
+    assert mm["mean_hd95_mm"] == pytest.approx(48 / 7)
+    assert math.isnan(mm["per_class_hd95_mm"]["pancreas"]) and mm["per_class_hd95_mm"]["gallbladder"] == 6.0
+    assert mm["per_class_failures"] == {**{o: 0 for o in ORGANS}, "gallbladder": 1, "pancreas": 2}
+    assert (mm["n_failed"], mm["n_values"]) == (3, 16)
+    assert mm["mean_hd95_mm"] == pytest.approx(summary["mean"]["hd95_mm"])
+    assert summary["legacy"]["per_class_hd95_voxels"]["spleen"] == 3.0
+    assert summary["legacy"]["mean_dice"] == pytest.approx(np.mean(list(summary["legacy"]["per_class_dice"].values())))
+    assert summary["settings"]["title"] == "msa2net_paper"  # default: the checkpoint's model name
+    titled = build_evaluation_summary(synapse_aggregator(), CLASS_NAMES, SETTINGS, "nan", title="mine")
+    assert titled["settings"]["title"] == "mine"
+    # the layout of the rest of summary.json is the aggregator's
+    assert list(summary)[:4] == ["settings", "class_names", "legacy", "mm"]
+    assert {"n_cases", "classes", "metrics", "per_class", "mean", "cases"} <= set(summary)
+
+
+def _assert_table_matches_summary(table_text: str, summary: dict[str, Any]) -> None:
+    """Every figure of table.md against the same figure of summary.json (after its JSON round trip)."""
+    names = summary["class_names"][1:]
+    legacy, mm, per_class = summary["legacy"], summary["mm"], summary["per_class"]
+    (legacy_header, legacy_row), (mm_header, *mm_rows) = _tables(table_text)
+    columns = list(SYNAPSE_COLUMNS) if names == ORGANS else names
+    assert legacy_header == ["Method", "DSC", "HD95", *columns] and mm_header == ["Metric", "Mean", *columns]
+    assert legacy_row == [
+        summary["settings"]["title"],
+        _fmt(legacy["mean_dice"], 100),
+        _fmt(legacy["mean_hd95_voxels"]),
+        *(_fmt(legacy["per_class_dice"][c], 100) for c in names),
+    ]
+    rows = {row[0]: row[1:] for row in mm_rows}
+    assert rows["HD95 (mm)"] == [_fmt(mm["mean_hd95_mm"]), *(_fmt(mm["per_class_hd95_mm"][c]) for c in names)]
+    assert rows["failed"] == [
+        f"{mm['n_failed']}/{mm['n_values']}",
+        *(f"{mm['per_class_failures'][c]}/{per_class[c]['n_cases']}" for c in names),
+    ]
+    assert mm["n_failed"] == sum(mm["per_class_failures"].values())
+    assert mm["n_values"] == sum(per_class[c]["n_cases"] for c in names)
+    tolerance = summary["settings"]["nsd_tolerance_mm"]
+    if tolerance is not None:
+        assert rows[f"NSD ({tolerance:g} mm)"] == [
+            _fmt(summary["mean"]["nsd"], 100),
+            *(_fmt(mm["per_class_nsd"][c], 100) for c in names),
+        ]
+    assert "nan" not in table_text.lower().replace("empty=nan", "")
+
+
+def test_table_md_figures_equal_summary_json(tmp_path: Path) -> None:
+    agg = synapse_aggregator()
+    summary = build_evaluation_summary(agg, CLASS_NAMES, SETTINGS, "nan")
+    written = write_evaluation_report(tmp_path / "eval", summary, agg)
+    assert sorted(written) == ["per_case", "summary", "table"]
+    assert _visible_files(tmp_path / "eval") == ["per_case.csv", "summary.json", "table.md"]
+    on_disk = json.loads(written["summary"].read_text())
+    table = written["table"].read_text()
+    _assert_table_matches_summary(table, on_disk)
+    assert table == format_evaluation_tables(summary)  # the same text from the summary in memory
+    # the figures the user compared: the mm mean is a number, equal to summary.json, with the failures shown
+    (_, mm_row, failed_row, _) = _tables(table)[1]
+    assert mm_row[1] == "6.86" == f"{on_disk['mm']['mean_hd95_mm']:.2f}"
+    assert failed_row[1] == "3/16" and failed_row[5] == "1/2" and failed_row[-1] == "2/2"
+    assert mm_row[-1] == MISSING and on_disk["mm"]["per_class_hd95_mm"]["pancreas"] is None
+    assert "msa2net_paper" in table and "MSA2Net (msa2net)" not in table
+
+
+@pytest.mark.parametrize(("empty", "text"), [("diagonal", "diagonal of the image"), (50.0, "scores 50 mm")])
+def test_table_states_the_empty_policy(empty: str | float, text: str) -> None:
+    agg = filled_aggregator()
+    summary = build_evaluation_summary(agg, ["background", "spleen", "liver"], {"model": "m"}, empty)
+    table = format_evaluation_tables(json.loads(json.dumps(json_safe(summary))))
+    assert f"empty={empty}" in table and text in table
+    assert _tables(table)[0][0] == ["Method", "DSC", "HD95", "spleen", "liver"]  # not Synapse: class names
+    assert "NSD" not in table  # not computed
+
+
+def test_evaluate_writes_tables_that_match_its_summary(data_synapse_prepared: Path, tmp_path: Path) -> None:
+    import msa2net
+    from msa2net.data.preprocessing import Preprocessing
+    from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
+    from msa2net.engine.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = msa2net.create_model("msa2net_test", num_classes=9, img_size=64).eval()
+    path = tmp_path / "model.pt"
+    save_checkpoint(make_checkpoint(model, "msa2net_test", Preprocessing(kind="unit").to_dict(), CLASS_NAMES), path)
+    out = tmp_path / "eval"
+    report = evaluate(path, data_synapse_prepared, out, device="cpu", progress=False, overlays_per_case=0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json_safe(report)
+    assert summary["settings"]["title"] == "msa2net_test"
+    _assert_table_matches_summary((out / "table.md").read_text(), summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# Overlays
+# ----------------------------------------------------------------------------------------------
+
+
+def test_overlay_blends_label_colours_on_minmax_scaled_image(tmp_path: Path) -> None:
+    image = np.array([[10.0, 20.0], [30.0, 50.0]])
+    labels = np.array([[0, 1], [2, 0]])
+    path = write_overlay_png(image, labels, tmp_path / "ov.png", alpha=0.5)
+    out = np.asarray(Image.open(path))
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0, 0], [0, 0, 0])  # min -> black, background untouched
+    np.testing.assert_array_equal(out[1, 1], [255, 255, 255])  # max -> white
+    grey_01 = round((20 - 10) / 40 * 255)
+    np.testing.assert_array_equal(out[0, 1], np.round(0.5 * grey_01 + 0.5 * OVERLAY_COLORS[1].astype(float)))
+    grey_10 = round((30 - 10) / 40 * 255)
+    np.testing.assert_array_equal(out[1, 0], np.round(0.5 * grey_10 + 0.5 * OVERLAY_COLORS[2].astype(float)))
+    assert _visible_files(tmp_path) == ["ov.png"]
+
+
+def test_overlay_with_reference_is_ground_truth_then_prediction(tmp_path: Path) -> None:
+    image = np.array([[10.0, 20.0], [30.0, 50.0]])
+    truth, pred = np.array([[0, 1], [0, 0]]), np.array([[0, 0], [2, 0]])
+    out = np.asarray(Image.open(write_overlay_png(image, pred, tmp_path / "pair.png", reference=truth)))
+    assert out.shape == (2, 2 + 4 + 2, 3)
+    left = np.asarray(Image.open(write_overlay_png(image, truth, tmp_path / "t.png")))
+    right = np.asarray(Image.open(write_overlay_png(image, pred, tmp_path / "p.png")))
+    np.testing.assert_array_equal(out[:, :2], left)
+    np.testing.assert_array_equal(out[:, 6:], right)
+    assert (out[:, 2:6] == 255).all()
+    with pytest.raises(ValueError, match="labels shape"):
+        write_overlay_png(image, pred, tmp_path / "bad.png", reference=np.zeros((3, 3), int))
+
+
+def test_overlay_accepts_rgb_and_rejects_bad_labels(tmp_path: Path) -> None:
+    rgb = np.zeros((3, 4, 3), np.uint8)
+    rgb[..., 1] = 200
+    rgb[0, 0] = 0
+    out = np.asarray(Image.open(write_overlay_png(rgb, np.zeros((3, 4), int), tmp_path / "rgb.png")))
+    assert out[1, 1, 1] == 255 and out[1, 1, 0] == 0  # per-image min-max over all channels
+    with pytest.raises(ValueError, match="0..15"):
+        write_overlay_png(rgb, np.full((3, 4), 16), tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="0..2"):
+        write_overlay_png(rgb, np.full((3, 4), 3), tmp_path / "bad.png", num_classes=3)
+    with pytest.raises(ValueError, match="differs from image shape"):
+        write_overlay_png(rgb, np.zeros((4, 3), int), tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Training logs and the demo report
+# ----------------------------------------------------------------------------------------------
+
+
+def test_metrics_csv_columns_in_order_of_first_appearance(tmp_path: Path) -> None:
+    history = [{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": 0.5, "val_mean_dice": 0.25}]
+    path = write_metrics_csv(tmp_path / "run" / "metrics.csv", history)
+    assert path is not None
+    assert path.read_text() == "epoch,train_loss,val_mean_dice\n1,0.9,\n2,0.5,0.25\n"
+    assert write_metrics_csv(tmp_path / "none.csv", []) is None and not (tmp_path / "none.csv").exists()
+
+
+def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
+    history = [
+        {"epoch": 1, "train_loss": 0.9, "val_mean_dice": NAN},
+        {"epoch": 2, "train_loss": 0.5, "val_mean_dice": 0.4},
+    ]
+    path = plot_curves(history, tmp_path / "curves.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (1000, 360)
+    assert _visible_files(tmp_path) == ["curves.png"]
+
+
+def test_demo_report_quotes_the_evaluation(tmp_path: Path) -> None:
+    agg = synapse_aggregator()
+    summary = json.loads(json.dumps(json_safe(build_evaluation_summary(agg, CLASS_NAMES, SETTINGS, "nan"))))
+    table = format_evaluation_tables(summary)
+    path = write_demo_report(
+        tmp_path / "report.md",
+        model_name="msa2net_demo",
+        img_size=(96, 96),
+        n_cases=10,
+        evaluation=summary,
+        table=table,
+        best_mean_dice=0.5,
+        best_epoch=3,
+        curves="curves.png",
+        overlays=["eval/overlays/case0001_z003.png"],
+        seconds={"train": 12.5},
+    )
+    text = path.read_text()
+    assert table.rstrip("\n") in text
+    assert f"**Mean Dice (legacy protocol): {summary['legacy']['mean_dice']:.4f}**" in text
+    assert "(case0001, case0002)" in text and "msa2net_demo, 96x96" in text
+    assert "![case0001_z003](eval/overlays/case0001_z003.png)" in text and "![curves](curves.png)" in text
+    assert "- train: 12.5" in text
+    assert re.search(r"best validation Dice 0\.5000 at epoch 3", text)

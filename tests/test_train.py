@@ -226,7 +226,9 @@ def test_resume_after_sigkill_is_exact(data_synapse_prepared, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     interrupted_at = load_checkpoint(killed / "last.pt")["epoch"]
     assert interrupted_at < epochs
+    (killed / ".tmp-0123456789ab-last.pt").write_bytes(b"what a kill during a save leaves")
     subprocess.run(_cli("train", "--resume", str(killed / "last.pt")), check=True, env=env, timeout=600)
+    assert not list(killed.glob(".tmp-*"))  # stale temporary files are cleaned on resume
 
     a, b = _weights(straight / "last.pt"), _weights(killed / "last.pt")
     assert a.keys() == b.keys()

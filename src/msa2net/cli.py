@@ -163,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(f"config of {args.resume}", overrides, base=base)
     else:
         cfg = load_config(args.config or "synapse", overrides)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--official", help="start from an authors' MSA2Net .pth")
     p.add_argument("--resume", help="last.pt (or its run folder) to continue exactly")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run's outputs in --out (default: refuse)"
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field, e.g. train.lr=0.01")
     p.set_defaults(func=cmd_train)
 

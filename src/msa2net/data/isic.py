@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from msa2net._progress import progress_enabled
 from msa2net.data.io import atomic_path, read_image, write_text_atomic
 from msa2net.data.preprocessing import ISIC_PREPROCESSING, Preprocessing
 from msa2net.data.source import Case, EpochSeededDataset, Source, Split, register_source
@@ -198,7 +199,9 @@ def prepare_isic2018(
 
     images = np.empty((len(pairs), height, width, 3), dtype=np.uint8)
     masks = np.empty((len(pairs), height, width), dtype=np.uint8)
-    for i, (_, image_path, mask_path) in enumerate(tqdm(pairs, desc="prepare isic2018", disable=not progress)):
+    for i, (_, image_path, mask_path) in enumerate(
+        tqdm(pairs, desc="prepare isic2018", disable=not progress_enabled(progress))
+    ):
         images[i], masks[i] = _load_pair(image_path, mask_path, (height, width))
     out.mkdir(parents=True, exist_ok=True)
     # split.json goes last: it marks a complete preparation.

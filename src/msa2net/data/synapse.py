@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from msa2net._progress import progress_enabled
 from msa2net.data.io import Geometry, ImageReadError, atomic_path, read_image, write_text_atomic
 from msa2net.data.preprocessing import CT_PREPROCESSING, Preprocessing
 from msa2net.data.source import Case, EpochSeededDataset, Source, register_source
@@ -335,7 +336,9 @@ def prepare_synapse(
     train_names: list[str] = []
     train_cases: list[str] = []
     test_cases: list[str] = []
-    for case, image_path, label_path in tqdm(pairs, desc="prepare synapse", unit="case", disable=not progress):
+    for case, image_path, label_path in tqdm(
+        pairs, desc="prepare synapse", unit="case", disable=not progress_enabled(progress)
+    ):
         size, spacing_xyz = _header_info(case, image_path)
         depth = size[2]
         is_test = case[4:] in TEST_CASES

@@ -54,7 +54,7 @@ def run_demo(
         "demo", [f"data.root={prepared}", f"out_dir={out / 'run'}", f"train.device={device}", *(overrides or [])]
     )
     cfg.train.progress = progress and cfg.train.progress
-    result = train(cfg)
+    result = train(cfg, overwrite=True)  # the demo redoes its own run
     step("train")
     best = Path(result["best"])
     summary = evaluate(best, prepared, out / "eval", device=device, progress=False)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._progress import progress_enabled
 from ..data.preprocessing import SYNAPSE_PREPROCESSING, Preprocessing
 from ..data.transforms import resize_image, resize_label
 from ..models import MSA2Net
@@ -94,7 +95,7 @@ def predict_volume(
     depth, h, w = unit.shape[:3]
     size = model.img_size
     out = np.zeros((depth, h, w), dtype=np.uint8 if model.num_classes <= 256 else np.int16)
-    bar = tqdm(total=depth, desc=desc, unit="slice", disable=not progress, leave=False)
+    bar = tqdm(total=depth, desc=desc, unit="slice", disable=not progress_enabled(progress), leave=False)
     for sl in _batches(depth, max(1, batch_size)):
         batch = np.stack([prep.normalize(resize_image(unit[z], size, order=3)) for z in range(sl.start, sl.stop)])
         batch = batch[:, None] if batch.ndim == 3 else batch.transpose(0, 3, 1, 2)  # -> (N, C, H, W)

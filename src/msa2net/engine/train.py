@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from .._progress import progress_enabled
 from ..config import Config, config_from_dict
 from ..data.source import EpochSeededDataset, Source, Split, open_source
 from ..data.transforms import build_transform
@@ -27,6 +29,7 @@ from ..report import write_metrics_csv as _write_metrics_csv
 from . import distributed
 from .checkpoint import load_checkpoint, make_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .inference import predict_volume
+from .run_folder import RunFolderLock, prepare_run_folder
 
 # ---------------------------------------------------------------------------------------------- data
 
@@ -152,24 +155,67 @@ def _amp(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, bool]:
     raise ValueError(f"train.amp must be none, bf16 or fp16, got {amp!r}")
 
 
-def train(cfg: Config, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+def train(cfg: Config, resume: str | os.PathLike | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train a model as ``cfg`` says; under torchrun, with DistributedDataParallel.
 
     Writes into ``cfg.out_dir`` (rank 0 only): ``config.yaml`` (resolved), ``last.pt`` (every epoch, atomic),
-    ``best.pt`` (best validation mean Dice), ``metrics.csv``, ``curves.png`` and TensorBoard logs.
+    ``best.pt`` (best validation mean Dice; not written without validation: use ``last.pt``), ``metrics.csv``,
+    ``curves.png`` and TensorBoard logs. The run folder is locked for the run's life (a second writer is refused,
+    naming the holder); a folder that already holds files is refused unless the run resumes or ``overwrite`` is
+    set; temporary files of interrupted writes are removed (see :mod:`msa2net.engine.run_folder`).
 
     Args:
         cfg: the resolved configuration.
         resume: a ``last.pt`` (or its run folder) to continue from exactly.
+        overwrite: replace the outputs of an earlier run in ``cfg.out_dir``.
 
     Returns:
-        A summary: best Dice and epoch, epochs and iterations done, checkpoint paths.
+        A summary: best Dice and epoch (None without validation), epochs and iterations done, checkpoint paths
+        (``best`` is ``last.pt`` without validation).
     """
     info = distributed.setup(cfg.train.device)
+    lock = RunFolderLock(cfg.out_dir) if info.is_main else None
     try:
+        if lock is not None:
+            lock.acquire()
+            removed = prepare_run_folder(cfg.out_dir, resume=resume is not None, overwrite=overwrite)
+            if removed:
+                print(f"note: removed from {cfg.out_dir}: {', '.join(removed)}")
         return _train(cfg, info, resume)
+    except KeyboardInterrupt:
+        if info.is_main and (Path(cfg.out_dir) / "last.pt").is_file():
+            print(
+                f"\ninterrupted: continue with  msa2net train --resume {Path(cfg.out_dir) / 'last.pt'}  (the last "
+                "completed epoch is kept)",
+                file=sys.stderr,
+            )
+        raise
     finally:
+        if lock is not None:
+            lock.release()
         distributed.cleanup()
+
+
+class _NoLoneLastBatch(BatchSampler):
+    """Batches of ``sampler`` with a final batch of exactly one sample dropped.
+
+    BatchNorm cannot normalise one sample whose feature map is 1x1 (the decoder's bottleneck), so a lone last sample
+    would crash training; it is skipped for that epoch (the shuffled order puts another sample last next epoch).
+    """
+
+    def __iter__(self):
+        batches = super().__iter__()
+        previous = next(batches, None)
+        for batch in batches:
+            yield previous
+            previous = batch
+        if previous is not None and (len(previous) > 1 or self.batch_size == 1):
+            yield previous
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest > 1 else 0)
 
 
 @dataclass
@@ -228,16 +274,23 @@ def _build(cfg: Config, info: distributed.DistInfo, ckpt: dict[str, Any] | None)
     sampler = DistributedSampler(
         data.train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=t.seed, drop_last=False
     )
+    per_rank = t.batch_size // info.world_size
+    if per_rank < 2:
+        raise ValueError(
+            f"train.batch_size {t.batch_size} gives {per_rank} sample per process; BatchNorm needs at least 2: use "
+            f"train.batch_size >= {2 * info.world_size}"
+        )
     loader = DataLoader(
         data.train,
-        batch_size=t.batch_size // info.world_size,
-        sampler=sampler,
+        batch_sampler=_NoLoneLastBatch(sampler, per_rank, drop_last=False),
         num_workers=cfg.data.num_workers,
         pin_memory=info.device.type == "cuda",
         persistent_workers=cfg.data.num_workers > 0,
     )
     if len(loader) == 0:
-        raise ValueError(f"no training samples in {cfg.data.root}")
+        raise ValueError(
+            f"{len(sampler)} training sample(s) per process in {cfg.data.root}: too few for one batch of 2; add data"
+        )
     max_iterations = t.epochs * len(loader)
 
     model = create_model(
@@ -320,7 +373,7 @@ def _start_logging(run: _Run, resumed: bool) -> None:
     run.bar = tqdm(
         total=run.max_iterations,
         initial=run.iteration,
-        disable=not (info.is_main and cfg.train.progress),
+        disable=not (info.is_main and progress_enabled(cfg.train.progress)),
         unit="it",
         dynamic_ncols=True,
     )
@@ -451,7 +504,7 @@ def _end_of_epoch(run: _Run, epoch: int, row: dict[str, float]) -> None:
             world_size=info.world_size,
             skipped_steps=run.skipped_steps,
         )
-        if improved or not run.data.split.val:
+        if improved:
             save_checkpoint(state, run.out / "best.pt")
         save_checkpoint(state, run.out / "last.pt")
         _write_metrics_csv(run.out / "metrics.csv", run.history)
@@ -471,15 +524,18 @@ def _train(cfg: Config, info: distributed.DistInfo, resume: str | os.PathLike | 
     run.bar.close()
     if run.writer is not None:
         run.writer.close()
+    validated = bool(run.data.split.val)
+    if not validated and info.is_main:
+        print("note: no validation (data.validation=none): there is no best.pt; use last.pt")
     return {
         "out_dir": str(run.out),
-        "best_mean_dice": run.best,
-        "best_epoch": run.best_epoch,
+        "best_mean_dice": run.best if validated else None,
+        "best_epoch": run.best_epoch if validated else None,
         "epochs_done": run.history[-1]["epoch"] if run.history else run.start_epoch,
         "iterations": run.iteration,
         "skipped_steps": run.skipped_steps,
         "last": str(run.out / "last.pt"),
-        "best": str(run.out / "best.pt"),
+        "best": str(run.out / ("best.pt" if validated else "last.pt")),
     }
 
 

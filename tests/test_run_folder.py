@@ -1,0 +1,148 @@
+"""Run folders: never silently reused, one writer at a time, no stale temporary files; small batches and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from msa2net._progress import progress_enabled
+from msa2net.config import load_config
+from msa2net.data.source import open_source
+from msa2net.engine import train as train_module
+from msa2net.engine.run_folder import RunFolderBusy, RunFolderLock, prepare_run_folder
+from msa2net.engine.train import train
+
+TINY = [
+    "model.name=msa2net_test",
+    "model.img_size=[64, 64]",
+    "model.pretrained_encoder=null",
+    "train.batch_size=4",
+    "train.progress=false",
+    "train.device=cpu",
+    "train.loss=ce_dice",
+    "data.num_workers=0",
+]
+
+
+def _cfg(root: Path, out: Path, *extra: str):
+    return load_config("synapse", [*TINY, f"data.root={root}", f"out_dir={out}", *extra])
+
+
+def test_a_used_run_folder_is_refused_unless_resume_or_overwrite(data_synapse_prepared, tmp_path):
+    out = tmp_path / "run"
+    cfg = _cfg(data_synapse_prepared, out, "train.epochs=1", "train.max_iterations=1", "data.validation=none")
+    first = train(cfg)
+    assert first["best"] == str(out / "last.pt") and first["best_mean_dice"] is None  # no validation: no best.pt
+    assert not (out / "best.pt").exists()
+    (out / "notes.txt").write_text("mine")
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(FileExistsError, match=r"already holds .*--resume .*last.pt.*--overwrite"):
+        train(cfg)
+    assert (out / "last.pt").read_bytes() == before  # the refused run wrote nothing
+    train(_cfg(data_synapse_prepared, out, "train.epochs=1", "train.max_iterations=1", "train.seed=5"), overwrite=True)
+    assert (out / "last.pt").read_bytes() != before and (out / "best.pt").is_file()
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own outputs are replaced
+
+
+def test_prepare_run_folder_removes_stale_temporary_files(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in (".tmp-0123456789ab-last.pt", ".tmp-ba9876543210-curves.png"):
+        (out / name).write_bytes(b"x" * 100)
+    (out / "last.pt").write_bytes(b"weights")
+    removed = prepare_run_folder(out, resume=True, overwrite=False)
+    assert sorted(removed) == [".tmp-0123456789ab-last.pt", ".tmp-ba9876543210-curves.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt"]
+    assert prepare_run_folder(tmp_path / "run", resume=True, overwrite=False) == []
+
+
+def test_lock_names_the_holder_and_is_released(tmp_path):
+    holder = RunFolderLock(tmp_path / "run")
+    holder.acquire()
+    try:
+        with pytest.raises(RunFolderBusy, match=rf"run folder {tmp_path / 'run'} is in use by pid {os.getpid()}"):
+            RunFolderLock(tmp_path / "run").acquire()
+    finally:
+        holder.release()
+    with RunFolderLock(tmp_path / "run"):  # free again
+        pass
+
+
+@pytest.mark.slow
+def test_second_train_into_a_running_folder_is_refused_within_seconds(data_synapse_prepared, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "synapse", "--data", str(data_synapse_prepared), "--out", str(out), "--epochs", "50"]
+    for item in TINY:
+        args += ["--set", item]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "msa2net.cli", *args], env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "last.pt").is_file():  # the first run is training and has written a checkpoint
+            assert first.poll() is None and time.time() < deadline, "the first run did not start"
+            time.sleep(0.1)
+        config_before = (out / "config.yaml").read_bytes()
+        started = time.time()
+        second = subprocess.run(
+            [sys.executable, "-m", "msa2net.cli", *args, "--seed", "99", "--overwrite"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        elapsed = time.time() - started
+        assert second.returncode != 0
+        assert f"run folder {out} is in use by pid {first.pid}" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+        assert elapsed < 30  # refused before anything is built (interpreter start-up included)
+        assert (out / "config.yaml").read_bytes() == config_before
+        assert len(list((out / "tensorboard").iterdir())) == 1  # one writer's event file
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+
+
+def test_a_lone_last_sample_is_dropped_not_fatal(data_synapse_prepared, tmp_path):
+    n = len(open_source(data_synapse_prepared).training_dataset(["case0005", "case0006"], lambda *a: a, 0))
+    batch = n - 1  # the last batch of every epoch would hold one sample
+    out = tmp_path / "run"
+    # at 32 px the deepest feature map is 1x1: BatchNorm fails on a one-sample batch there
+    cfg = _cfg(
+        data_synapse_prepared, out, "train.epochs=1", "data.validation=none", f"train.batch_size={batch}",
+        "model.img_size=[32, 32]",
+    )  # fmt: skip
+    result = train(cfg)
+    assert result["iterations"] == 1  # one full batch; the lone sample waits for the next (reshuffled) epoch
+    with pytest.raises(ValueError, match=r"BatchNorm needs at least 2.*train.batch_size >= 2"):
+        train(_cfg(data_synapse_prepared, tmp_path / "one", "train.batch_size=1"))
+
+
+def test_ctrl_c_says_how_to_resume_and_releases_the_lock(data_synapse_prepared, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+
+    def interrupted(cfg, info, resume):
+        (out / "last.pt").write_bytes(b"a finished epoch")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(data_synapse_prepared, out))
+    assert f"msa2net train --resume {out / 'last.pt'}" in capsys.readouterr().err
+    with RunFolderLock(out):  # released
+        pass
+
+
+def test_tqdm_disable_is_honoured(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert progress_enabled(True) and not progress_enabled(False)
+    for value in ("1", "true", "YES"):
+        monkeypatch.setenv("TQDM_DISABLE", value)
+        assert not progress_enabled(True)
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert progress_enabled(True)

@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .._progress import progress_enabled
-from ..config import Config, config_from_dict
+from ..config import Config, config_from_dict, validate_config
 from ..data.source import EpochSeededDataset, Source, Split, open_source
 from ..data.transforms import build_transform
 from ..losses import build_loss
@@ -114,8 +114,6 @@ def scaled_lr(cfg: Config, global_batch: int) -> float:
     t = cfg.train
     if t.lr_scaling == "authors" and global_batch % 5 == 0 and global_batch != 24:
         return t.lr * global_batch / 24
-    if t.lr_scaling not in ("authors", "none"):
-        raise ValueError(f"train.lr_scaling must be authors or none, got {t.lr_scaling!r}")
     return t.lr
 
 
@@ -123,9 +121,7 @@ def _optimizer(cfg: Config, model: nn.Module, lr: float) -> torch.optim.Optimize
     t = cfg.train
     if t.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay)
-    raise ValueError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay)  # "adamw"
 
 
 def _scheduler(cfg: Config, optimizer: torch.optim.Optimizer, max_iterations: int):
@@ -137,9 +133,7 @@ def _scheduler(cfg: Config, optimizer: torch.optim.Optimizer, max_iterations: in
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=t.plateau_factor, patience=t.plateau_patience
         )
-    if t.scheduler == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
-    raise ValueError(f"train.scheduler must be poly, plateau or constant, got {t.scheduler!r}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)  # "constant"
 
 
 def _amp(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -148,11 +142,9 @@ def _amp(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, bool]:
         return None, False
     if amp == "bf16":
         return torch.bfloat16, False
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs CUDA (it uses a gradient scaler); on CPU use bf16")
-        return torch.float16, True
-    raise ValueError(f"train.amp must be none, bf16 or fp16, got {amp!r}")
+    if device.type != "cuda":  # "fp16" (the config allows it with device auto, which may find no GPU)
+        raise ValueError(f"train.amp=fp16 needs CUDA (it uses a gradient scaler); this run is on {device}: use bf16")
+    return torch.float16, True
 
 
 def train(cfg: Config, resume: str | os.PathLike | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -173,6 +165,7 @@ def train(cfg: Config, resume: str | os.PathLike | None = None, overwrite: bool 
         A summary: best Dice and epoch (None without validation), epochs and iterations done, checkpoint paths
         (``best`` is ``last.pt`` without validation).
     """
+    validate_config(cfg)  # choices and ranges, before anything is read or written
     info = distributed.setup(cfg.train.device)
     lock = RunFolderLock(cfg.out_dir) if info.is_main else None
     try:

@@ -3,6 +3,7 @@ files copy them first."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,15 @@ def data_isic_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("isic_raw")
     make_isic_phantom(root, n=24, seed=5, size=(48, 64))
     return root
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run the test's torch ops on one thread. On a shared machine, threads competing with other processes make
+    the small models many times slower; they gain nothing from a second thread anyway."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,10 +7,10 @@ import collections
 import numpy as np
 import pytest
 import torch
-from reference import REFERENCE_DIR, fill, official_state_dict, parity_case
+from reference import PARITY_SEED, fill_tensor, official_state_dict, parity_case, reference_input
 
 from msa2net.models import OfficialCheckpointError, create_model, load_official_weights
-from msa2net.models.official import detect_variant
+from msa2net.models.official import convert_official_state_dict, detect_variant
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +43,25 @@ def test_drops_exactly_the_dead_keys(paper_sd, paper_model):
 
 
 def test_wrappers_prefix_and_file(tmp_path, paper_sd, paper_model):
-    variants = {
+    """Every accepted form loads exactly the tensors of the bare state dict (whose logits match the reference)."""
+    sources = {
         "plain": paper_sd,
         "state_dict": {"state_dict": paper_sd},
         "model": {"model": paper_sd, "epoch": 3},
         "module": collections.OrderedDict((f"module.{k}", v) for k, v in paper_sd.items()),
+        "file": tmp_path / "best_model.pth",
     }
-    for name, source in variants.items():
-        model = create_model("msa2net_paper")
-        load_official_weights(model, source)
-        out, ref = _logits(model, "paper")
-        assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max(), name
-    path = tmp_path / "best_model.pth"
-    torch.save(paper_sd, path)
-    model = create_model("msa2net_paper")
-    load_official_weights(model, path)
-    out, ref = _logits(model, "paper")
+    torch.save(paper_sd, sources["file"])
+    expected, _, _, _ = convert_official_state_dict(paper_sd)
+    for name, source in sources.items():
+        with torch.no_grad():
+            for tensor in paper_model.state_dict().values():
+                tensor.zero_()  # whatever is there afterwards was loaded from this source
+        load_official_weights(paper_model, source)
+        state = paper_model.state_dict()
+        assert sorted(state) == sorted(expected), name
+        assert [k for k in expected if not torch.equal(state[k], expected[k])] == [], name
+    out, ref = _logits(paper_model, "paper")
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
@@ -74,14 +77,13 @@ def test_refuses_pickled_code(tmp_path, paper_model):
         load_official_weights(paper_model, path)
 
 
-def test_missing_extra_and_misshaped_keys_are_listed(paper_sd):
-    model = create_model("msa2net_paper")
+def test_missing_extra_and_misshaped_keys_are_listed(paper_sd, paper_model):
     broken = dict(paper_sd)
     del broken["decoder_1.layer_lka_1.norm1.weight"]
     broken["decoder_1.surprise.weight"] = torch.zeros(3)
     broken["decoder_0.x1_linear.weight"] = torch.zeros(96, 95)
     with pytest.raises(OfficialCheckpointError) as info:
-        load_official_weights(model, broken)
+        load_official_weights(paper_model, broken)
     msg = str(info.value)
     assert "missing (1):\n    decoder.stage1.blocks.0.norm1.weight" in msg
     assert "unexpected (1):\n    decoder_1.surprise.weight" in msg
@@ -89,7 +91,8 @@ def test_missing_extra_and_misshaped_keys_are_listed(paper_sd):
 
 
 def test_wrong_variant_is_named(paper_sd):
-    model = create_model("msa2net_released")
+    # refused on the keys alone, before any shape is compared: the small encoder says the same
+    model = create_model("msa2net_test", variant="released", img_size=64)
     with pytest.raises(OfficialCheckpointError, match="paper-variant checkpoint but the model is the released"):
         load_official_weights(model, paper_sd)
     with pytest.raises(OfficialCheckpointError, match="neither"):
@@ -100,14 +103,14 @@ def test_class_count_mismatch_and_other_counts(paper_sd):
     model = create_model("msa2net_paper", num_classes=4)
     with pytest.raises(OfficialCheckpointError, match=r"decoder.stage0.head.weight: checkpoint \(9, 96, 1, 1\)"):
         load_official_weights(model, paper_sd)
-    # an official checkpoint built for 4 classes and filled the same way loads and runs
-    entries = [
-        (k, (4, *s[1:]) if k.startswith("decoder_0.last_layer") else s, d)
-        for k, s, d in fill.read_key_file(REFERENCE_DIR / "official_keys_paper.txt")
-    ]
-    load_official_weights(model, fill.fill_state_dict(entries, seed=3))
+    # an official checkpoint built for 4 classes and filled the same way loads and runs (each entry is filled on
+    # its own, so only the head's entries change)
+    four = dict(paper_sd)
+    for key in [k for k in paper_sd if k.startswith("decoder_0.last_layer.")]:
+        four[key] = fill_tensor(key, (4, *paper_sd[key].shape[1:]), paper_sd[key].dtype, seed=PARITY_SEED)
+    load_official_weights(model, four)
     with torch.inference_mode():
-        out = model.eval()(fill.reference_input((2, 1, 224, 224), 3))
+        out = model.eval()(reference_input((2, 1, 224, 224), 3))
     assert out.shape == (2, 4, 224, 224) and torch.isfinite(out).all()
 
 

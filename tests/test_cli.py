@@ -189,7 +189,9 @@ def test_pretrained_encoder_none_means_no_weights_and_text_options_stay_text(tmp
     import msa2net.engine.train as engine_train
 
     seen = []
-    monkeypatch.setattr(engine_train, "train", lambda cfg, resume=None: seen.append(cfg) or {"ok": True})
+    monkeypatch.setattr(
+        engine_train, "train", lambda cfg, resume=None, overwrite=False: seen.append(cfg) or {"ok": True}
+    )
     for spelling in ("none", "None", "NONE"):
         assert main(["train", "synapse", "--pretrained-encoder", spelling, "--data", "2024", "--device", "cuda:1"]) == 0
         cfg = seen.pop()

@@ -262,6 +262,15 @@ def test_publish_refuses_a_non_empty_folder_unless_overwrite(
     assert (copy / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
 
+    # a published folder re-published (another licence) keeps its provenance, evaluation and weights
+    again = publish(copy, tmp_path / "again", license="apache-2.0")
+    old_config, old_state = read_pretrained(copy)
+    new_config, new_state = read_pretrained(again.folder)
+    assert new_config["license"] == "apache-2.0" and again.notes == []
+    assert new_config["provenance"] == old_config["provenance"]
+    assert new_config["evaluation"] == old_config["evaluation"] is not None
+    assert all(torch.equal(new_state[k], old_state[k]) for k in old_state)
+
 
 def test_card_of_an_isic_summary_shows_the_pooled_scores() -> None:
     model = msa2net.create_model("msa2net_test", num_classes=2, in_channels=3, img_size=64)
@@ -355,9 +364,24 @@ def test_repo_id_offline_fails_fast_saying_what_to_download(
         msa2net.MSA2Net.from_pretrained("msa2net-tests/not-published", cache_dir=tmp_path / "cache")
     assert time.monotonic() - start < 5.0
     message = str(info.value)
-    assert "huggingface-cli download msa2net-tests/not-published" in message
+    assert "hf download msa2net-tests/not-published --local-dir not-published" in message
     assert "config.json" in message and "model.safetensors" in message and "--model PATH" in message
     assert ("HF_HUB_OFFLINE is set" if "HF_HUB_OFFLINE" in env else "http://127.0.0.1:9") in message
+
+
+def test_repo_id_in_the_hub_cache_loads_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = msa2net.create_model("msa2net_test", num_classes=2, img_size=64).eval()
+    cache = tmp_path / "cache"
+    repo = cache / "models--msa2net-tests--cached"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    model.save_pretrained(repo / "snapshots" / commit, class_names=["background", "lesion"])
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    loaded = msa2net.MSA2Net.from_pretrained("msa2net-tests/cached", cache_dir=cache)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(HubUnavailableError, match="not in the hub cache"):
+        msa2net.MSA2Net.from_pretrained("msa2net-tests/other", cache_dir=cache, local_files_only=True)
 
 
 def test_predict_and_publish_with_the_hub_offline_fail_with_instructions(
@@ -369,15 +393,13 @@ def test_predict_and_publish_with_the_hub_offline_fail_with_instructions(
     start = time.monotonic()
     assert main(["predict", "-i", str(image), "-o", str(tmp_path / "o"), "--model", "msa2net-tests/absent"]) == 2
     err = capsys.readouterr().err
-    assert "huggingface-cli download msa2net-tests/absent" in err and "--model PATH" in err
+    assert "hf download msa2net-tests/absent" in err and "--model PATH" in err
 
     out = tmp_path / "folder"
     args = ["publish", "--checkpoint", str(run_dir / "best.pt"), "-o", str(out), "--push", "msa2net-tests/absent"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert (
-        "cannot upload to 'msa2net-tests/absent'" in err and f"huggingface-cli upload msa2net-tests/absent {out}" in err
-    )
+    assert "cannot upload to 'msa2net-tests/absent'" in err and f"hf upload msa2net-tests/absent {out} ." in err
     assert {p.name for p in out.iterdir()} == PUBLISHED_FILES  # written before the upload was tried
     assert time.monotonic() - start < 20.0
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models.pretrained import build_pretrained_config, file_sha256, push_folder_to_hub, save_pretrained
+from ..models.pretrained import CONFIG_NAME, build_pretrained_config, file_sha256, push_folder_to_hub, save_pretrained
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
 __all__ = ["EVAL_SUMMARY_CANDIDATES", "PublishResult", "find_run_files", "provenance_of", "publish"]
@@ -52,7 +52,7 @@ def find_run_files(source: str | os.PathLike[str]) -> tuple[Path, Path | None]:
     """The checkpoint and evaluation summary to publish for a checkpoint file or a run folder.
 
     A run folder gives ``best.pt`` (else ``last.pt``, when the run had no validation) and the first of
-    :data:`EVAL_SUMMARY_CANDIDATES` that exists; a file gives itself and no summary.
+    :data:`EVAL_SUMMARY_CANDIDATES` that exists; a file or a published folder gives itself and no summary.
 
     Raises:
         CheckpointError: the path does not exist, or the folder holds neither ``best.pt`` nor ``last.pt``.
@@ -60,7 +60,7 @@ def find_run_files(source: str | os.PathLike[str]) -> tuple[Path, Path | None]:
     path = Path(source)
     if not path.exists():
         raise CheckpointError(f"{str(path)!r} does not exist; pass a checkpoint file (RUN/best.pt) or a run folder")
-    if path.is_file():
+    if path.is_file() or (path / CONFIG_NAME).is_file():  # a checkpoint, or a published folder (re-published)
         return path, None
     checkpoint = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), None)
     if checkpoint is None:
@@ -75,6 +75,8 @@ def provenance_of(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """Where a checkpoint's weights come from, for ``config.json``: source checkpoint and its SHA-256, and for a
     training checkpoint its epoch, best validation metric and epoch, which one it is, and the run config; for an
     authors' checkpoint the detected variant and what the conversion assumed."""
+    if "pretrained" in ckpt:  # a published folder: its provenance stays
+        return dict(ckpt["pretrained"].get("provenance") or {})
     base: dict[str, Any] = {"source_checkpoint": str(path), "source_sha256": file_sha256(path)}
     config = ckpt.get("config") or {}
     if config.get("source") == "official":
@@ -140,8 +142,10 @@ def publish(
     """Write a checkpoint as a hub-layout folder ready to upload, and optionally upload it.
 
     Args:
-        source: A checkpoint (``RUN/best.pt``, ``last.pt``, a ``.safetensors`` export, an authors' ``.pth``) or a run
-            folder (its ``best.pt``, else ``last.pt``, and its evaluation summary, see :func:`find_run_files`).
+        source: A checkpoint (``RUN/best.pt``, ``last.pt``, a ``.safetensors`` export, an authors' ``.pth``), a run
+            folder (its ``best.pt``, else ``last.pt``, and its evaluation summary, see :func:`find_run_files`), or a
+            published folder (re-published with its provenance and, unless ``evaluation`` is given, its evaluation;
+            e.g. to change the licence).
         out_dir: The folder to write; it may not exist or be empty (a non-empty one needs ``overwrite``). Written
             atomically: a temporary folder beside it renamed into place.
         evaluation: A ``summary.json`` of ``msa2net evaluate`` of this checkpoint; overrides the run folder's.
@@ -167,14 +171,17 @@ def publish(
         notes.append(f"evaluation summary found in the run folder: {found}")
     ckpt = load_checkpoint(checkpoint)
     class_names = list(ckpt["class_names"])
-    summary = _read_summary(summary_path, class_names) if summary_path is not None else None
-    if summary is not None:
+    summary = None
+    if summary_path is not None:
+        summary = _read_summary(summary_path, class_names)
         evaluated = (summary.get("settings") or {}).get("checkpoint")
         if evaluated and Path(evaluated).name != checkpoint.name:
             notes.append(
                 f"the evaluation summary {summary_path} was made for {evaluated}, not {checkpoint}; check that it "
                 "evaluates the published weights"
             )
+    elif "pretrained" in ckpt:
+        summary = ckpt["pretrained"].get("evaluation")  # re-published: the folder's evaluation stays
     model = model_from_checkpoint(ckpt)
     config = build_pretrained_config(
         model,

@@ -104,8 +104,9 @@ def is_repo_id(text: str) -> bool:
 def _download_instructions(repo_id: str, endpoint: str, revision: str | None) -> str:
     rev = f" --revision {revision}" if revision else ""
     return (
-        f"On a machine with internet, download the repository: `huggingface-cli download {repo_id}{rev} "
-        f"--local-dir {repo_id.split('/')[-1]}` (or fetch {CONFIG_NAME} and {WEIGHTS_NAME} from "
+        f"On a machine with internet, download the repository: `hf download {repo_id}{rev} --local-dir "
+        f"{repo_id.split('/')[-1]}` (`huggingface-cli download` with huggingface_hub < 0.34; or fetch {CONFIG_NAME} "
+        f"and {WEIGHTS_NAME} from "
         f"{endpoint}/{repo_id}/tree/{revision or 'main'}), copy that folder to this machine and pass its path instead "
         f"of the repo id (--model PATH, or MSA2Net.from_pretrained(PATH))."
     )
@@ -316,7 +317,9 @@ def save_pretrained(
     staging.mkdir()
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "library": LIBRARY_NAME})
+        save_file(
+            tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"}
+        )  # one key: the bytes are reproducible
         (staging / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         if card is not False:
             if card is True:
@@ -526,8 +529,8 @@ def push_folder_to_hub(
         endpoint = _check_hub_reachable(repo_id, "upload to", revision)
     except HubUnavailableError as exc:
         raise HubUnavailableError(
-            f"{exc}The model folder {folder} is complete: upload it later with `huggingface-cli upload {repo_id} "
-            f"{folder} .` or rerun with --push."
+            f"{exc}The model folder {folder} is complete: upload it later with `hf upload {repo_id} {folder} .` "
+            "(`huggingface-cli upload` with huggingface_hub < 0.34) or rerun with --push."
         ) from None
     from huggingface_hub import HfApi
 
@@ -544,7 +547,7 @@ def push_folder_to_hub(
     except Exception as exc:  # HTTP errors of several kinds
         raise RuntimeError(
             f"uploading {folder} to {endpoint}/{repo_id} failed: {type(exc).__name__}: {exc}. Log in with "
-            "`huggingface-cli login` (or set HF_TOKEN) with write access to the repo."
+            "`hf auth login` (or set HF_TOKEN) with a token that may write to the repo."
         ) from exc
     return str(getattr(info, "commit_url", info))
 

@@ -44,6 +44,7 @@ from .inference import predict_image, predict_volume
 __all__ = [
     "MASK_SUFFIXES",
     "OVERLAY_SLICES",
+    "PREVIEW_MIN_SIZE",
     "PREVIEW_SLICES",
     "PredictReport",
     "class_file_names",

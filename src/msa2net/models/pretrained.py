@@ -105,10 +105,9 @@ def _download_instructions(repo_id: str, endpoint: str, revision: str | None) ->
     rev = f" --revision {revision}" if revision else ""
     return (
         f"On a machine with internet, download the repository: `hf download {repo_id}{rev} --local-dir "
-        f"{repo_id.split('/')[-1]}` (`huggingface-cli download` with huggingface_hub < 0.34; or fetch {CONFIG_NAME} "
-        f"and {WEIGHTS_NAME} from "
-        f"{endpoint}/{repo_id}/tree/{revision or 'main'}), copy that folder to this machine and pass its path instead "
-        f"of the repo id (--model PATH, or MSA2Net.from_pretrained(PATH))."
+        f"{repo_id.split('/')[-1]}` (`huggingface-cli download` with huggingface_hub < 0.34), or fetch {CONFIG_NAME} "
+        f"and {WEIGHTS_NAME} from {endpoint}/{repo_id}/tree/{revision or 'main'} into one folder. Copy that folder "
+        "to this machine and pass its path instead of the repo id (--model PATH, or MSA2Net.from_pretrained(PATH))."
     )
 
 
@@ -317,14 +316,14 @@ def save_pretrained(
     staging.mkdir()
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(
-            tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"}
-        )  # one key: the bytes are reproducible
-        (staging / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        from ..report import build_model_card, json_safe
+
+        # one metadata key: safetensors stores several in hash order, and the bytes would vary between saves
+        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        text = json.dumps(json_safe(cfg), indent=2, allow_nan=False)  # NaN figures become null
+        (staging / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
         if card is not False:
             if card is True:
-                from ..report import build_model_card
-
                 text = build_model_card(cfg, repo_id=repo_id)
             else:
                 text = str(card)

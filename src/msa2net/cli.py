@@ -199,9 +199,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import predict_files
 
+    inputs = [*(args.inputs or []), *(args.input or [])]
+    if not inputs:
+        args.parser.error("no inputs: pass image files or folders with -i/--input (repeatable) or as arguments")
+    one_command = args.model is not None  # --model: preview and volumes unless switched off
     report = predict_files(
-        args.checkpoint,
-        args.inputs,
+        args.model if one_command else args.checkpoint,
+        inputs,
         args.out,
         device=args.device,
         batch_size=args.batch_size,
@@ -209,11 +213,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
         amp=args.amp,
         overlays=args.overlays,
         output_format=args.format,
+        split=args.split,
+        preview=one_command if args.preview is None else args.preview,
+        volumes=one_command if args.volumes is None else args.volumes,
     )
     print(f"wrote {len(report.written)} file(s) to {args.out}")
     for line in report.failure_lines():
         print(f"failed: {line}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .engine.publish import publish
+
+    result = publish(
+        args.checkpoint,
+        args.out,
+        evaluation=args.eval,
+        overwrite=args.overwrite,
+        license=args.license,
+        push=args.push,
+        private=args.private or None,
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"published {result.checkpoint} to {result.folder}:")
+    for path in result.files:
+        print(f"  {path.name}")
+    if result.pushed:
+        print(f"uploaded to {args.push}: {result.pushed}")
+    else:
+        print(f"use it: msa2net predict -i SCAN -o OUT --model {result.folder}")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -328,16 +359,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment NIfTI/NRRD/MHA files, DICOM series folders, PNG/JPG, or folders")
-    p.add_argument("inputs", nargs="+", help="image files, DICOM series folders, or folders of them")
-    p.add_argument("--checkpoint", required=True, help="msa2net checkpoint or an authors' .pth")
+    p.add_argument("inputs", nargs="*", help="image files, DICOM series folders, or folders of them")
+    p.add_argument(
+        "-i", "--input", action="append", metavar="PATH", help="an input (repeatable; same as the positional inputs)"
+    )
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="msa2net checkpoint or an authors' .pth")
+    weights.add_argument(
+        "--model",
+        metavar="DIR_OR_REPO",
+        help="published model: a folder from `msa2net publish` or a Hugging Face repo id owner/name "
+        "(writes a preview and volumes too)",
+    )
     p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--split", action="store_true", help="also one binary mask per class: OUT/<stem>/<class>.<suffix>")
+    p.add_argument(
+        "--preview",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write OUT/<stem>_preview.png with a class legend (default: on with --model)",
+    )
+    p.add_argument(
+        "--volumes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write OUT/<stem>_volumes.json, class volumes in ml (default: on with --model)",
+    )
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=8, help="slices per forward pass (default 8)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision inference (default: float32)")
     p.add_argument("--overlays", action="store_true", help="also write PNG overlays")
     p.add_argument("--format", help="mask format for volumes: .nii.gz, .nii, .nrrd, .mha")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, parser=p)
+
+    p = sub.add_parser("publish", help="checkpoint or run folder -> Hugging Face layout folder with a model card")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="RUN/best.pt, a run folder (best.pt and eval/summary.json inside), or an authors' .pth",
+    )
+    p.add_argument("--eval", help="summary.json of `msa2net evaluate` for the card (default: the run folder's)")
+    p.add_argument("-o", "--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--license", default="mit", help="hub licence id of the weights (default mit)")
+    p.add_argument("--push", metavar="REPO_ID", help="also upload the folder to this Hugging Face repo (owner/name)")
+    p.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("export", help="TorchScript and ONNX export, checked against eager PyTorch")
     p.add_argument("--checkpoint", required=True, help="msa2net checkpoint or an authors' .pth")

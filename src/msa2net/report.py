@@ -11,8 +11,11 @@ Contents:
 - evaluation reports: :func:`build_evaluation_summary`, :func:`format_evaluation_tables`,
   :func:`write_evaluation_report` (per-case scores), :func:`build_isic_summary` (pooled scores, ISIC 2018),
   and the paper's table layout (:func:`format_paper_table`);
-- overlays (:func:`write_overlay_png`), training curves (:func:`plot_curves`) and ``metrics.csv``
-  (:func:`write_metrics_csv`), the demo's ``report.md`` (:func:`write_demo_report`).
+- overlays (:func:`write_overlay_png`, optionally with a class legend, :func:`legend_panel`), training curves
+  (:func:`plot_curves`) and ``metrics.csv`` (:func:`write_metrics_csv`), the demo's ``report.md``
+  (:func:`write_demo_report`);
+- model cards of published models (:func:`build_model_card`, :func:`write_model_card`), from a pretrained folder's
+  ``config.json`` alone (its ``evaluation`` is a ``summary.json`` written here).
 
 Every writer here is atomic (temporary file in the target folder, renamed into place).
 """
@@ -44,12 +47,16 @@ __all__ = [
     "build_isic_summary",
     "format_evaluation_tables",
     "format_paper_table",
+    "MSA2NET_BIBTEX",
+    "build_model_card",
     "json_safe",
+    "legend_panel",
     "plot_curves",
     "write_demo_report",
     "write_evaluation_report",
     "write_json",
     "write_metrics_csv",
+    "write_model_card",
     "write_overlay_png",
 ]
 
@@ -551,6 +558,7 @@ def write_overlay_png(
     alpha: float = 0.4,
     num_classes: int | None = None,
     reference: np.ndarray | None = None,
+    legend: Sequence[str] | None = None,
 ) -> Path:
     """Write a colour overlay of a label map on a 2D image as PNG, atomically.
 
@@ -563,18 +571,23 @@ def write_overlay_png(
         num_classes: Number of classes including background (<= 16). When given, ids >= ``num_classes`` are an error.
         reference: Optional ``(H, W)`` ground-truth label map; the PNG then shows it on the left and ``labels2d``
             on the right, side by side.
+        legend: Optional class names by id, background (id 0) first: a white panel below the image then shows the
+            colour swatch and name of every class from id 1 on (:func:`legend_panel`). Ids drawn must be named.
 
     Returns:
         The written path. Pixel colours are ``(1 - alpha) * image + alpha * OVERLAY_COLORS[label]`` where label > 0.
 
     Raises:
-        ValueError: shapes differ, ids are negative/non-integer/too large, or alpha is outside [0, 1].
+        ValueError: shapes differ, ids are negative/non-integer/too large, alpha is outside [0, 1], or ``legend``
+            names more classes than there are colours.
     """
     from PIL import Image
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     rgb = _to_uint8_rgb(image2d)
+    if legend is not None and num_classes is None:
+        num_classes = len(legend)
     limit = len(OVERLAY_COLORS) if num_classes is None else int(num_classes)
     if limit > len(OVERLAY_COLORS):
         raise ValueError(f"the overlay colour table has {len(OVERLAY_COLORS)} entries; got num_classes={limit}")
@@ -602,10 +615,47 @@ def write_overlay_png(
     if reference is not None:
         gap = np.full((out.shape[0], 4, 3), 255, dtype=np.uint8)
         out = np.concatenate([blend(reference), gap, out], axis=1)  # ground truth | prediction
+    if legend is not None:
+        panel = legend_panel(legend, out.shape[1])
+        if panel.shape[1] > out.shape[1]:  # names wider than the image: pad the image with white
+            pad = np.full((out.shape[0], panel.shape[1] - out.shape[1], 3), 255, dtype=np.uint8)
+            out = np.concatenate([out, pad], axis=1)
+        out = np.concatenate([out, panel], axis=0)
     target = Path(path)
     with atomic_path(target) as tmp:
         Image.fromarray(out).save(tmp, format="PNG")
     return target
+
+
+def legend_panel(class_names: Sequence[str], width: int) -> np.ndarray:
+    """A white ``(h, w, 3)`` uint8 legend: one row per class id >= 1, its :data:`OVERLAY_COLORS` swatch and name.
+
+    Args:
+        class_names: Names by class id, background (id 0) first; at most ``len(OVERLAY_COLORS)`` names.
+        width: Minimum width in pixels; the panel is wider when a name needs it.
+
+    Raises:
+        ValueError: more names than overlay colours.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    names = [str(n) for n in class_names]
+    if len(names) > len(OVERLAY_COLORS):
+        raise ValueError(f"the overlay colour table has {len(OVERLAY_COLORS)} entries; got {len(names)} class names")
+    font = ImageFont.load_default()
+    row, swatch, margin = 14, 10, 4
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max((int(measure.textlength(n, font=font)) for n in names[1:]), default=0)
+    w = max(int(width), margin * 3 + swatch + text_width)
+    h = margin * 2 + row * max(len(names) - 1, 1)
+    panel = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    for i, name in enumerate(names[1:], start=1):
+        top = margin + (i - 1) * row
+        colour = tuple(int(c) for c in OVERLAY_COLORS[i])
+        draw.rectangle([margin, top + 2, margin + swatch, top + 2 + swatch], fill=colour, outline=(0, 0, 0))
+        draw.text((margin * 2 + swatch, top), name, fill=(0, 0, 0), font=font)
+    return np.asarray(panel, dtype=np.uint8).copy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -737,3 +787,401 @@ def write_demo_report(
         "class, legacy and mm), `predict/` (mask of a raw NIfTI scan in its geometry, with overlays).",
     ]
     return write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Model cards
+# ----------------------------------------------------------------------------------------------
+
+#: BibTeX of the MSA2Net paper, cited by every model card.
+MSA2NET_BIBTEX = """@inproceedings{kolahi2024msa2net,
+  title     = {{MSA2Net}: Multi-scale Adaptive Attention-guided Network for Medical Image Segmentation},
+  author    = {Kolahi, Sina Ghorbani and Chaharsooghi, Seyed Kamal and Khatibi, Toktam and Bozorgpour, Afshin and
+               Azad, Reza and Heidari, Moein and Hacihaliloglu, Ilker and Merhof, Dorit},
+  booktitle = {35th British Machine Vision Conference (BMVC)},
+  year      = {2024},
+  eprint    = {2407.21640},
+  archivePrefix = {arXiv},
+  primaryClass  = {eess.IV}
+}"""
+
+_VARIANT_TEXT = {
+    "paper": "`paper`: the network of the paper (DAE-Former blocks and a MASAG gate in decoder stage 2)",
+    "released": (
+        "`released`: the network the authors' released code runs (LKA blocks in decoder stage 2 and no MASAG "
+        "there; the skip connection is added unchanged)"
+    ),
+}
+
+#: Per data kind: (description of the training/evaluation data, card tags, intended domain).
+_DATA_KINDS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "synapse": (
+        "Synapse multi-organ abdominal CT (MICCAI 2015 Multi-Atlas Abdomen Labeling challenge, BTCV), axial slices, "
+        "8 organs",
+        ("ct", "abdomen", "multi-organ", "synapse", "btcv"),
+        "axial slices of contrast-enhanced abdominal CT of adults, like the BTCV scans",
+    ),
+    "isic2018": (
+        "ISIC 2018 Task 1 (skin lesion boundary segmentation), dermoscopic images",
+        ("dermoscopy", "skin-lesion", "isic-2018"),
+        "dermoscopic images of skin lesions, like the ISIC 2018 archive images",
+    ),
+    "folder": (
+        "a dataset folder (msa2net's `dataset.json` layout)",
+        (),
+        "images of the kind the training folder held (see the training data below)",
+    ),
+    "phantom": (
+        "msa2net's built-in synthetic CT phantom (not real patients; a demonstration model)",
+        ("ct", "synthetic"),
+        "none: the model was trained on synthetic phantoms and is a demonstration only",
+    ),
+}
+
+
+def _data_kind(config: Mapping[str, Any]) -> str | None:
+    """The kind of data the model was trained on: ``synapse``, ``isic2018``, ``folder``, ``phantom`` or None."""
+    prov = config.get("provenance") or {}
+    run = prov.get("run_config") or {}
+    if run.get("preset") == "demo":
+        return "phantom"
+    evaluation = config.get("evaluation") or {}
+    kind = (evaluation.get("settings") or {}).get("kind") or (run.get("data") or {}).get("kind") or run.get("preset")
+    if (
+        kind is None
+        and prov.get("source") == "official"
+        and tuple(config.get("class_names", ())) == SYNAPSE_CLASS_NAMES
+    ):
+        kind = "synapse"
+    return kind if kind in _DATA_KINDS else None
+
+
+def _yaml_header(meta: Mapping[str, Any]) -> str:
+    import yaml
+
+    return "---\n" + yaml.safe_dump(dict(meta), sort_keys=False, allow_unicode=True, width=1000) + "---\n"
+
+
+def _pct(value: object) -> float | None:
+    number = _number(value)
+    return None if math.isnan(number) else round(100.0 * number, 2)
+
+
+def _plain(value: object) -> float | None:
+    number = _number(value)
+    return None if math.isnan(number) else round(number, 2)
+
+
+def _card_metrics(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``model-index`` metrics of an evaluation summary (legacy + mm, or ISIC pooled); undefined ones left out."""
+    if "pooled" in evaluation:
+        pooled = evaluation["pooled"]
+        post = " after post-processing" if (evaluation.get("settings") or {}).get("postprocess") else ""
+        names = {
+            "dsc": "Dice",
+            "iou": "IoU",
+            "sensitivity": "Sensitivity",
+            "specificity": "Specificity",
+            "accuracy": "Accuracy",
+        }
+        rows = [
+            (key, _pct(pooled.get(key)), f"{label} (%, pixels pooled over the test set{post})")
+            for key, label in names.items()
+        ]
+    else:
+        legacy, mm = evaluation["legacy"], evaluation["mm"]
+        rows = [
+            ("dice", _pct(legacy.get("mean_dice")), "Mean Dice (%, legacy protocol)"),
+            ("hd95", _plain(legacy.get("mean_hd95_voxels")), "Mean HD95 (voxels, legacy protocol)"),
+            ("hd95_mm", _plain(mm.get("mean_hd95_mm")), f"Mean HD95 (mm; {mm.get('n_failed')} failures left out)"),
+        ]
+        nsd = (evaluation.get("mean") or {}).get("nsd")
+        if nsd is not None:
+            tolerance = (evaluation.get("settings") or {}).get("nsd_tolerance_mm")
+            rows.append(("nsd", _pct(nsd), f"Mean NSD (%, {_number(tolerance):g} mm)"))
+    return [{"type": key, "value": value, "name": name} for key, value, name in rows if value is not None]
+
+
+def _isic_table(evaluation: Mapping[str, Any]) -> str:
+    pooled = evaluation["pooled"]
+    settings = evaluation.get("settings") or {}
+    keys = ("dsc", "iou", "sensitivity", "specificity", "accuracy")
+    table = _markdown_table(
+        ["Method", "DSC", "IoU", "Sensitivity", "Specificity", "Accuracy"],
+        [[str(settings.get("title") or settings.get("model", "model")), *(_cell(pooled.get(k), 100.0) for k in keys)]],
+    )
+    post = "with" if settings.get("postprocess") else "without"
+    return (
+        f"ISIC protocol: pixels pooled over the {int(evaluation.get('n_images', 0))} test images, {post} the opening + "
+        f"hole-filling post-process; figures in percent.\n\n{table}\n"
+    )
+
+
+def _checkpoint_lines(config: Mapping[str, Any]) -> list[str]:
+    prov = config.get("provenance") or {}
+    source = prov.get("source")
+    lines: list[str] = []
+    file = prov.get("source_checkpoint")
+    sha = prov.get("source_sha256")
+    where = f"`{file}`" + (f" (SHA-256 `{sha}`)" if sha else "") if file else None
+    if source == "official":
+        lines.append(
+            f"Converted from the authors' checkpoint{' ' + where if where else ''} (github.com/xmindflow/MSA-2Net) by "
+            f"msa2net's converter; variant detected from its keys: `{prov.get('variant_detected')}`. Keys of modules "
+            "that never run in the authors' forward pass were dropped; every other tensor is loaded unchanged."
+        )
+        if prov.get("assumed"):
+            lines.append(f"Assumed for the authors' checkpoint (it does not record them): {prov['assumed']}.")
+        return lines
+    epoch, best_epoch, best = prov.get("epoch"), prov.get("best_epoch"), prov.get("best_validation_mean_dice")
+    epochs = prov.get("epochs")
+    of = f" of {epochs}" if epochs else ""
+    if source == "training" and epoch is not None:
+        if best is not None and best_epoch == epoch:
+            lines.append(f"The best checkpoint on validation: mean Dice {_number(best):.4f} at epoch {epoch}{of}.")
+        elif best is not None and best_epoch is not None and best_epoch > 0:
+            lines.append(
+                f"The weights after epoch {epoch}{of} (the last saved); the best validation mean Dice was "
+                f"{_number(best):.4f} at epoch {best_epoch}."
+            )
+        else:
+            lines.append(f"The weights after epoch {epoch}{of} (the last saved; the run had no validation).")
+    elif source:
+        lines.append(f"Source: {source} (no training state recorded).")
+    else:
+        lines.append("Provenance not recorded (saved from Python without it).")
+    if where:
+        lines.append(f"Source checkpoint: {where}.")
+    versions = [f"published with msa2net {config.get('msa2net_version')}"]
+    if prov.get("trained_with_msa2net"):
+        versions.insert(0, f"trained with msa2net {prov['trained_with_msa2net']}")
+    lines.append(", ".join(versions).capitalize() + ".")
+    return lines
+
+
+def _kv_table(rows: Sequence[Sequence[str]]) -> str:
+    """A two-column, left-aligned markdown table of ``(name, value)`` rows under an empty header."""
+    return "\n".join(["| | |", "|:---|:---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def _recipe_rows(run: Mapping[str, Any]) -> list[list[str]]:
+    """``(setting, value)`` rows of a run config (``Config.to_dict()``); none for an empty config."""
+    if not run:
+        return []
+    model, data, train = run.get("model") or {}, run.get("data") or {}, run.get("train") or {}
+    rows: list[list[str]] = []
+
+    def add(label: str, value: object) -> None:
+        if value not in (None, "", [], {}):
+            rows.append([label, f"`{value}`" if not isinstance(value, str) or " " not in value else value])
+
+    add("preset", run.get("preset"))
+    add("data kind", data.get("kind"))
+    add("data root", data.get("root"))
+    if data.get("validation"):
+        val = data["validation"]
+        if val == "held_out":
+            val = f"held_out ({_number(data.get('val_fraction', 0.0)) * 100:g} % of the training cases)"
+        add("validation", val)
+    add("labels", data.get("labels"))
+    add("augmentation", data.get("augment"))
+    add("model", model.get("name"))
+    add("input size", "x".join(str(s) for s in model.get("img_size") or []) or None)
+    add("encoder initialisation", model.get("pretrained_encoder") or "random (no ImageNet weights)")
+    add("started from", model.get("official_checkpoint"))
+    add("epochs", train.get("epochs"))
+    add("batch size", train.get("batch_size"))
+    add("loss", train.get("loss"))
+    optimizer = train.get("optimizer")
+    if optimizer:
+        extra = f", momentum {train.get('momentum')}" if optimizer == "sgd" else ""
+        add(
+            "optimizer",
+            f"{optimizer}, lr {train.get('lr')} (scaling: {train.get('lr_scaling')}){extra}, "
+            f"weight decay {train.get('weight_decay')}",
+        )
+    add("schedule", train.get("scheduler"))
+    add("mixed precision", train.get("amp"))
+    add("seed", train.get("seed"))
+    return rows
+
+
+def build_model_card(config: Mapping[str, Any], *, repo_id: str | None = None) -> str:
+    """The model card (``README.md`` of a pretrained folder), from its ``config.json`` content alone.
+
+    It starts with the hub's YAML metadata (``library_name: msa2net``, ``license``, ``tags``,
+    ``pipeline_tag: image-segmentation`` and, when ``config["evaluation"]`` holds a summary, ``model-index`` with its
+    mean figures), then describes the architecture and variant, parameter count, which checkpoint the weights are
+    (best on validation at epoch N, last, or converted from the authors'), the training data and recipe (from
+    ``provenance.run_config``), the evaluation (the tables of :func:`format_evaluation_tables` for per-case
+    summaries, the pooled scores for ISIC summaries), usage, intended use and limits, licence and citation.
+
+    Args:
+        config: ``config.json`` content (:func:`msa2net.models.pretrained.build_pretrained_config`).
+        repo_id: The hub repo the folder is meant for, used in the usage examples; default a folder placeholder.
+
+    Returns:
+        Markdown text ending with a newline.
+    """
+    args = config["model_args"]
+    names = [str(c) for c in config["class_names"]]
+    prov = config.get("provenance") or {}
+    run = prov.get("run_config") or {}
+    evaluation = config.get("evaluation")
+    kind = _data_kind(config)
+    data_text, kind_tags, domain = _DATA_KINDS.get(kind or "", (None, (), None))
+    model_name = str(config.get("model_name") or f"msa2net_{args['variant']}")
+    tags = ["medical-imaging", "segmentation", "semantic-segmentation", "msa2net", "maxvit", "pytorch", *kind_tags]
+    meta: dict[str, Any] = {
+        "library_name": "msa2net",
+        "license": str(config.get("license") or "mit"),
+        "tags": list(dict.fromkeys(tags)),
+        "pipeline_tag": "image-segmentation",
+    }
+    if evaluation:
+        metrics = _card_metrics(evaluation)
+        settings = evaluation.get("settings") or {}
+        dataset_kind = settings.get("kind") or kind or "custom"
+        dataset_name = {"synapse": "Synapse multi-organ CT", "isic2018": "ISIC 2018 Task 1"}.get(
+            str(dataset_kind), f"{dataset_kind} ({Path(str(settings.get('data', 'data'))).name})"
+        )
+        if metrics:
+            meta["model-index"] = [
+                {
+                    "name": model_name,
+                    "results": [
+                        {
+                            "task": {"type": "image-segmentation", "name": "Image Segmentation"},
+                            "dataset": {"name": dataset_name, "type": str(dataset_kind)},
+                            "metrics": metrics,
+                        }
+                    ],
+                }
+            ]
+    h, w = args["img_size"]
+    params = int(config.get("num_parameters") or 0)
+    prep = config.get("preprocessing")
+    if prep is None:
+        prep_text = "not recorded: map intensities yourself to [0, 1], then (x - 0.5) / 0.5"
+    else:
+        if prep.get("kind") == "ct_window":
+            lo, hi = prep.get("window") or (None, None)
+            first = f"CT window [{lo:g}, {hi:g}] HU mapped to [0, 1]"
+        else:
+            first = f"`{prep.get('kind')}` to [0, 1]"
+        prep_text = f"{first}, then (x - mean) / std with mean {prep.get('mean')}, std {prep.get('std')}"
+    where = repo_id or "path/to/this-folder"
+    title_data = f" on {data_text.split(',')[0].split(' (')[0]}" if data_text else ""
+    lines = [
+        _yaml_header(meta).rstrip("\n"),
+        "",
+        f"# MSA2Net `{model_name}`{title_data}",
+        "",
+        f"MSA2Net segments {len(names) - 1} foreground class(es) ({', '.join(names[1:]) or 'none'}) in "
+        f"{args['in_channels']}-channel 2D images at {h}x{w}; volumes are segmented slice by slice. "
+        "This card was generated by msa2net from the folder's `config.json`.",
+        "",
+        "## Model",
+        "",
+        _kv_table(
+            [
+                [
+                    "architecture",
+                    "MSA2Net (Kolahi et al., BMVC 2024): a timm MaxViT encoder and a four-stage decoder whose skip "
+                    "connections pass through Multi-Scale Adaptive Spatial Attention Gates (MASAG)",
+                ],
+                ["variant", _VARIANT_TEXT.get(str(args["variant"]), f"`{args['variant']}`")],
+                ["registered name", f"`{model_name}`"],
+                ["encoder", f"`{args['encoder']}`"],
+                ["input", f"{args['in_channels']} x {h} x {w}; preprocessing: {prep_text}"],
+                [
+                    "output",
+                    f"{len(names)} class logits per pixel: {', '.join(f'{i} {n}' for i, n in enumerate(names))}",
+                ],
+                ["parameters", f"{params / 1e6:.2f} M ({params:,})"],
+            ],
+        ),
+        "",
+        "## Checkpoint",
+        "",
+        *[f"- {line}" for line in _checkpoint_lines(config)],
+        "",
+        "## Training data and recipe",
+        "",
+    ]
+    if data_text:
+        lines += [f"Data: {data_text}.", ""]
+    recipe = _recipe_rows(run)
+    if recipe:
+        lines += [_kv_table(recipe), ""]
+    elif prov.get("source") == "official":
+        lines += ["Trained by the authors with their released code; see the paper for the recipe.", ""]
+    else:
+        lines += ["Not recorded: the weights do not come from an msa2net training run.", ""]
+    lines += ["## Evaluation", ""]
+    if evaluation:
+        settings = evaluation.get("settings") or {}
+        cases = settings.get("cases") or []
+        lines += [
+            f"`msa2net evaluate` on `{settings.get('data')}` ({settings.get('kind')}"
+            + (
+                f", {len(cases)} case(s): {', '.join(str(c) for c in cases)}"
+                if cases and "pooled" not in evaluation
+                else ""
+            )
+            + f"), test-time augmentation {'on' if settings.get('tta') else 'off'}.",
+            "",
+            (_isic_table(evaluation) if "pooled" in evaluation else format_evaluation_tables(evaluation)).rstrip("\n"),
+            "",
+        ]
+    else:
+        lines += [
+            "No evaluation was attached. Evaluate with `msa2net evaluate --checkpoint RUN/best.pt --data DATA --out "
+            "RUN/eval` and publish again with `--eval RUN/eval/summary.json`.",
+            "",
+        ]
+    lines += [
+        "## How to use",
+        "",
+        "```bash",
+        "pip install msa2net",
+        f"msa2net predict -i scan.nii.gz -o out/ --model {where} --split",
+        "```",
+        "",
+        "writes `out/scan.nii.gz` (one label map in the scan's geometry), `out/scan/<class>.nii.gz` (one binary mask "
+        "per class), `out/scan_preview.png` and `out/scan_volumes.json` (volume of each class in ml).",
+        "",
+        "```python",
+        "from msa2net import MSA2Net",
+        "",
+        f'model = MSA2Net.from_pretrained("{where}")  # eval mode; class names: model.pretrained_config["class_names"]',
+        "```",
+        "",
+        "## Intended use and limitations",
+        "",
+        "- For research only. This model is not a medical device, is not cleared or approved for clinical use, and "
+        "must not be used for diagnosis, treatment or any decision about a patient.",
+        f"- Trained data domain: {domain or 'not recorded'}. Other modalities, scanners, protocols, "
+        "populations or anatomy are out of domain; the model may fail there without warning.",
+        "- 2D model: each slice is segmented on its own (no 3D context), resized to "
+        f"{h}x{w} and back; thin or small structures may be missed.",
+        "- The figures above hold for the stated test data only; check the model on your own data before relying "
+        "on it.",
+        "",
+        "## Licence",
+        "",
+        f"The weights are released under `{meta['license']}`. The training data has its own terms of use, which "
+        "may restrict what the weights may be used for; check them. The msa2net code is MIT licensed.",
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        MSA2NET_BIBTEX,
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(path: str | os.PathLike[str], config: Mapping[str, Any], *, repo_id: str | None = None) -> Path:
+    """Write :func:`build_model_card` to ``path`` atomically; returns the path."""
+    return write_text_atomic(path, build_model_card(config, repo_id=repo_id))

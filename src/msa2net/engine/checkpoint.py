@@ -29,6 +29,7 @@ from ..data.preprocessing import CT_PREPROCESSING
 from ..data.synapse import CLASS_NAMES as SYNAPSE_CLASS_NAMES
 from ..models import MSA2Net, create_model
 from ..models.msa2net import MSA2NetConfig
+from ..models.pretrained import CONFIG_NAME, PretrainedError, is_repo_id, read_pretrained, resolve_pretrained
 from ..models.weights_io import WeightsFileError, read_weights_file, unwrap_state_dict
 
 FORMAT = "msa2net-checkpoint"
@@ -125,11 +126,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read and validate a checkpoint: ours, an authors' ``.pth``, or a ``.safetensors`` export.
 
     Args:
-        path: The file.
+        path: The file, or a published model folder (``config.json`` + ``model.safetensors``, see
+            :func:`checkpoint_from_pretrained`).
         map_location: Device of the loaded tensors.
 
     Returns:
-        The checkpoint dict (an authors' checkpoint or an export converted to our form).
+        The checkpoint dict (an authors' checkpoint, an export or a published folder converted to our form).
 
     Raises:
         CheckpointError: the file is missing or unreadable (only weights-only files load: no pickled code runs),
@@ -138,6 +140,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             file.
     """
     path = Path(path)
+    if path.is_dir():
+        if (path / CONFIG_NAME).is_file():
+            return checkpoint_from_pretrained(path)
+        raise CheckpointError(
+            f"{str(path)!r} is a folder but not a published model (no {CONFIG_NAME}); pass a checkpoint file such as "
+            f"{str(path / 'best.pt')!r}, or a folder written by `msa2net publish`"
+        )
     if path.suffix == ".safetensors" and path.is_file():
         ckpt = load_safetensors_checkpoint(path)
         check_checkpoint(ckpt, f"checkpoint {str(path)!r}")
@@ -323,3 +332,68 @@ def load_safetensors_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "class_names": json.loads(meta["class_names"]),
         "config": {},
     }
+
+
+def checkpoint_from_pretrained(
+    source: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> dict[str, Any]:
+    """A published model (folder or hub repo id, see :mod:`msa2net.models.pretrained`) in checkpoint form.
+
+    The result has the inference fields of a checkpoint (model name and arguments, weights, preprocessing, class
+    names), ``config`` = the run config recorded in the folder's provenance (empty when none), and ``pretrained`` =
+    the folder's whole ``config.json``.
+
+    Raises:
+        CheckpointError: not a complete msa2net folder, no preprocessing recorded, or metadata that disagrees with
+            the weights (:func:`check_checkpoint`).
+        HubUnavailableError: a repo id whose files are not cached while the hub cannot be reached (within seconds;
+            the message says what to download and where to put it).
+    """
+    folder = resolve_pretrained(source, revision=revision, cache_dir=cache_dir, token=token)
+    try:
+        config, state = read_pretrained(folder)
+    except PretrainedError as exc:
+        raise CheckpointError(str(exc)) from exc
+    where = f"published model {str(source)!r}"
+    if not config.get("preprocessing"):
+        raise CheckpointError(
+            f"{where} records no preprocessing, so raw images cannot be mapped to the model's input; save it with "
+            "preprocessing=Preprocessing(...).to_dict() (msa2net publish records the training data's)"
+        )
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "msa2net_version": config.get("msa2net_version"),
+        "model_name": config.get("model_name") or f"msa2net_{config['model_args'].get('variant', 'paper')}",
+        "model_args": dict(config["model_args"]),
+        "model": state,
+        "preprocessing": dict(config["preprocessing"]),
+        "class_names": list(config["class_names"]),
+        "config": dict((config.get("provenance") or {}).get("run_config") or {}),
+        "pretrained": config,
+    }
+    check_checkpoint(ckpt, where)
+    return ckpt
+
+
+def load_model_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Any model source in checkpoint form: a checkpoint dict, a checkpoint file (ours, the authors' ``.pth``, a
+    ``.safetensors`` export), a published model folder, or a hub repo id ``owner/name`` of one.
+
+    A path that exists is read from disk; a path that does not is taken as a repo id when it has that form (and no
+    weights-file suffix), else reported missing.
+
+    Raises:
+        CheckpointError: a missing or unreadable file or folder (see :func:`load_checkpoint`).
+        HubUnavailableError: a repo id whose files are not cached while the hub cannot be reached.
+    """
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    if not path.exists() and is_repo_id(str(source)):
+        return checkpoint_from_pretrained(str(source))
+    return load_checkpoint(path)

@@ -1,17 +1,21 @@
-"""Segment image files with a checkpoint: read, predict, write masks that keep the input's geometry.
+"""Segment image files with a model: read, predict, write masks that keep the input's geometry.
 
-:func:`predict_files` is what ``msa2net predict`` calls. It loads one checkpoint (ours or the authors' ``.pth``),
-expands the inputs (files, folders of files, DICOM series folders) and writes one label mask per input into
-``out_dir``, plus optional overlay PNGs and a ``predictions.json`` report. An input that cannot be segmented (corrupt
-file, NaN values, a colour image for a grey model, ...) is reported and skipped; the others are still processed, and
-no output file is left behind for a failed input.
+:func:`predict_files` is what ``msa2net predict`` calls. It loads one model (a checkpoint, ours or the authors'
+``.pth``, or a published model folder or hub repo id), expands the inputs (files, folders of files, DICOM series
+folders) and writes one label mask per input into ``out_dir``, plus optional per-class binary masks, a preview PNG
+with a legend, per-class volumes, overlay PNGs and a ``predictions.json`` report. An input that cannot be segmented
+(corrupt file, NaN values, a colour image for a grey model, ...) is reported and skipped; the others are still
+processed, and no output file is left behind for a failed input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +37,21 @@ from ..data.io import (
 from ..data.preprocessing import Preprocessing
 from ..models import MSA2Net
 from ..report import OVERLAY_COLORS, write_overlay_png
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_model_source, model_from_checkpoint
 from .distributed import resolve_device
 from .inference import predict_image, predict_volume
 
-__all__ = ["MASK_SUFFIXES", "OVERLAY_SLICES", "PredictReport", "predict_files", "summarise_labels"]
+__all__ = [
+    "MASK_SUFFIXES",
+    "OVERLAY_SLICES",
+    "PREVIEW_MIN_SIZE",
+    "PREVIEW_SLICES",
+    "PredictReport",
+    "class_file_names",
+    "class_volumes",
+    "predict_files",
+    "summarise_labels",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +59,10 @@ logger = logging.getLogger(__name__)
 MASK_SUFFIXES: tuple[str, ...] = tuple(s for s in VOLUME_SUFFIXES if s != ".mhd")
 #: Most overlay slices written per volume.
 OVERLAY_SLICES: int = 5
+#: Most slices side by side in a volume's preview PNG.
+PREVIEW_SLICES: int = 3
+#: Previews of smaller images are enlarged by a whole factor to at least this height in pixels.
+PREVIEW_MIN_SIZE: int = 192
 #: Exceptions that make one input fail without stopping the others (bad data, I/O, a model/library error).
 _PER_INPUT_ERRORS = (ValueError, OSError, RuntimeError, MemoryError)
 
@@ -103,6 +121,58 @@ def summarise_labels(labels: np.ndarray, class_names: Sequence[str]) -> dict[str
     return {name: int(counts[i]) for i, name in enumerate(class_names)}
 
 
+def class_volumes(
+    labels: np.ndarray, class_names: Sequence[str], spacing: Sequence[float] | None
+) -> dict[str, dict[str, Any]]:
+    """Size of every foreground class of a label map.
+
+    Args:
+        labels: ``(D, H, W)`` volume or ``(H, W)`` image of class ids.
+        class_names: Names by class id, background (id 0) first; background is not reported.
+        spacing: Voxel (pixel) size in mm, one value per axis of ``labels`` in any order (only the product is
+            used); None when unknown (2D rasters).
+
+    Returns:
+        ``{name: {"id", "voxels", "volume_ml"}}`` for volumes (``voxels * prod(spacing) / 1000``), and
+        ``{name: {"id", "pixels", "area_mm2"}}`` for images (``pixels * prod(spacing)``, None without spacing).
+
+    Raises:
+        ValueError: ``spacing`` has a different number of values than ``labels`` has axes; see
+            :func:`summarise_labels`.
+    """
+    counts = summarise_labels(labels, class_names)
+    if spacing is not None and len(spacing) != np.ndim(labels):
+        raise ValueError(f"spacing {tuple(spacing)} does not fit labels of shape {np.shape(labels)}")
+    cell = math.prod(float(s) for s in spacing) if spacing is not None else None
+    out: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(class_names):
+        if i == 0:
+            continue
+        n = counts[name]
+        if np.ndim(labels) == 3:
+            out[name] = {"id": i, "voxels": n, "volume_ml": None if cell is None else n * cell / 1000.0}
+        else:
+            out[name] = {"id": i, "pixels": n, "area_mm2": None if cell is None else n * cell}
+    return out
+
+
+def class_file_names(class_names: Sequence[str]) -> list[str]:
+    """File-name-safe, unique stems for the foreground classes (ids 1..): ``liver``, ``right_kidney``, ...
+
+    Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``; an empty result becomes
+    ``class_<id>``; a stem already taken gets ``_<id>`` appended.
+    """
+    stems: list[str] = []
+    for i, name in enumerate(class_names):
+        if i == 0:
+            continue
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or f"class_{i}"
+        if stem.lower() in {s.lower() for s in stems}:
+            stem = f"{stem}_{i}"
+        stems.append(stem)
+    return stems
+
+
 def _normalise_format(output_format: str | None) -> str | None:
     if output_format is None:
         return None
@@ -153,8 +223,12 @@ def _segment_one(
     overlays: bool,
     progress: bool,
     written: list[Path],
+    split_dir: Path | None = None,
+    preview: bool = False,
+    volumes: bool = False,
 ) -> dict[str, Any]:
-    """Segment one input and write its mask (and overlays); returns the input's record for the report.
+    """Segment one input and write its mask (and split masks, preview, volumes, overlays); returns the input's record
+    for the report.
 
     Each output path is appended to ``written`` as soon as it exists, so that the caller can remove the outputs of an
     input whose later step failed.
@@ -183,9 +257,43 @@ def _segment_one(
         image = prep.arrange_channels(image)  # e.g. a grey raster shown and segmented as RGB by an RGB model
         labels = predict_image(model, image, preprocessing=prep, tta=tta, amp=amp)
     counts = summarise_labels(labels, class_names)
+    spacing = None if image_suffix(source) in RASTER_SUFFIXES else tuple(reversed(geometry.spacing))
+    sizes = class_volumes(labels, class_names, spacing)
+    keep_geometry = None if suffix == ".png" else geometry
 
-    write_image(labels, None if suffix == ".png" else geometry, mask_path)
+    write_image(labels, keep_geometry, mask_path)
     written.append(mask_path)
+    split_paths: list[Path] = []
+    if split_dir is not None:
+        if split_dir.resolve() == source.resolve():
+            raise ValueError(
+                f"the per-class masks would go into the input folder itself ({split_dir}); choose an out_dir other "
+                f"than {source.parent}"
+            )
+        split_dir.mkdir(parents=True, exist_ok=True)
+        for class_id, file_stem in enumerate(class_file_names(class_names), start=1):
+            path = split_dir / f"{file_stem}{suffix}"
+            write_image((labels == class_id).astype(np.uint8), keep_geometry, path)
+            written.append(path)
+            split_paths.append(path)
+    preview_path = volumes_path = None
+    if preview:
+        preview_path = out_dir / f"{stem}_preview.png"
+        _write_preview(_display_image(prep, image), labels, spatial, class_names, preview_path)
+        written.append(preview_path)
+    if volumes:
+        volumes_path = out_dir / f"{stem}_volumes.json"
+        record = {
+            "input": str(source),
+            "mask": str(mask_path),
+            "shape": list(labels.shape),
+            "spacing_mm": None if spacing is None else list(geometry.spacing),  # x, y(, z) as in the file
+            "unit": ("ml" if spatial == 3 else "mm2") if spacing is not None else "pixels",
+            ("voxel_volume_mm3" if spatial == 3 else "pixel_area_mm2"): None if spacing is None else math.prod(spacing),
+            "classes": sizes,
+        }
+        write_text_atomic(volumes_path, json.dumps(record, indent=2) + "\n")
+        written.append(volumes_path)
     overlay_paths: list[Path] = []
     if overlays:
         shown = _display_image(prep, image)
@@ -204,7 +312,35 @@ def _segment_one(
         "shape": list(labels.shape),
         "spacing": list(geometry.spacing) if suffix != ".png" else None,
         "counts": counts,
+        "sizes": sizes,
+        "split": [str(p) for p in split_paths],
+        "preview": None if preview_path is None else str(preview_path),
+        "volumes": None if volumes_path is None else str(volumes_path),
     }
+
+
+def _write_preview(shown: np.ndarray, labels: np.ndarray, spatial: int, class_names: list[str], path: Path) -> None:
+    """One PNG: the overlay of a 2D image, or of up to :data:`PREVIEW_SLICES` slices with foreground side by side,
+    with the class legend below; images under :data:`PREVIEW_MIN_SIZE` pixels high are enlarged (nearest neighbour)
+    by a whole factor."""
+    if spatial == 2:
+        image, label_map = shown.astype(np.float32), labels
+    else:
+        gap_shape = (shown.shape[1], 3, *shown.shape[3:])
+        images: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        for z in _overlay_slices(labels, PREVIEW_SLICES):
+            if images:
+                images.append(np.full(gap_shape, np.nan, dtype=np.float32))  # drawn black
+                maps.append(np.zeros(gap_shape[:2], dtype=labels.dtype))
+            images.append(shown[z].astype(np.float32))
+            maps.append(labels[z])
+        image, label_map = np.concatenate(images, axis=1), np.concatenate(maps, axis=1)
+    factor = max(1, math.ceil(PREVIEW_MIN_SIZE / max(1, label_map.shape[0])))
+    if factor > 1:
+        image = image.repeat(factor, axis=0).repeat(factor, axis=1)
+        label_map = label_map.repeat(factor, axis=0).repeat(factor, axis=1)
+    write_overlay_png(image, label_map, path, legend=class_names)
 
 
 def predict_files(
@@ -219,8 +355,11 @@ def predict_files(
     overlays: bool = False,
     output_format: str | None = None,
     progress: bool = True,
+    split: bool = False,
+    preview: bool = False,
+    volumes: bool = False,
 ) -> PredictReport:
-    """Segment image files and DICOM series with a checkpoint; write label masks with the input's geometry.
+    """Segment image files and DICOM series with a model; write label masks with the input's geometry.
 
     Volumes (NIfTI, NRRD, MetaImage, DICOM series) are segmented slice by slice along the first array axis (Z) with
     :func:`~msa2net.engine.inference.predict_volume`; 2D images (PNG, JPEG, BMP, TIFF, 2D NIfTI) with
@@ -239,14 +378,26 @@ def predict_files(
     Overlays (``overlays=True``) blend the class colours on the model's view of the image: ``<stem>_overlay.png``
     for 2D inputs, ``<stem>_overlay_zNNN.png`` for up to :data:`OVERLAY_SLICES` evenly spaced slices with foreground
     (the middle slice when there is none) for volumes. ``out_dir/predictions.json`` records the run, per-input class
-    voxel counts and the failures. Every file is written atomically.
+    voxel counts and sizes (:func:`class_volumes`) and the failures. Every file is written atomically.
+
+    Per input ``<stem>`` (the mask's name without suffix), on request:
+
+    * ``split``: ``<stem>/<class>.<mask suffix>``, one binary mask (uint8, 1 inside the class) per foreground class,
+      named by :func:`class_file_names`, with the mask's geometry.
+    * ``preview``: ``<stem>_preview.png``, the overlay of a 2D image or of up to :data:`PREVIEW_SLICES` slices with
+      foreground side by side, with a legend of the class colours below.
+    * ``volumes``: ``<stem>_volumes.json``, per foreground class the voxel count and volume in ml (voxel count x
+      voxel volume in mm^3 / 1000); for 2D images pixel counts and area in mm^2 (null for rasters, whose spacing is
+      unknown).
 
     An input that cannot be segmented (unreadable or corrupt, NaN/inf values, a channel layout the model does not
     take, a name that collides with an earlier input's output, ...) is logged as a warning, listed in
     :attr:`PredictReport.failed` with the reason, and skipped; files already written for it are removed.
 
     Args:
-        checkpoint: An msa2net checkpoint or the authors' MSA2Net ``.pth`` (path), or a loaded checkpoint dict.
+        checkpoint: The model: an msa2net checkpoint or the authors' MSA2Net ``.pth`` (path), a loaded checkpoint
+            dict, a published model folder (``msa2net publish``) or a hub repo id ``owner/name`` of one (see
+            :func:`~msa2net.engine.checkpoint.load_model_source`).
         inputs: One or more files, folders of files, or DICOM series folders (see
             :func:`msa2net.data.io.list_inputs`).
         out_dir: Output folder (created).
@@ -257,15 +408,20 @@ def predict_files(
         overlays: Also write overlay PNGs.
         output_format: Mask suffix for non-raster inputs; None keeps the input's (``.nii.gz`` for DICOM).
         progress: Show progress bars.
+        split: Also write one binary mask per foreground class.
+        preview: Also write a preview PNG with a legend.
+        volumes: Also write the per-class volumes JSON.
 
     Returns:
         The :class:`PredictReport`; ``report.ok`` is False when any input failed.
 
     Raises:
-        CheckpointError: the checkpoint is missing, unreadable, or lacks fields (the message names them).
+        CheckpointError: the checkpoint or folder is missing, unreadable, or lacks fields (the message names them).
+        HubUnavailableError: a repo id whose files are not cached while the hub cannot be reached (within seconds).
         FileNotFoundError: an input path does not exist.
         ValueError: an input has an unsupported suffix or a folder holds no images; an unknown ``output_format``,
-            ``amp`` or ``batch_size``; ``overlays`` for a model with more classes than overlay colours.
+            ``amp`` or ``batch_size``; ``overlays`` or ``preview`` for a model with more classes than overlay
+            colours.
     """
     suffix_override = _normalise_format(output_format)
     if amp not in (None, "bf16", "fp16"):
@@ -273,12 +429,12 @@ def predict_files(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     sources = list_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
-    ckpt = dict(checkpoint) if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+    ckpt = load_model_source(checkpoint)
     class_names = list(ckpt["class_names"])
-    if overlays and len(class_names) > len(OVERLAY_COLORS):
+    if (overlays or preview) and len(class_names) > len(OVERLAY_COLORS):
         raise ValueError(
-            f"overlays draw at most {len(OVERLAY_COLORS)} classes; this model has {len(class_names)}. "
-            "Run without overlays and view the masks in a viewer such as ITK-SNAP or 3D Slicer"
+            f"overlays and previews draw at most {len(OVERLAY_COLORS)} classes; this model has {len(class_names)}. "
+            "Run without overlays/preview and view the masks in a viewer such as ITK-SNAP or 3D Slicer"
         )
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     device = resolve_device(device) if isinstance(device, str) else device
@@ -291,15 +447,23 @@ def predict_files(
     bar = tqdm(sources, desc="predict", unit="input", disable=not progress)
     for source in bar:
         written: list[Path] = []
+        split_dir: Path | None = None
+        created_split_dir = False
         try:
             stem, suffix = _mask_name(source, suffix_override)
             mask_path = out / f"{stem}{suffix}"
-            key = mask_path.resolve()
-            if key in claimed:
+            split_dir = out / stem if split else None
+            keys = [mask_path.resolve()]
+            keys += [] if split_dir is None else [split_dir.resolve()]
+            keys += [(out / f"{stem}_preview.png").resolve()] if preview else []
+            keys += [(out / f"{stem}_volumes.json").resolve()] if volumes else []
+            taken = [k for k in keys if k in claimed]
+            if taken:
                 raise ValueError(
-                    f"its mask name {mask_path.name} is already used by {claimed[key]}; rename one of the inputs or "
-                    "segment them into different folders"
+                    f"its output name {taken[0].name} is already used by {claimed[taken[0]]}; rename one of the inputs "
+                    "or segment them into different folders"
                 )
+            created_split_dir = split_dir is not None and not split_dir.exists()
             case = _segment_one(
                 source,
                 mask_path,
@@ -312,23 +476,30 @@ def predict_files(
                 overlays=overlays,
                 progress=progress,
                 written=written,
+                split_dir=split_dir,
+                preview=preview,
+                volumes=volumes,
             )
         except BaseException as err:
             for path in written:  # also on Ctrl-C: an input's outputs are all there or none are
                 path.unlink(missing_ok=True)
+            if created_split_dir and split_dir is not None:
+                with contextlib.suppress(OSError):
+                    split_dir.rmdir()  # only if empty
             if not isinstance(err, _PER_INPUT_ERRORS):
                 raise
             reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
             report.failed.append((source, reason))
             logger.warning("skipped %s: %s", source, reason)
             continue
-        claimed[key] = source
+        claimed.update(dict.fromkeys(keys, source))
         report.written.extend(written)
         report.cases.append(case)
     bar.close()
 
     record = {
         "checkpoint": None if isinstance(checkpoint, Mapping) else str(checkpoint),
+        "published_model": "pretrained" in ckpt,
         "model_name": ckpt["model_name"],
         "model_args": ckpt["model_args"],
         "class_names": class_names,

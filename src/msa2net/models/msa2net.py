@@ -20,8 +20,10 @@ MaxViTs give small variants of the same design. The raw reshapes of their decode
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -182,6 +184,8 @@ class MSA2Net(nn.Module):
         if num_classes < 1 or in_channels < 1:
             raise ValueError(f"num_classes and in_channels must be positive, got {num_classes}, {in_channels}")
         self.config = MSA2NetConfig(variant, int(num_classes), int(in_channels), _size_pair(img_size), encoder)
+        #: The ``config.json`` content of the folder the model was loaded from (:meth:`from_pretrained`), else None.
+        self.pretrained_config: dict[str, Any] | None = None
         self.encoder = MaxViTEncoder(encoder, self.config.img_size, in_channels)
         self.decoder = MSA2NetDecoder(self.encoder.channels, variant, num_classes)
         self.init_decoder()
@@ -230,6 +234,150 @@ class MSA2Net(nn.Module):
         self.check_input(x)
         return self.decoder(self.encoder(x))
 
+    # ------------------------------------------------------------------------------------------
+    # Hugging Face hub layout (see msa2net.models.pretrained)
+
+    def _pretrained_config(
+        self,
+        model_name: str | None,
+        preprocessing: Mapping[str, Any] | None,
+        class_names: Sequence[str] | None,
+        provenance: Mapping[str, Any] | None,
+        evaluation: Mapping[str, Any] | None,
+        license: str | None,
+    ) -> dict[str, Any]:
+        from .pretrained import build_pretrained_config
+
+        old = self.pretrained_config or {}
+        return build_pretrained_config(
+            self,
+            model_name=model_name or old.get("model_name"),
+            preprocessing=preprocessing if preprocessing is not None else old.get("preprocessing"),
+            class_names=class_names if class_names is not None else old.get("class_names"),
+            provenance=provenance if provenance is not None else old.get("provenance"),
+            evaluation=evaluation if evaluation is not None else old.get("evaluation"),
+            license=license or old.get("license") or "mit",
+        )
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        model_name: str | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        evaluation: Mapping[str, Any] | None = None,
+        license: str | None = None,
+        repo_id: str | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write the model as a hub-layout folder: ``config.json``, ``model.safetensors`` and a model card.
+
+        :meth:`from_pretrained` of the folder gives a model with bit-identical weights (hence logits). The folder
+        is written atomically (see :func:`msa2net.models.pretrained.save_pretrained`). Arguments left None are taken
+        from :attr:`pretrained_config` when the model was loaded with :meth:`from_pretrained` (a re-save keeps
+        them), else default.
+
+        Args:
+            save_directory: Target folder; it may not exist yet or be empty (a non-empty one needs ``overwrite``).
+            model_name: Registered name to rebuild with; default the preset of this variant and encoder.
+            preprocessing: :meth:`msa2net.data.preprocessing.Preprocessing.to_dict` of the training data; needed
+                by ``msa2net predict`` to map raw intensities.
+            class_names: One per output class, background first; default ``class_0 ..``.
+            provenance: Where the weights come from (source checkpoint, epoch, metrics, run config).
+            evaluation: ``summary.json`` of ``msa2net evaluate`` (per-case rows dropped); shown in the card.
+            license: Hub licence id of the weights; default ``mit``.
+            repo_id: The hub repo the folder is meant for (the card's usage examples).
+            overwrite: Replace a non-empty ``save_directory``.
+
+        Returns:
+            The folder.
+
+        Raises:
+            PretrainedError: a non-empty folder without ``overwrite``; class names or preprocessing that do not fit
+                the model.
+        """
+        from .pretrained import save_pretrained
+
+        config = self._pretrained_config(model_name, preprocessing, class_names, provenance, evaluation, license)
+        return save_pretrained(self, save_directory, config=config, repo_id=repo_id, overwrite=overwrite)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+    ) -> MSA2Net:
+        """Load a model saved by :meth:`save_pretrained` (or ``msa2net publish``) from a folder or a hub repo id.
+
+        A local folder needs nothing else (no run folder, no checkpoint, no network). A repo id (``owner/name``)
+        uses the hub cache when the files are there, else downloads them; offline it fails within seconds with a
+        message that says what to download and where to put it.
+
+        Args:
+            pretrained_model_name_or_path: A folder holding ``config.json`` and ``model.safetensors``, or a repo id.
+            device: Where the model is put.
+            revision: Hub branch, tag or commit.
+            cache_dir: Hub cache folder (default the hub's).
+            token: Hub token for private repos.
+            local_files_only: Never use the network.
+
+        Returns:
+            The model in eval mode; its :attr:`pretrained_config` holds ``config.json`` (class names,
+            preprocessing, provenance).
+
+        Raises:
+            PretrainedError: not a (complete, msa2net) folder, or weights that do not fit the described model.
+            HubUnavailableError: a repo id whose files are not cached while the hub cannot be reached.
+        """
+        from .pretrained import load_pretrained
+
+        model, _ = load_pretrained(
+            pretrained_model_name_or_path,
+            device=device,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+        )
+        if not isinstance(model, cls):
+            raise TypeError(f"{pretrained_model_name_or_path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        commit_message: str = "Upload msa2net model",
+        revision: str | None = None,
+        **save_kwargs: Any,
+    ) -> str:
+        """Save the model (:meth:`save_pretrained`, ``save_kwargs`` passed on) into a temporary folder and upload it
+        to the hub model repo ``repo_id`` (created if needed).
+
+        Returns:
+            The commit URL.
+
+        Raises:
+            HubUnavailableError: the hub cannot be reached (within seconds).
+            RuntimeError: the hub refused the upload (permissions, token).
+        """
+        from .pretrained import push_folder_to_hub, temporary_folder
+
+        with temporary_folder() as tmp:
+            folder = self.save_pretrained(tmp / "model", repo_id=repo_id, **save_kwargs)
+            return push_folder_to_hub(
+                folder, repo_id, private=private, token=token, commit_message=commit_message, revision=revision
+            )
+
 
 # ----------------------------------------------------------------------------------------------
 # registry
@@ -259,12 +407,22 @@ def create_model(name: str, **kwargs: Any) -> MSA2Net:
     return _REGISTRY[name](**kwargs)
 
 
+def registered_name(config: MSA2NetConfig) -> str:
+    """The registered preset whose variant and encoder are ``config``'s (the first registered), else
+    ``msa2net_<variant>``; ``create_model(name, **config.to_dict())`` rebuilds the model either way."""
+    for name, build in _REGISTRY.items():
+        if getattr(build, "preset", None) == (config.variant, config.encoder):
+            return name
+    return f"msa2net_{config.variant}"
+
+
 def _builder(variant: str, encoder: str) -> Callable[..., MSA2Net]:
     def build(**kwargs: Any) -> MSA2Net:
         kwargs.setdefault("variant", variant)
         kwargs.setdefault("encoder", encoder)
         return MSA2Net(**kwargs)
 
+    build.preset = (variant, encoder)  # type: ignore[attr-defined]  # read by registered_name
     return build
 
 

@@ -6,6 +6,7 @@ import argparse
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from reference import official_state_dict
@@ -101,6 +102,27 @@ def test_export_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "max |logits - eager| onnx" in out and "max |logits - eager| torchscript" in out
     assert {p.name for p in (tmp_path / "x").iterdir()} >= {"model.ts", "model.onnx", "model.safetensors", "model.json"}
+
+
+def test_predict_flags_reach_the_engine(tmp_path, capsys):
+    from PIL import Image
+
+    from msa2net import create_model
+    from msa2net.data.preprocessing import CT_PREPROCESSING
+    from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("msa2net_test", num_classes=2, img_size=64)
+    save_checkpoint(make_checkpoint(model, "msa2net_test", CT_PREPROCESSING.to_dict(), ["bg", "fg"]), tmp_path / "m.pt")
+    Image.fromarray(np.full((40, 50), 100, np.uint8)).save(tmp_path / "photo.png")
+    base = ["predict", str(tmp_path / "photo.png"), "--checkpoint", str(tmp_path / "m.pt"), "--device", "cpu"]
+    assert main([*base, "-o", str(tmp_path / "a")]) == 1  # an 8-bit picture is no CT scan: refused
+    assert "--allow-mismatched-input" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "b"), "--allow-mismatched-input"]) == 0
+    assert (tmp_path / "b" / "photo.png").is_file()
+    assert main([*base, "-o", str(tmp_path / "c"), "--allow-mismatched-input", "--max-pixels", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert "2000" in err and "--max-pixels" in err  # 40 x 50 pixels over the limit of 1000
 
 
 # ---------------------------------------------------------------------------------------------- argument validation

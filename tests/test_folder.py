@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -334,6 +335,61 @@ def test_bad_names_corrupt_file_and_extra_channel(tmp_path):
     assert "imagesTr/case_c.nii.gz: image names must be <case>_XXXX.nii.gz" in text
     assert "imagesTr/case_a_0001.nii.gz: channel 1 but dataset.json declares 1 channel(s)" in text
     assert "case case_b: cannot read" in text and "case_b_0000.nii.gz" in text
+
+
+def test_broken_symlink_is_a_problem_not_a_silently_skipped_case(tmp_path):
+    # the user's case: a link whose target moved; training used to run on the other cases without a word
+    _make_3d(tmp_path)
+    _write_json(tmp_path)  # no numTraining, which would otherwise hint at the missing case
+    link = tmp_path / "imagesTr" / "case_c_0000.nii.gz"
+    link.symlink_to(tmp_path / "moved" / "case_c_0000.nii.gz")
+    problems = _problems(tmp_path)
+    assert len(problems) == 1
+    assert problems[0].startswith("imagesTr/case_c_0000.nii.gz: is a broken symbolic link")
+    assert str(tmp_path / "moved" / "case_c_0000.nii.gz") in problems[0] and "fix the link" in problems[0]
+    with pytest.raises(FolderValidationError, match="broken symbolic link"):
+        FolderSliceDataset(tmp_path)
+
+
+def test_looping_links_folders_and_pipes_are_problems_in_every_scanned_folder(tmp_path):
+    _make_3d(tmp_path)
+    (tmp_path / "labelsTr" / "loop.nii.gz").symlink_to("loop.nii.gz")  # points at itself
+    (tmp_path / "imagesTs").mkdir()
+    (tmp_path / "imagesTs" / "gone_0000.nii.gz").symlink_to("nowhere.nii.gz")
+    (tmp_path / "imagesTr" / "old").mkdir()
+    os.mkfifo(tmp_path / "imagesTr" / "pipe_0000.nii.gz")  # reading it would block forever
+    (tmp_path / "imagesTr" / ".hidden_0000.nii.gz").symlink_to("nowhere.nii.gz")  # hidden entries stay ignored
+    problems = _problems(tmp_path)
+    text = "\n".join(problems)
+    assert "labelsTr/loop.nii.gz: is a symbolic link that loops" in text
+    assert "imagesTs/gone_0000.nii.gz: is a broken symbolic link" in text
+    assert "imagesTr/old: is a folder" in text
+    assert "imagesTr/pipe_0000.nii.gz: is not a regular file" in text
+    assert ".hidden" not in text
+    assert len(problems) == 4
+
+
+def test_symlinks_to_real_files_are_fine(tmp_path):
+    data = _make_3d(tmp_path / "store")
+    root = tmp_path / "linked"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+        for path in (tmp_path / "store" / sub).iterdir():
+            (root / sub / path.name).symlink_to(path)
+    (root / "dataset.json").symlink_to(tmp_path / "store" / "dataset.json")
+    report = validate_folder(root)
+    assert report.cases == sorted(data)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can read files without read permission")
+def test_unreadable_file_is_a_problem(tmp_path):
+    _make_3d(tmp_path)
+    path = tmp_path / "labelsTr" / "case_b.nii.gz"
+    path.chmod(0)
+    try:
+        assert any(p.startswith("labelsTr/case_b.nii.gz: cannot be read") for p in _problems(tmp_path))
+    finally:
+        path.chmod(0o644)
 
 
 def test_empty_folder(tmp_path):

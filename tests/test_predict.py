@@ -110,15 +110,15 @@ def grey_model(grey_ckpt: Path) -> msa2net.MSA2Net:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inputs")
-    grey = ((_phantom((1, 50, 60), 3)[0].astype(np.float32) + 1000) / 1300 * 255).clip(0, 255).astype(np.uint8)
-    Image.fromarray(grey).save(root / "photo.png")
+    # A 2D raster a CT model may take: a float TIFF in HU (an 8-bit PNG is refused, see test_bad_input.py)
+    Image.fromarray(_phantom((1, 50, 60), 3)[0].astype(np.float32)).save(root / "photo.tif")
     return {
         "nifti": _write_sitk(
             _phantom((6, 40, 48), 0), root / "case.nii.gz", (0.8, 0.7, 3.0), (-10, 20, 30.5), DIRECTION
         ),
         "nrrd": _write_sitk(_phantom((5, 36, 44), 1), root / "scan.nrrd", (0.9, 0.9, 2.0), (5, -5, 0), DIRECTION),
         "dicom": _write_dicom_series(_phantom((4, 32, 40), 2), root / "series1", (0.75, 0.8, 2.5), (-12.5, 30, 100)),
-        "png": root / "photo.png",
+        "raster": root / "photo.tif",
     }
 
 
@@ -133,7 +133,7 @@ def test_masks_match_direct_inference_and_keep_geometry(
     report = predict_files(grey_ckpt, list(inputs.values()), out, batch_size=4, progress=False)
 
     assert report.ok and report.failed == []
-    expected = {"nifti": "case.nii.gz", "nrrd": "scan.nrrd", "dicom": "series1.nii.gz", "png": "photo.png"}
+    expected = {"nifti": "case.nii.gz", "nrrd": "scan.nrrd", "dicom": "series1.nii.gz", "raster": "photo.png"}
     assert [p.name for p in report.written] == list(expected.values())
     assert _listing(out) == {*expected.values(), "predictions.json"}  # no temporaries, nothing else
     record = json.loads((out / "predictions.json").read_text())
@@ -144,7 +144,7 @@ def test_masks_match_direct_inference_and_keep_geometry(
         mask, mask_geometry = read_image(out / expected[kind])
         assert mask.shape == image.shape and mask.dtype == np.uint8
         assert set(np.unique(mask)) <= {0, 1, 2}
-        if kind == "png":
+        if kind == "raster":
             direct = predict_image(grey_model, image, preprocessing=CT)
         else:
             direct = predict_volume(grey_model, image, preprocessing=CT)
@@ -194,7 +194,7 @@ def test_bad_inputs_are_reported_and_skipped(
     _write_sitk(nan_volume, bad / "nan.nrrd", (1.0, 1.0, 1.0), (0, 0, 0), tuple(np.eye(3).ravel()))
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(bad / "colour.png")
     Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(bad / "photo.jpg")  # its mask name is photo.png too
-    sources = [bad / "broken.nii.gz", inputs["nifti"], bad / "nan.nrrd", inputs["png"], bad / "colour.png"]
+    sources = [bad / "broken.nii.gz", inputs["nifti"], bad / "nan.nrrd", inputs["raster"], bad / "colour.png"]
     out = tmp_path / "out"
 
     with caplog.at_level(logging.WARNING, logger="msa2net.engine.predict"):
@@ -235,7 +235,7 @@ def test_failure_after_the_mask_is_written_removes_it(
 
 def test_overlays_and_output_format(grey_ckpt: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sources = [inputs["nifti"], inputs["dicom"], inputs["png"]]
+    sources = [inputs["nifti"], inputs["dicom"], inputs["raster"]]
     report = predict_files(grey_ckpt, sources, out, overlays=True, output_format="nrrd", progress=True)
 
     assert report.ok
@@ -266,13 +266,13 @@ def test_checkpoint_missing_fields_is_named(tmp_path: Path, grey_ckpt: Path, inp
     del ckpt["preprocessing"], ckpt["class_names"]
     torch.save(ckpt, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match=r"lacks the fields \['preprocessing', 'class_names'\]"):
-        predict_files(tmp_path / "partial.pt", [inputs["png"]], tmp_path / "out", progress=False)
+        predict_files(tmp_path / "partial.pt", [inputs["raster"]], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_arguments_fail_before_any_work(grey_ckpt: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="output_format 'png'"):
-        predict_files(grey_ckpt, [inputs["png"]], tmp_path / "out", output_format="png")
+        predict_files(grey_ckpt, [inputs["raster"]], tmp_path / "out", output_format="png")
     with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
         predict_files(grey_ckpt, [tmp_path / "missing.nii.gz"], tmp_path / "out")
     assert not (tmp_path / "out").exists()

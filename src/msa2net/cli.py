@@ -216,6 +216,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         split=args.split,
         preview=one_command if args.preview is None else args.preview,
         volumes=one_command if args.volumes is None else args.volumes,
+        max_pixels=args.max_pixels,
+        allow_mismatched_input=args.allow_mismatched_input,
     )
     print(f"wrote {len(report.written)} file(s) to {args.out}")
     for line in report.failure_lines():
@@ -389,6 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_int_at_least(1), default=8, help="slices per forward pass (default 8)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision inference (default: float32)")
+    p.add_argument(
+        "--max-pixels",
+        type=_int_at_least(1),
+        default=None,
+        help="largest raster (width x height) to decode; larger files are skipped as possible decompression bombs "
+        "(default: $MSA2NET_MAX_PIXELS, else 89478485)",
+    )
+    p.add_argument(
+        "--allow-mismatched-input",
+        action="store_true",
+        help="segment inputs whose type or value range does not fit the model's preprocessing (e.g. an 8-bit PNG "
+        "for a CT model) instead of skipping them",
+    )
     p.add_argument("--overlays", action="store_true", help="also write PNG overlays")
     p.add_argument("--format", help="mask format for volumes: .nii.gz, .nii, .nrrd, .mha")
     p.set_defaults(func=cmd_predict, parser=p)

@@ -20,9 +20,11 @@ volume dataset hands it to prediction/evaluation.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,15 +231,59 @@ def load_dataset_json(root: PathLike) -> DatasetSpec:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+def _entry_problem(path: Path) -> str | None:
+    """Why a folder entry is not a readable regular file (symbolic links to one are fine), or None when it is one."""
+    try:
+        info = path.stat()  # follows symbolic links
+    except OSError as err:
+        if path.is_symlink():
+            target = os.readlink(path)
+            if err.errno == errno.ELOOP:
+                return f"is a symbolic link that loops (-> {target}); replace it with the file or a link to it"
+            return f"is a broken symbolic link (-> {target}, which does not exist); fix the link or remove it"
+        return f"cannot be accessed ({err.strerror or err}); check the file and its permissions"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder; files must lie directly in this folder, not in subfolders: move them up or remove it"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a pipe, socket or device); replace it with the file or remove it"
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err}); fix its permissions"
+    return None
+
+
+def _visible_files(folder: Path, root: Path, problems: list[str]) -> list[Path]:
+    """The readable regular files directly in ``folder`` (followed links included), sorted by name.
+
+    Hidden entries (name starting with ``.``: OS metadata, temporaries) are ignored. Every other entry that is not a
+    readable regular file (a broken or looping symbolic link, a subfolder, a pipe, an unreadable file) is appended to
+    ``problems`` with its path relative to ``root``, like a missing label: a dataset is never silently trained on
+    fewer cases than the folder shows.
+    """
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        problems.append(f"{folder.relative_to(root)}/ cannot be listed ({err.strerror or err}); fix its permissions")
+        return []
+    files: list[Path] = []
+    for path in entries:
+        if path.name.startswith("."):
+            continue
+        problem = _entry_problem(path)
+        if problem is None:
+            files.append(path)
+        else:
+            problems.append(f"{path.relative_to(root)}: {problem}")
+    return files
 
 
 def _scan_images(folder: Path, spec: DatasetSpec, root: Path, problems: list[str]) -> dict[str, dict[int, Path]]:
-    """Case -> {channel index -> file} for one images folder; unexpected names become problems."""
+    """Case -> {channel index -> file} for one images folder; unexpected names and unreadable entries are problems."""
     ending = spec.file_ending
     cases: dict[str, dict[int, Path]] = {}
-    for path in _visible_files(folder):
+    for path in _visible_files(folder, root, problems):
         rel = path.relative_to(root)
         if ending == ".mhd" and path.name.lower().endswith(_MHD_DATA_SUFFIXES):
             continue
@@ -260,9 +306,10 @@ def _scan_images(folder: Path, spec: DatasetSpec, root: Path, problems: list[str
 
 
 def _scan_labels(folder: Path, spec: DatasetSpec, root: Path, problems: list[str]) -> dict[str, Path]:
+    """Case -> label file for ``labelsTr``; unexpected names and unreadable entries are problems."""
     ending = spec.file_ending
     labels: dict[str, Path] = {}
-    for path in _visible_files(folder):
+    for path in _visible_files(folder, root, problems):
         if ending == ".mhd" and path.name.lower().endswith(_MHD_DATA_SUFFIXES):
             continue
         if not path.name.endswith(ending):

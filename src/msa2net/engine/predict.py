@@ -4,8 +4,9 @@
 ``.pth``, or a published model folder or hub repo id), expands the inputs (files, folders of files, DICOM series
 folders) and writes one label mask per input into ``out_dir``, plus optional per-class binary masks, a preview PNG
 with a legend, per-class volumes, overlay PNGs and a ``predictions.json`` report. An input that cannot be segmented
-(corrupt file, NaN values, a colour image for a grey model, ...) is reported and skipped; the others are still
-processed, and no output file is left behind for a failed input.
+(corrupt or truncated file, a raster above the pixel limit, NaN values, a colour image for a grey model, an 8-bit
+picture for a CT model, ...) is reported and skipped; the others are still processed, and no output file is left
+behind for a failed input.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._progress import progress_enabled
 from ..data.io import (
     RASTER_SUFFIXES,
     VOLUME_SUFFIXES,
     image_suffix,
     list_inputs,
     read_image,
+    resolve_max_pixels,
     write_image,
     write_text_atomic,
 )
@@ -202,6 +205,52 @@ def _overlay_slices(labels: np.ndarray, count: int = OVERLAY_SLICES) -> list[int
     return sorted({int(with_fg[i]) for i in picks})
 
 
+def _input_mismatch(prep: Preprocessing, source: Path, image: np.ndarray) -> str | None:
+    """Why ``image`` (read from ``source``) does not look like what ``prep`` was built for, or None when it does.
+
+    The checkpoint's preprocessing fixes what input intensities mean; an input of another kind maps to values the
+    model never saw, and the mask is meaningless without any error. Checked:
+
+    * ``ct_window`` expects Hounsfield units, which are negative for air (-1000) and fat (about -100): unsigned
+      integers (an 8/16-bit picture, or HU stored with an offset), a raster (PNG, JPEG, BMP, TIFF) whose values all
+      lie in [0, 255] (a picture), or floats all in [0, 1] (already scaled) do not fit.
+    * ``rgb`` expects 8-bit values 0..255: floats all in [0, 1] (already scaled) do not fit.
+    * ``unit`` expects [0, 1] and ``zscore`` takes any range; values outside the range ``rgb`` and ``unit`` accept are
+      refused by :meth:`Preprocessing.to_unit` itself.
+    """
+    if image.size == 0 or image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.number):
+        return None
+    lo, hi = float(image.min()), float(image.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return None  # NaN/inf: Preprocessing.to_unit names them
+    suffix = image_suffix(source) if source.is_file() else None
+    raster = suffix in RASTER_SUFFIXES
+    kind = "a raster image" if raster else ("a DICOM series" if suffix is None else f"a {suffix} volume")
+    found = f"{kind} of dtype {image.dtype} with values {lo:g}..{hi:g}"
+    floats_in_unit = np.issubdtype(image.dtype, np.floating) and 0.0 <= lo and hi <= 1.0
+    if prep.kind == "ct_window":
+        if floats_in_unit:
+            why = "values already scaled to [0, 1]"
+        elif np.issubdtype(image.dtype, np.unsignedinteger):
+            why = "unsigned integers cannot hold HU below 0: an 8-bit (0..255) or 16-bit picture, or HU with an offset"
+        elif raster and 0.0 <= lo and hi <= 255.0:
+            why = "raster values within 0..255 are an 8-bit (0..255) picture, not HU"
+        else:
+            why = None
+        if why is not None:
+            return (
+                f"the checkpoint expects CT intensities in Hounsfield units (preprocessing 'ct_window' {prep.window}) "
+                f"from a volume file (NIfTI, NRRD, MHA or DICOM), but this input is {found} ({why}); segment the "
+                "original CT volume instead"
+            )
+    elif prep.kind == "rgb" and floats_in_unit:
+        return (
+            f"the checkpoint expects 8-bit intensities 0..255 (preprocessing 'rgb'), but this input is {found}, which "
+            "looks already scaled to [0, 1]; segment the original 8-bit image instead"
+        )
+    return None
+
+
 def _display_image(prep: Preprocessing, image: np.ndarray) -> np.ndarray:
     """What the model sees, in [0, 1], as a grey ``(..., H, W)`` or colour ``(..., H, W, 3)`` image for overlays."""
     unit = prep.to_unit(image)
@@ -226,6 +275,8 @@ def _segment_one(
     split_dir: Path | None = None,
     preview: bool = False,
     volumes: bool = False,
+    max_pixels: int | None = None,
+    allow_mismatched_input: bool = False,
 ) -> dict[str, Any]:
     """Segment one input and write its mask (and split masks, preview, volumes, overlays); returns the input's record
     for the report.
@@ -238,10 +289,18 @@ def _segment_one(
     stem = mask_path.name[: -len(suffix)] if suffix else mask_path.name
     if mask_path.resolve() == source.resolve():
         raise ValueError(f"the mask would overwrite the input itself; choose an out_dir other than {source.parent}")
-    image, geometry = read_image(source)
+    image, geometry = read_image(source, max_pixels=max_pixels)
     spatial = geometry.ndim
     if spatial not in (2, 3) or image.ndim not in (spatial, spatial + 1):
         raise ValueError(f"expected a 2D or 3D image, found array shape {image.shape} with a {spatial}D geometry")
+    if spatial == 2:
+        image = prep.arrange_channels(image)  # e.g. a grey raster shown and segmented as RGB by an RGB model
+    mismatch = None if allow_mismatched_input else _input_mismatch(prep, source, image)
+    if mismatch is not None:
+        raise ValueError(
+            f"{mismatch}. If you are sure it fits, pass allow_mismatched_input=True "
+            "(msa2net predict --allow-mismatched-input)"
+        )
     if spatial == 3:
         labels = predict_volume(
             model,
@@ -254,7 +313,6 @@ def _segment_one(
             desc=source.name,
         )
     else:
-        image = prep.arrange_channels(image)  # e.g. a grey raster shown and segmented as RGB by an RGB model
         labels = predict_image(model, image, preprocessing=prep, tta=tta, amp=amp)
     counts = summarise_labels(labels, class_names)
     spacing = None if image_suffix(source) in RASTER_SUFFIXES else tuple(reversed(geometry.spacing))
@@ -358,6 +416,8 @@ def predict_files(
     split: bool = False,
     preview: bool = False,
     volumes: bool = False,
+    max_pixels: int | None = None,
+    allow_mismatched_input: bool = False,
 ) -> PredictReport:
     """Segment image files and DICOM series with a model; write label masks with the input's geometry.
 
@@ -390,9 +450,16 @@ def predict_files(
       voxel volume in mm^3 / 1000); for 2D images pixel counts and area in mm^2 (null for rasters, whose spacing is
       unknown).
 
-    An input that cannot be segmented (unreadable or corrupt, NaN/inf values, a channel layout the model does not
-    take, a name that collides with an earlier input's output, ...) is logged as a warning, listed in
-    :attr:`PredictReport.failed` with the reason, and skipped; files already written for it are removed.
+    An input that cannot be segmented (unreadable, truncated or corrupt, a raster larger than ``max_pixels``, NaN/inf
+    values, a channel layout the model does not take, intensities that do not fit the checkpoint's preprocessing, a
+    name that collides with an earlier input's output, ...) is logged as a warning, listed in
+    :attr:`PredictReport.failed` with the reason, and skipped; files already written for it are removed (every file
+    is written atomically, so a failed write leaves nothing either).
+
+    Intensity check: the checkpoint's preprocessing says what input values mean, and an input of another kind is
+    refused unless ``allow_mismatched_input`` is set: a ``ct_window`` (CT) model takes Hounsfield units, not unsigned
+    integers (8/16-bit pictures, HU stored with an offset), a raster whose values all lie in 0..255, or floats already
+    scaled to [0, 1]; an ``rgb`` model takes 8-bit values, not floats already scaled to [0, 1].
 
     Args:
         checkpoint: The model: an msa2net checkpoint or the authors' MSA2Net ``.pth`` (path), a loaded checkpoint
@@ -411,6 +478,11 @@ def predict_files(
         split: Also write one binary mask per foreground class.
         preview: Also write a preview PNG with a legend.
         volumes: Also write the per-class volumes JSON.
+        max_pixels: Largest raster input (width x height) decoded; larger ones are skipped as possible decompression
+            bombs. None: the environment variable ``MSA2NET_MAX_PIXELS`` if set, else
+            :data:`msa2net.data.io.DEFAULT_MAX_PIXELS` (see :func:`msa2net.data.io.resolve_max_pixels`).
+        allow_mismatched_input: Segment inputs whose type or value range does not fit the checkpoint's preprocessing
+            (see above) instead of skipping them.
 
     Returns:
         The :class:`PredictReport`; ``report.ok`` is False when any input failed.
@@ -421,13 +493,17 @@ def predict_files(
         FileNotFoundError: an input path does not exist.
         ValueError: an input has an unsupported suffix or a folder holds no images; an unknown ``output_format``,
             ``amp`` or ``batch_size``; ``overlays`` or ``preview`` for a model with more classes than overlay
-            colours.
+            colours; ``max_pixels`` (or ``MSA2NET_MAX_PIXELS``) is not a positive whole number; ``out_dir`` is an
+            existing file.
     """
     suffix_override = _normalise_format(output_format)
     if amp not in (None, "bf16", "fp16"):
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    pixel_limit = resolve_max_pixels(max_pixels)
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"out_dir {out_dir} exists and is not a folder; give a folder (it is created if missing)")
     sources = list_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
     ckpt = load_model_source(checkpoint)
     class_names = list(ckpt["class_names"])
@@ -444,7 +520,7 @@ def predict_files(
 
     report = PredictReport()
     claimed: dict[Path, Path] = {}  # mask path -> the input whose mask it is
-    bar = tqdm(sources, desc="predict", unit="input", disable=not progress)
+    bar = tqdm(sources, desc="predict", unit="input", disable=not progress_enabled(progress))
     for source in bar:
         written: list[Path] = []
         split_dir: Path | None = None
@@ -479,6 +555,8 @@ def predict_files(
                 split_dir=split_dir,
                 preview=preview,
                 volumes=volumes,
+                max_pixels=pixel_limit,
+                allow_mismatched_input=allow_mismatched_input,
             )
         except BaseException as err:
             for path in written:  # also on Ctrl-C: an input's outputs are all there or none are
@@ -507,6 +585,8 @@ def predict_files(
         "device": str(device),
         "tta": tta,
         "amp": amp,
+        "max_pixels": pixel_limit,
+        "allow_mismatched_input": allow_mismatched_input,
         "cases": report.cases,
         "failed": [{"input": str(path), "reason": reason} for path, reason in report.failed],
     }

@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from .weights_io import WeightsFileError, read_weights_file, unwrap_state_dict
+from .weights_io import WeightsFileError, key_mismatch_report, read_weights_file, unwrap_state_dict
 
 HUB_PROBE_TIMEOUT_S = 4.0
 
@@ -95,18 +95,10 @@ class MaxViTEncoder(nn.Module):
             from timm.models import adapt_input_conv
 
             state["stem.conv1.weight"] = adapt_input_conv(self.in_channels, state["stem.conv1.weight"])
-        own = self.backbone.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shaped = sorted(
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in set(own) & set(state)
-            if state[k].shape != own[k].shape
-        )
-        if missing or unexpected or shaped:
+        mismatch = key_mismatch_report(self.backbone.state_dict(), state)
+        if mismatch:
             raise EncoderWeightsError(
-                f"encoder weights {str(path)!r} do not fit timm's {self.name}:\n"
-                + _key_report(missing, unexpected, shaped)
+                f"encoder weights {str(path)!r} do not fit timm's {self.name}:\n{mismatch}"
                 + f"\nThe file must hold ImageNet weights of {self.name} ({self._download_hint()})."
             )
         self.backbone.load_state_dict(state, strict=True)
@@ -164,14 +156,3 @@ def _reachable(url: str, timeout: float) -> bool:
     thread.start()
     thread.join(timeout)
     return bool(result and result[0])
-
-
-def _key_report(missing: list[str], unexpected: list[str], shaped: list[str], limit: int = 20) -> str:
-    lines = []
-    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shaped)):
-        if keys:
-            shown = "\n    ".join(keys[:limit]) + (
-                f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
-            )
-            lines.append(f"  {title} ({len(keys)}):\n    {shown}")
-    return "\n".join(lines)

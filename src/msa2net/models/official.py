@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .msa2net import MSA2Net
-from .weights_io import WeightsFileError, read_weights_file, unwrap_state_dict
+from .weights_io import WeightsFileError, key_mismatch_report, read_weights_file, unwrap_state_dict
 
 
 class OfficialCheckpointError(ValueError):
@@ -173,21 +173,11 @@ def load_official_weights(model: MSA2Net, source: str | os.PathLike | Mapping[st
     """
     state = read_official_state_dict(source)
     converted, dropped, unknown, variant = convert_official_state_dict(state, model.variant)
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in converted)
-    unexpected = sorted(unknown + [k for k in converted if k not in own])
-    shaped = sorted(
-        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in converted
-        if k in own and converted[k].shape != own[k].shape
-    )
-    if missing or unexpected or shaped:
-        from .encoder import _key_report
-
+    mismatch = key_mismatch_report(model.state_dict(), converted, unknown, given_name="checkpoint")
+    if mismatch:
         raise OfficialCheckpointError(
             f"official {variant} checkpoint does not fit this model ({model.config.encoder}, "
-            f"{model.num_classes} classes, {model.config.in_channels} input channels):\n"
-            + _key_report(missing, unexpected, shaped)
+            f"{model.num_classes} classes, {model.config.in_channels} input channels):\n{mismatch}"
         )
     model.load_state_dict(converted, strict=True)
     return OfficialLoadReport(variant=variant, loaded=len(converted), dropped=sorted(dropped))

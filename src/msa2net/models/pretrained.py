@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .encoder import HUB_PROBE_TIMEOUT_S, _key_report, _reachable
-from .weights_io import WeightsFileError, read_weights_file
+from .encoder import HUB_PROBE_TIMEOUT_S, _reachable
+from .weights_io import WeightsFileError, key_mismatch_report, read_weights_file
 
 if TYPE_CHECKING:
     from .msa2net import MSA2Net
@@ -460,18 +460,11 @@ def load_pretrained(
     )
     config, state = read_pretrained(folder)
     model = build_model(config, str(folder / CONFIG_NAME))
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shaped = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    if missing or unexpected or shaped:
+    mismatch = key_mismatch_report(model.state_dict(), state)
+    if mismatch:
         raise PretrainedError(
             f"{folder / WEIGHTS_NAME} does not fit the model its {CONFIG_NAME} describes ({config['model_args']}):\n"
-            + _key_report(missing, unexpected, shaped)
+            + mismatch
         )
     model.load_state_dict(state, strict=True)
     if len(config["class_names"]) != model.num_classes:

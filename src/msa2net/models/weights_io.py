@@ -7,13 +7,19 @@ strings and plain containers load, anything else is refused. ``.safetensors`` fi
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["STATE_DICT_WRAPPERS", "WeightsFileError", "read_weights_file", "unwrap_state_dict"]
+__all__ = [
+    "STATE_DICT_WRAPPERS",
+    "WeightsFileError",
+    "key_mismatch_report",
+    "read_weights_file",
+    "unwrap_state_dict",
+]
 
 #: Keys under which training scripts commonly nest the state dict, tried in this order.
 STATE_DICT_WRAPPERS: tuple[str, ...] = ("state_dict", "model", "state_dict_ema")
@@ -89,6 +95,43 @@ def unwrap_state_dict(obj: Mapping[str, Any], where: str = "the given state dict
     if bad:
         raise WeightsFileError(f"{where} is not a state dict of tensors: non-tensor entries {bad[:5]}")
     return state
+
+
+def key_mismatch_report(
+    expected: Mapping[str, torch.Tensor],
+    given: Mapping[str, torch.Tensor],
+    extra_unexpected: Sequence[str] = (),
+    given_name: str = "file",
+    limit: int = 20,
+) -> str | None:
+    """Every difference between a module's state dict and the tensors offered for it, for an error message.
+
+    Args:
+        expected: The module's own ``state_dict()``.
+        given: The tensors to load.
+        extra_unexpected: Further keys to report as unexpected (e.g. keys a converter could not map).
+        given_name: What ``given`` is called in the message (``"file"``, ``"checkpoint"``).
+        limit: Keys shown per kind of difference; the rest are counted.
+
+    Returns:
+        None when every key is present with its shape and nothing is left over; else the listing of missing,
+        unexpected and mis-shaped keys, one block per kind.
+    """
+    missing = sorted(k for k in expected if k not in given)
+    unexpected = sorted([*extra_unexpected, *(k for k in given if k not in expected)])
+    shaped = sorted(
+        f"{k}: {given_name} {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in given
+        if k in expected and given[k].shape != expected[k].shape
+    )
+    lines = []
+    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shaped)):
+        if keys:
+            shown = "\n    ".join(keys[:limit]) + (
+                f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
+            )
+            lines.append(f"  {title} ({len(keys)}):\n    {shown}")
+    return "\n".join(lines) or None
 
 
 def _first_line(err: BaseException) -> str:

@@ -32,6 +32,7 @@ from ..data.io import (
     write_overlay_png,
     write_text_atomic,
 )
+from ..data.orientation import axis_code, check_axis_code, reorientation
 from ..data.preprocessing import Preprocessing
 from ..models import MSA2Net
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -154,10 +155,13 @@ def _segment_one(
     overlays: bool,
     progress: bool,
     written: list[Path],
+    slice_orientation: str | None = None,
 ) -> dict[str, Any]:
     """Segment one input and write its mask (and overlays); returns the input's record for the report.
 
-    Each output path is appended to ``written`` as soon as it exists, so that the caller can remove the outputs of an
+    A volume whose axis code differs from ``slice_orientation`` (the training volumes' code; None: no re-indexing)
+    is re-indexed to it before slicing, and its mask back, so the model sees the plane it was trained on. Each
+    output path is appended to ``written`` as soon as it exists, so that the caller can remove the outputs of an
     input whose later step failed.
     """
     out_dir = mask_path.parent
@@ -169,6 +173,21 @@ def _segment_one(
     spatial = geometry.ndim
     if spatial not in (2, 3) or image.ndim not in (spatial, spatial + 1):
         raise ValueError(f"expected a 2D or 3D image, found array shape {image.shape} with a {spatial}D geometry")
+    code = None
+    if spatial == 3:
+        try:
+            code = axis_code(geometry)
+        except ValueError as err:
+            if slice_orientation:
+                raise ValueError(
+                    f"its layout cannot be matched to the training volumes' ({slice_orientation}): {err}; or segment "
+                    "it as stored with --no-reorient (reorient=False)"
+                ) from err
+    move = reorientation(code, slice_orientation) if code and slice_orientation else None
+    if move is not None and not move.is_identity:
+        image = np.ascontiguousarray(move.apply(image))  # the model's plane; the mask is moved back below
+    else:
+        move = None
     if spatial == 3:
         labels = predict_volume(
             model,
@@ -184,6 +203,9 @@ def _segment_one(
         image = prep.arrange_channels(image)  # e.g. a grey raster shown and segmented as RGB by an RGB model
         labels = predict_image(model, image, preprocessing=prep, tta=tta, amp=amp)
     counts = summarise_labels(labels, class_names)
+    shown_labels = labels  # overlays show the plane the model segmented
+    if move is not None:
+        labels = np.ascontiguousarray(move.inverse().apply(labels))
 
     write_image(labels, None if suffix == ".png" else geometry, mask_path)
     written.append(mask_path)
@@ -193,7 +215,10 @@ def _segment_one(
         if spatial == 2:
             jobs = [(out_dir / f"{stem}_overlay.png", shown, labels)]
         else:
-            jobs = [(out_dir / f"{stem}_overlay_z{z:03d}.png", shown[z], labels[z]) for z in _overlay_slices(labels)]
+            jobs = [
+                (out_dir / f"{stem}_overlay_z{z:03d}.png", shown[z], shown_labels[z])
+                for z in _overlay_slices(shown_labels)
+            ]
         for path, shown2d, labels2d in jobs:
             write_overlay_png(shown2d, labels2d, path, num_classes=len(class_names))
             written.append(path)
@@ -204,6 +229,8 @@ def _segment_one(
         "overlays": [str(p) for p in overlay_paths],
         "shape": list(labels.shape),
         "spacing": list(geometry.spacing) if suffix != ".png" else None,
+        "axis_code": code,
+        "segmented_as": slice_orientation if move is not None else code,
         "counts": counts,
     }
 
@@ -220,6 +247,7 @@ def predict_files(
     overlays: bool = False,
     output_format: str | None = None,
     progress: bool = True,
+    reorient: bool = True,
 ) -> PredictReport:
     """Segment image files and DICOM series with a checkpoint; write label masks with the input's geometry.
 
@@ -237,6 +265,14 @@ def predict_files(
       ``overlays``).
 
     Masks have the input's array shape (without channel axis) and, except PNG, its spacing, origin and direction.
+
+    Orientation: a checkpoint trained on volumes records their axis code (``slice_orientation``, e.g. ``"AIR"`` for
+    sagittal slices). With ``reorient`` (default), a volume stored in another layout (e.g. an axial-first ``"RAS"``
+    brain) is re-indexed to that code before slicing, by permutation and flips only (no resampling), and its mask
+    is moved back, so the model always segments the plane it learnt; ``predictions.json`` records the input's code
+    (``axis_code``) and the layout segmented (``segmented_as``). Inputs whose headers are known to be wrong can be
+    segmented as stored with ``reorient=False``. Checkpoints without the record (older ones, 2D data, the authors')
+    segment every volume as stored.
     Overlays (``overlays=True``) blend the class colours on the model's view of the image: ``<stem>_overlay.png``
     for 2D inputs, ``<stem>_overlay_zNNN.png`` for up to :data:`OVERLAY_SLICES` evenly spaced slices with foreground
     (the middle slice when there is none) for volumes. ``out_dir/predictions.json`` records the run, per-input class
@@ -258,6 +294,7 @@ def predict_files(
         overlays: Also write overlay PNGs.
         output_format: Mask suffix for non-raster inputs; None keeps the input's (``.nii.gz`` for DICOM).
         progress: Show progress bars.
+        reorient: Re-index volumes to the checkpoint's ``slice_orientation`` (see above).
 
     Returns:
         The :class:`PredictReport`; ``report.ok`` is False when any input failed.
@@ -282,6 +319,8 @@ def predict_files(
             "Run without overlays and view the masks in a viewer such as ITK-SNAP or 3D Slicer"
         )
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    trained_code = ckpt.get("slice_orientation")
+    slice_orientation = check_axis_code(trained_code) if (reorient and trained_code) else None
     device = resolve_device(device) if isinstance(device, str) else device
     model = model_from_checkpoint(ckpt, device)
     out = Path(out_dir)
@@ -313,6 +352,7 @@ def predict_files(
                 overlays=overlays,
                 progress=progress,
                 written=written,
+                slice_orientation=slice_orientation,
             )
         except BaseException as err:
             for path in written:  # also on Ctrl-C: an input's outputs are all there or none are
@@ -337,6 +377,7 @@ def predict_files(
         "device": str(device),
         "tta": tta,
         "amp": amp,
+        "slice_orientation": slice_orientation,
         "cases": report.cases,
         "failed": [{"input": str(path), "reason": reason} for path, reason in report.failed],
     }

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench bench-aal clean
 
 setup: $(STAMP)
 
@@ -34,5 +34,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_hd95.py
 	$(BIN)/python benchmarks/bench_predict_volume.py
 
+# Real data (needs `apt-get install mricron-data`): prepare, train on CPU, evaluate and predict AAL lobes on Colin27
+bench-aal: $(STAMP)
+	$(BIN)/python benchmarks/bench_aal.py --out aal_out --no-progress
+
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_out aal_out .pytest_cache .ruff_cache

@@ -426,3 +426,98 @@ def test_split_cases_errors():
         split_cases(["a"], 0.2)
     with pytest.raises(ValueError, match=r"duplicate case ids \['a'\]"):
         split_cases(["a", "a", "b"], 0.2)
+
+
+# ---------------------------------------------------------------------------------------------- labelled test cases
+
+
+def _add_test_cases(root: Path, cases=("case_t",), labelled=("case_t",)) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """imagesTs/ (and labelsTs/ for ``labelled``) in the layout of :func:`_make_3d`."""
+    (root / "imagesTs").mkdir()
+    (root / "labelsTs").mkdir(exist_ok=True)
+    data = {}
+    for i, case in enumerate(cases):
+        hu, label = _ct_case(50 + i, 4)
+        _write_nifti(root / "imagesTs" / f"{case}_0000.nii.gz", hu)
+        if case in labelled:
+            _write_nifti(root / "labelsTs" / f"{case}.nii.gz", label)
+        data[case] = (hu, label)
+    return data
+
+
+def test_labelled_test_cases_are_checked_listed_and_evaluated_first(tmp_path):
+    from msa2net.data.source import open_source
+
+    _make_3d(tmp_path)
+    test = _add_test_cases(tmp_path)
+    report = validate_folder(tmp_path)
+    assert report.cases == ["case_a", "case_b"] and report.labelled_test_cases == ["case_t"]
+    assert report.test_cases == ["case_t"] and report.shapes["case_t"] == (4, 8, 10)
+    assert report.num_slices == 5  # training slices only
+    source = open_source(tmp_path)
+    assert source.train_ids() == ["case_a", "case_b"] and source.test_ids() == ["case_t"]
+    assert source.evaluation_ids() == ["case_t"]  # preferred over the training cases
+    split = source.split("test")
+    assert split.train == ["case_a", "case_b"] and split.val == ["case_t"]
+    assert any("not a clean test" in note for note in split.notes)
+    (case,) = source.cases(["case_t"])
+    hu, label = test["case_t"]
+    np.testing.assert_array_equal(case.label, label)
+    np.testing.assert_allclose(case.image, CT_PREPROCESSING.to_unit(hu))
+    np.testing.assert_allclose(case.geometry.origin, ORIGIN)
+    with pytest.raises(ValueError, match=r"\['case_t'\] are not labelled cases .* for training"):
+        source.training_dataset(["case_a", "case_t"], build_transform("none", None, CT_PREPROCESSING), seed=0)
+
+
+def test_without_labels_ts_test_images_stay_unlabelled(tmp_path):
+    from msa2net.data.source import open_source
+
+    _make_3d(tmp_path)
+    _add_test_cases(tmp_path)
+    (tmp_path / "labelsTs" / "case_t.nii.gz").unlink()
+    (tmp_path / "labelsTs").rmdir()
+    source = open_source(tmp_path)
+    assert validate_folder(tmp_path).test_cases == ["case_t"] and source.test_ids() == []
+    assert source.evaluation_ids() == ["case_a", "case_b"]
+    with pytest.raises(ValueError, match="has no labelled test cases"):
+        source.split("test")
+
+
+def test_labelled_test_case_problems_are_all_listed(tmp_path):
+    _make_3d(tmp_path)
+    _add_test_cases(tmp_path, cases=("case_t", "case_u", "case_a"), labelled=("case_t", "case_a"))
+    bad = np.zeros((4, 8, 10), np.uint8)
+    bad[0, 0, 0] = 7
+    _write_nifti(tmp_path / "labelsTs" / "case_t.nii.gz", bad)
+    _write_nifti(tmp_path / "labelsTs" / "case_v.nii.gz", bad)
+    text = "\n".join(_problems(tmp_path))
+    assert "test images without labels (no labelsTs/<case>.nii.gz) for case(s): case_u" in text
+    assert "test labels without images (no imagesTs/<case>_0000.nii.gz) for case(s): case_v" in text
+    assert "case id(s) case_a are both training cases (imagesTr/) and labelled test cases (imagesTs/)" in text
+    assert "case case_t: label labelsTs/case_t.nii.gz holds values [7]" in text
+
+
+def test_folder_source_validates_once(tmp_path, monkeypatch):
+    """Training and validation reuse the source's report: each case is read once to validate the folder, once to
+    preload a training case, and once per validation round."""
+    import msa2net.data.folder as folder_module
+    from msa2net.data.source import open_source
+
+    _make_3d(tmp_path, cases=("case_a", "case_b", "case_c"), depths=(2, 2, 2))
+    _add_test_cases(tmp_path)
+    reads: list[str] = []
+    original = folder_module._read_case
+    monkeypatch.setattr(
+        folder_module, "_read_case", lambda case, *a, **k: reads.append(case) or original(case, *a, **k)
+    )
+    source = open_source(tmp_path)
+    split = source.split("held_out", val_cases=["case_c"])
+    assert sorted(reads) == ["case_a", "case_b", "case_c", "case_t"]
+    reads.clear()
+    source.training_dataset(split.train, build_transform("none", None, source.preprocessing), seed=0)
+    assert sorted(reads) == ["case_a", "case_b"]
+    reads.clear()
+    for _ in range(2):
+        assert [case.name for case in source.cases(split.val)] == ["case_c"]
+    assert reads == ["case_c", "case_c"]
+    assert source.slice_orientation() == "LPS"  # _write_nifti leaves the identity direction

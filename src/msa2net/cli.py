@@ -110,6 +110,17 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    if args.dataset == "aal":
+        from .data.aal import DEFAULT_SLABS, prepare_aal
+
+        slabs = DEFAULT_SLABS if args.slabs is None else args.slabs
+        result = prepare_aal(args.out, args.raw, slabs=slabs, overwrite=args.overwrite)
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    if args.slabs is not None:
+        raise ValueError(f"--slabs applies to prepare aal only, not to {args.dataset}; remove it")
+    if args.raw is None:
+        raise ValueError(f"prepare {args.dataset} needs --raw: the folder of the downloaded raw data")
     if args.dataset == "synapse":
         from .data.synapse import prepare_synapse
 
@@ -218,6 +229,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         volumes=one_command if args.volumes is None else args.volumes,
         max_pixels=args.max_pixels,
         allow_mismatched_input=args.allow_mismatched_input,
+        reorient=not args.no_reorient,
     )
     print(f"wrote {len(report.written)} file(s) to {args.out}")
     for line in report.failure_lines():
@@ -307,11 +319,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_int_at_least(1), default=24, help="number of images (isic2018, default 24)")
     p.set_defaults(func=cmd_phantom)
 
-    p = sub.add_parser("prepare", help="raw download -> training layout (Synapse: TransUNet's; ISIC: split npz)")
-    p.add_argument("dataset", choices=["synapse", "isic2018"], help="which dataset the raw folder holds")
-    p.add_argument("--raw", required=True, help="raw data folder (BTCV RawData, or the ISIC 2018 task 1 folders)")
+    p = sub.add_parser(
+        "prepare",
+        help="raw download -> training layout (Synapse: TransUNet's; ISIC: split npz; AAL: a dataset folder)",
+    )
+    p.add_argument(
+        "dataset",
+        choices=["synapse", "isic2018", "aal"],
+        help="which dataset: synapse, isic2018, or aal (real T1 MRI with expert lobe labels, from Debian's "
+        "mricron-data)",
+    )
+    p.add_argument(
+        "--raw",
+        help="raw data folder (BTCV RawData, or the ISIC 2018 task 1 folders; required for those). aal: the folder "
+        "of ch2.nii.gz, aal.nii.gz, aal.nii.txt (default /usr/share/mricron/templates)",
+    )
     p.add_argument("--out", required=True, help="output folder for the prepared dataset")
     p.add_argument("--overwrite", action="store_true", help="redo finished cases")
+    p.add_argument(
+        "--slabs",
+        type=_int_at_least(2),
+        default=None,
+        help="aal: contiguous training cases the left hemisphere is cut into (default 4)",
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train (single process, or under torchrun for DDP)")
@@ -406,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overlays", action="store_true", help="also write PNG overlays")
     p.add_argument("--format", help="mask format for volumes: .nii.gz, .nii, .nrrd, .mha")
+    p.add_argument(
+        "--no-reorient",
+        action="store_true",
+        help="slice volumes as stored, even when their layout differs from the training volumes' (default: "
+        "re-index them to the plane the model was trained on, and the mask back)",
+    )
     p.set_defaults(func=cmd_predict, parser=p)
 
     p = sub.add_parser("publish", help="checkpoint or run folder -> Hugging Face layout folder with a model card")

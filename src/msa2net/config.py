@@ -30,7 +30,7 @@ import yaml
 from ._atomic import write_text_atomic
 
 #: Built-in presets, the YAML files in ``msa2net/configs``.
-PRESETS: tuple[str, ...] = ("synapse", "isic2018", "folder", "demo")
+PRESETS: tuple[str, ...] = ("synapse", "isic2018", "folder", "demo", "aal")
 #: ``train.optimizer``.
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 #: ``train.scheduler``: poly per iteration, reduce-on-plateau per evaluation, or a constant LR.

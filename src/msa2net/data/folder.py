@@ -7,7 +7,9 @@ Layout::
                               "file_ending": ".nii.gz", "numTraining": 2}   (numTraining optional)
       imagesTr/<case>_0000<file_ending>   one file per channel, suffix _0000, _0001, ...
       labelsTr/<case><file_ending>        integer label map, values from dataset.json "labels"
-      imagesTs/<case>_0000<file_ending>   optional, unlabelled
+      imagesTs/<case>_0000<file_ending>   optional test images
+      labelsTs/<case><file_ending>        optional: labels of every imagesTs case, which makes them labelled test
+                                          cases (validated like training cases, scored by ``evaluate`` by default)
 
 Files are 3D volumes (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``) trained slice by slice along the
 first array axis (axial for the usual ``(Z, Y, X)`` reading), or 2D rasters (``.png``, ``.jpg``, ...) trained one
@@ -31,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from msa2net.data.io import IMAGE_SUFFIXES, RASTER_SUFFIXES, Geometry, ImageReadError, read_image
+from msa2net.data.orientation import axis_code
 from msa2net.data.preprocessing import Preprocessing
 from msa2net.data.source import Case, EpochSeededDataset, Source, register_source
 from msa2net.data.transforms import SegmentationTransform
@@ -451,8 +455,11 @@ class FolderReport:
         spec: Parsed ``dataset.json``.
         dims: 2 (rasters) or 3 (volumes).
         cases: Labelled case ids, sorted.
-        shapes: Case -> spatial shape (``(H, W)`` or ``(D, H, W)``) of the checked cases.
-        test_cases: Case ids in ``imagesTs`` (names and channel files checked, contents not read).
+        shapes: Case -> spatial shape (``(H, W)`` or ``(D, H, W)``) of the checked cases (labelled test cases
+            included).
+        test_cases: Case ids in ``imagesTs`` (names and channel files checked; contents read only when labelled).
+        labelled_test_cases: The ``imagesTs`` cases with a label in ``labelsTs/``, checked like training cases
+            (empty when there is no ``labelsTs/``).
     """
 
     root: Path
@@ -461,11 +468,13 @@ class FolderReport:
     cases: list[str]
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     test_cases: list[str] = field(default_factory=list)
+    labelled_test_cases: list[str] = field(default_factory=list)
 
     @property
     def num_slices(self) -> int:
-        """Number of 2D training samples (slices of volumes, or images)."""
-        return sum(shape[0] for shape in self.shapes.values()) if self.dims == 3 else len(self.shapes)
+        """Number of 2D training samples (slices of volumes, or images) of the checked labelled training cases."""
+        training = [shape for case, shape in self.shapes.items() if case in set(self.cases)]
+        return sum(shape[0] for shape in training) if self.dims == 3 else len(training)
 
 
 def _validate(
@@ -522,6 +531,7 @@ def _validate(
         )
 
     test_cases: list[str] = []
+    test_images: dict[str, dict[int, Path]] = {}
     if (root / "imagesTs").is_dir():
         test_images = _scan_images(root / "imagesTs", spec, root, problems)
         for case in sorted(test_images):
@@ -530,11 +540,16 @@ def _validate(
                 problems.append(problem)
             else:
                 test_cases.append(case)
+    test_labels = _check_test_labels(root, spec, test_images, images, problems)
+    labelled_test = [c for c in test_cases if c in test_labels]
 
-    to_read = complete if read_cases is None else [c for c in complete if c in set(read_cases)]
+    wanted = None if read_cases is None else set(read_cases)
+    to_read = [(case, images[case], labels[case]) for case in complete if wanted is None or case in wanted] + [
+        (case, test_images[case], test_labels[case]) for case in labelled_test if wanted is None or case in wanted
+    ]
     shapes: dict[str, tuple[int, ...]] = {}
-    for case in to_read:
-        data, case_problems = _read_case(case, images[case], labels[case], spec, root)
+    for case, case_images, case_label in to_read:
+        data, case_problems = _read_case(case, case_images, case_label, spec, root)
         problems.extend(case_problems)
         if data is not None:
             shapes[case] = tuple(data.label.shape)  # type: ignore[union-attr]
@@ -542,7 +557,45 @@ def _validate(
                 on_case(case, data)
     if problems:
         raise FolderValidationError(root, problems)
-    return FolderReport(root, spec, spec.dims, complete, shapes, test_cases)
+    return FolderReport(root, spec, spec.dims, complete, shapes, test_cases, labelled_test)
+
+
+def _check_test_labels(
+    root: Path,
+    spec: DatasetSpec,
+    test_images: dict[str, dict[int, Path]],
+    train_images: dict[str, dict[int, Path]],
+    problems: list[str],
+) -> dict[str, Path]:
+    """Labels of the labelled test cases (``labelsTs/``), pairing problems appended; empty without ``labelsTs/``."""
+    if not (root / "labelsTs").is_dir():
+        return {}
+    labels = _scan_labels(root / "labelsTs", spec, root, problems)
+    if not (root / "imagesTs").is_dir():
+        problems.append(
+            f"labelsTs/ exists but imagesTs/ does not; put the test images in {root / 'imagesTs'} "
+            f"(<case>_0000{spec.file_ending}) or remove labelsTs/"
+        )
+        return {}
+    unlabelled = sorted(set(test_images) - set(labels))
+    if unlabelled:
+        problems.append(
+            f"test images without labels (no labelsTs/<case>{spec.file_ending}) for case(s): {', '.join(unlabelled)}; "
+            "labelsTs/ makes imagesTs/ labelled test cases, so label every one of them (or move the unlabelled "
+            "images to another folder)"
+        )
+    orphans = sorted(set(labels) - set(test_images))
+    if orphans:
+        problems.append(
+            f"test labels without images (no imagesTs/<case>_0000{spec.file_ending}) for case(s): {', '.join(orphans)}"
+        )
+    clash = sorted(set(labels) & set(test_images) & set(train_images))
+    if clash:
+        problems.append(
+            f"case id(s) {', '.join(clash)} are both training cases (imagesTr/) and labelled test cases (imagesTs/); "
+            "rename one of each pair so that every case id names one case"
+        )
+    return {case: path for case, path in labels.items() if case in test_images and case not in clash}
 
 
 def validate_folder(root: PathLike) -> FolderReport:
@@ -567,30 +620,38 @@ def validate_folder(root: PathLike) -> FolderReport:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _reread_case(root: Path, spec: DatasetSpec, case: str) -> _Case:
-    """Read one labelled case again after validation (files may have changed since: re-check)."""
-    channels = {i: root / "imagesTr" / f"{case}_{i:04d}{spec.file_ending}" for i in range(spec.in_channels)}
+def _reread_case(root: Path, spec: DatasetSpec, case: str, test: bool = False) -> _Case:
+    """Read one labelled case again after validation (files may have changed since: re-check).
+
+    ``test`` reads a labelled test case (``imagesTs/`` + ``labelsTs/``) instead of a training case.
+    """
+    images, labels = ("imagesTs", "labelsTs") if test else ("imagesTr", "labelsTr")
+    channels = {i: root / images / f"{case}_{i:04d}{spec.file_ending}" for i in range(spec.in_channels)}
     present = {i: p for i, p in channels.items() if p.is_file()}
     problem = (
-        _check_channels(case, present, spec, "imagesTr")
+        _check_channels(case, present, spec, images)
         if present
-        else f"case {case}: imagesTr/{case}_0000{spec.file_ending} is gone"
+        else f"case {case}: {images}/{case}_0000{spec.file_ending} is gone"
     )
     if problem:
         raise FolderValidationError(root, [problem])
-    data, problems = _read_case(case, present, root / "labelsTr" / f"{case}{spec.file_ending}", spec, root)
+    data, problems = _read_case(case, present, root / labels / f"{case}{spec.file_ending}", spec, root)
     if data is None:
         raise FolderValidationError(root, problems)
     return data
 
 
-def _select_cases(report: FolderReport, cases: Sequence[str] | None) -> list[str]:
+def _select_cases(report: FolderReport, cases: Sequence[str] | None, with_test: bool = False) -> list[str]:
+    """``cases`` (default: every labelled training case), checked against the report's labelled cases; ``with_test``
+    also accepts the labelled test cases."""
+    available = list(report.cases) + (list(report.labelled_test_cases) if with_test else [])
     if cases is None:
         return list(report.cases)
-    unknown = sorted(set(cases) - set(report.cases))
+    unknown = sorted(set(cases) - set(available))
     if unknown:
-        shown = ", ".join(report.cases[:10]) + (" ..." if len(report.cases) > 10 else "")
-        raise ValueError(f"case(s) {unknown} are not labelled cases of {report.root}; available: {shown}")
+        shown = ", ".join(available[:10]) + (" ..." if len(available) > 10 else "")
+        only = "" if with_test else " for training (labelled test cases never train)"
+        raise ValueError(f"case(s) {unknown} are not labelled cases of {report.root}{only}; available: {shown}")
     return sorted(set(cases))
 
 
@@ -630,8 +691,11 @@ class FolderSliceDataset(EpochSeededDataset):
         preload: Keep every case's ``to_unit`` volume and label in memory (read once). Without it each item
             re-reads its case from disk (slow for volumes, fine for 2D images).
         preprocessing: Intensity mapping (default ``spec.preprocessing()``, or the one stored in a checkpoint).
+        report: The :class:`FolderReport` of a complete validation of this folder (what :class:`FolderSource`
+            holds): the folder is then not validated again, only the cases are read (and re-checked).
 
     Items: ``{"image": float32 (C, H, W), "label": int64 (H, W), "name": "<case>:<slice>"}`` (slice 0 for 2D).
+    Labelled test cases (``imagesTs/`` + ``labelsTs/``) never train: ``cases`` must be training cases.
     """
 
     def __init__(
@@ -642,6 +706,7 @@ class FolderSliceDataset(EpochSeededDataset):
         seed: int = 0,
         preload: bool = True,
         preprocessing: Preprocessing | None = None,
+        report: FolderReport | None = None,
     ) -> None:
         super().__init__(seed)
         self.root = Path(root)
@@ -653,9 +718,14 @@ class FolderSliceDataset(EpochSeededDataset):
         def keep(case: str, data: _Case) -> None:
             self._cache[case] = (_to_unit(self.preprocessing, case, data.image), data.label)  # type: ignore[assignment]
 
-        report = _validate(self.root, read_cases=cases, on_case=keep if preload else None)
+        if report is None:
+            report = _validate(self.root, read_cases=cases, on_case=keep if preload else None)
+            self.cases = _select_cases(report, cases)
+        else:
+            self.cases = _select_cases(report, cases)
+            for case in self.cases if preload else ():
+                keep(case, _reread_case(self.root, self.spec, case))
         self.report = report
-        self.cases = _select_cases(report, cases)
         self.dims = report.dims
         self.num_classes = self.spec.num_classes
         self.in_channels = self.spec.in_channels
@@ -693,19 +763,25 @@ class FolderVolumeDataset:
     pixel spacing being nominal).
 
     Args:
-        root: Dataset folder (validated on construction).
-        cases: Labelled case ids (default all).
+        root: Dataset folder (validated on construction unless ``report`` is given).
+        cases: Labelled case ids, training or labelled test cases (default: every labelled training case).
         preprocessing: Intensity mapping (default ``spec.preprocessing()``).
+        report: The :class:`FolderReport` of a complete validation of this folder: skips validating it again.
     """
 
     def __init__(
-        self, root: PathLike, cases: Sequence[str] | None = None, preprocessing: Preprocessing | None = None
+        self,
+        root: PathLike,
+        cases: Sequence[str] | None = None,
+        preprocessing: Preprocessing | None = None,
+        report: FolderReport | None = None,
     ) -> None:
         self.root = Path(root)
         self.spec = load_dataset_json(self.root)
         self.preprocessing = _resolve_preprocessing(self.spec, preprocessing)
-        self.report = _validate(self.root, read_cases=cases)
-        self.cases = _select_cases(self.report, cases)
+        self.report = _validate(self.root, read_cases=cases) if report is None else report
+        self.cases = _select_cases(self.report, cases, with_test=True)
+        self._test = set(self.report.labelled_test_cases)
         self.dims = self.report.dims
         self.num_classes = self.spec.num_classes
 
@@ -718,7 +794,7 @@ class FolderVolumeDataset:
 
     def __getitem__(self, index: int) -> Case:
         case = self.cases[index]
-        data = _reread_case(self.root, self.spec, case)
+        data = _reread_case(self.root, self.spec, case, test=case in self._test)
         image = _to_unit(self.preprocessing, case, data.image)
         label = data.label.astype(np.int64)  # type: ignore[union-attr]
         spacing = tuple(float(v) for v in reversed(data.geometry.spacing))
@@ -732,8 +808,12 @@ class FolderSource(Source):
     """A dataset folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``) as a :class:`Source`.
 
     Classes, channels and the intensity mapping come from ``dataset.json`` (:meth:`DatasetSpec.preprocessing`).
-    Every labelled case can train or validate; this layout has no labelled test set, so ``evaluate`` scores the
-    labelled cases it is given (default: all of them).
+    Every labelled training case can train or validate. Labelled test cases (``imagesTs/`` with ``labelsTs/``) are
+    :meth:`test_ids`: ``evaluate`` scores them by default (else every labelled training case), and
+    ``data.validation=test`` validates on them (with a note that their scores are then no clean test).
+
+    The folder is validated completely once, on first use (every case read and checked); the datasets built from
+    this source reuse that report instead of validating again.
     """
 
     kind = "folder"
@@ -758,15 +838,45 @@ class FolderSource(Source):
     def train_ids(self) -> list[str]:
         return list(self._validated().cases)
 
+    def slice_orientation(self) -> str | None:
+        """The axis code of the training volumes' headers when they all share one (None for 2D data or a mix)."""
+        report = self._validated()
+        if report.dims != 3:
+            return None
+        codes = set()
+        for case in report.cases:
+            path = self.root / "imagesTr" / f"{case}_0000{self.spec.file_ending}"
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            try:
+                reader.ReadImageInformation()
+                geometry = Geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+                codes.add(axis_code(geometry))
+            except (RuntimeError, ValueError):
+                return None  # unreadable now, 2D, or degenerate: no layout to promise
+        return codes.pop() if len(codes) == 1 else None
+
+    def test_ids(self) -> list[str]:
+        """The labelled test cases (``imagesTs/`` cases labelled in ``labelsTs/``); empty without ``labelsTs/``."""
+        return list(self._validated().labelled_test_cases)
+
     def evaluation_ids(self) -> list[str]:
-        return self.train_ids()
+        """The labelled test cases when there are any, else every labelled training case."""
+        return self.test_ids() or self.train_ids()
 
     def training_dataset(
         self, ids: Sequence[str], transform: Callable[..., tuple[torch.Tensor, torch.Tensor]], seed: int
     ) -> FolderSliceDataset:
         return FolderSliceDataset(
-            self.root, cases=ids, transform=transform, seed=seed, preprocessing=self.preprocessing
+            self.root,
+            cases=ids,
+            transform=transform,
+            seed=seed,
+            preprocessing=self.preprocessing,
+            report=self._validated(),
         )
 
     def cases(self, ids: Sequence[str], preprocessing: Preprocessing | None = None) -> Iterator[Case]:
-        yield from FolderVolumeDataset(self.root, cases=ids, preprocessing=preprocessing or self.preprocessing)
+        yield from FolderVolumeDataset(
+            self.root, cases=ids, preprocessing=preprocessing or self.preprocessing, report=self._validated()
+        )

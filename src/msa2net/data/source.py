@@ -8,6 +8,8 @@ never asks which kind it holds:
 - how its scores are formed: per case (Synapse, dataset folders) or pooled over all pixels of a split
   (:attr:`Source.pooled`, ISIC 2018);
 - which cases train, validate and test (:meth:`Source.split`, :meth:`Source.test_ids`);
+- which anatomical layout its volumes have (:meth:`Source.slice_orientation`), so that prediction slices new
+  files in the plane the model was trained on;
 - the slice-wise training dataset (:meth:`Source.training_dataset`) and whole labelled cases for validation and
   evaluation (:meth:`Source.cases`), as :class:`Case` records.
 
@@ -182,6 +184,16 @@ class Source(ABC):
     def evaluation_ids(self) -> list[str]:
         """The cases ``evaluate`` scores when none are named: :meth:`test_ids`."""
         return self.test_ids()
+
+    def slice_orientation(self) -> str | None:
+        """The axis code (:mod:`msa2net.data.orientation`) shared by the training volumes, or None.
+
+        Slice-wise training cuts along the first array axis, so this code says which anatomical plane the model
+        learns (e.g. ``"RAS"``: axial slices; ``"AIR"``: sagittal). Checkpoints store it, and prediction re-indexes
+        an input with another layout to it (and the mask back). None when unknown or meaningless: 2D data, volumes
+        without a trustworthy geometry, or training volumes of different layouts.
+        """
+        return None
 
     def normalize_id(self, case: str) -> str:
         """A user-given case id in this source's spelling (e.g. ``"0005"`` -> ``"case0005"``)."""

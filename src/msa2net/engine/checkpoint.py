@@ -99,7 +99,8 @@ def make_checkpoint(
     config: Mapping[str, Any] | None = None,
     **training_state: Any,
 ) -> dict[str, Any]:
-    """Assemble a checkpoint dict; ``training_state`` adds epoch, iteration, optimizer, scheduler, ... ."""
+    """Assemble a checkpoint dict; ``training_state`` adds epoch, iteration, optimizer, scheduler, ... and
+    ``slice_orientation`` (the axis code of the training volumes, which prediction re-indexes new volumes to)."""
     model = getattr(model, "module", model)  # DDP
     if len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a {model.num_classes}-class model")

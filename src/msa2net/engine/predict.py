@@ -37,6 +37,7 @@ from ..data.io import (
     write_image,
     write_text_atomic,
 )
+from ..data.orientation import axis_code, check_axis_code, reorientation
 from ..data.preprocessing import Preprocessing
 from ..models import MSA2Net
 from ..report import OVERLAY_COLORS, write_overlay_png
@@ -277,11 +278,14 @@ def _segment_one(
     volumes: bool = False,
     max_pixels: int | None = None,
     allow_mismatched_input: bool = False,
+    slice_orientation: str | None = None,
 ) -> dict[str, Any]:
     """Segment one input and write its mask (and split masks, preview, volumes, overlays); returns the input's record
     for the report.
 
-    Each output path is appended to ``written`` as soon as it exists, so that the caller can remove the outputs of an
+    A volume whose axis code differs from ``slice_orientation`` (the training volumes' code; None: no re-indexing)
+    is re-indexed to it before slicing, and its mask back, so the model sees the plane it was trained on. Each
+    output path is appended to ``written`` as soon as it exists, so that the caller can remove the outputs of an
     input whose later step failed.
     """
     out_dir = mask_path.parent
@@ -301,6 +305,21 @@ def _segment_one(
             f"{mismatch}. If you are sure it fits, pass allow_mismatched_input=True "
             "(msa2net predict --allow-mismatched-input)"
         )
+    code = None
+    if spatial == 3:
+        try:
+            code = axis_code(geometry)
+        except ValueError as err:
+            if slice_orientation:
+                raise ValueError(
+                    f"its layout cannot be matched to the training volumes' ({slice_orientation}): {err}; or segment "
+                    "it as stored with --no-reorient (reorient=False)"
+                ) from err
+    move = reorientation(code, slice_orientation) if code and slice_orientation else None
+    if move is not None and not move.is_identity:
+        image = np.ascontiguousarray(move.apply(image))  # the model's plane; the mask is moved back below
+    else:
+        move = None
     if spatial == 3:
         labels = predict_volume(
             model,
@@ -318,6 +337,9 @@ def _segment_one(
     spacing = None if image_suffix(source) in RASTER_SUFFIXES else tuple(reversed(geometry.spacing))
     sizes = class_volumes(labels, class_names, spacing)
     keep_geometry = None if suffix == ".png" else geometry
+    shown_labels = labels  # overlays show the plane the model segmented
+    if move is not None:
+        labels = np.ascontiguousarray(move.inverse().apply(labels))
 
     write_image(labels, keep_geometry, mask_path)
     written.append(mask_path)
@@ -358,7 +380,10 @@ def _segment_one(
         if spatial == 2:
             jobs = [(out_dir / f"{stem}_overlay.png", shown, labels)]
         else:
-            jobs = [(out_dir / f"{stem}_overlay_z{z:03d}.png", shown[z], labels[z]) for z in _overlay_slices(labels)]
+            jobs = [
+                (out_dir / f"{stem}_overlay_z{z:03d}.png", shown[z], shown_labels[z])
+                for z in _overlay_slices(shown_labels)
+            ]
         for path, shown2d, labels2d in jobs:
             write_overlay_png(shown2d, labels2d, path, num_classes=len(class_names))
             written.append(path)
@@ -369,6 +394,8 @@ def _segment_one(
         "overlays": [str(p) for p in overlay_paths],
         "shape": list(labels.shape),
         "spacing": list(geometry.spacing) if suffix != ".png" else None,
+        "axis_code": code,
+        "segmented_as": slice_orientation if move is not None else code,
         "counts": counts,
         "sizes": sizes,
         "split": [str(p) for p in split_paths],
@@ -418,6 +445,7 @@ def predict_files(
     volumes: bool = False,
     max_pixels: int | None = None,
     allow_mismatched_input: bool = False,
+    reorient: bool = True,
 ) -> PredictReport:
     """Segment image files and DICOM series with a model; write label masks with the input's geometry.
 
@@ -435,6 +463,14 @@ def predict_files(
       ``overlays``).
 
     Masks have the input's array shape (without channel axis) and, except PNG, its spacing, origin and direction.
+
+    Orientation: a checkpoint trained on volumes records their axis code (``slice_orientation``, e.g. ``"AIR"`` for
+    sagittal slices). With ``reorient`` (default), a volume stored in another layout (e.g. an axial-first ``"RAS"``
+    brain) is re-indexed to that code before slicing, by permutation and flips only (no resampling), and its mask
+    is moved back, so the model always segments the plane it learnt; ``predictions.json`` records the input's code
+    (``axis_code``) and the layout segmented (``segmented_as``). Inputs whose headers are known to be wrong can be
+    segmented as stored with ``reorient=False``. Checkpoints without the record (older ones, 2D data, the authors')
+    segment every volume as stored.
     Overlays (``overlays=True``) blend the class colours on the model's view of the image: ``<stem>_overlay.png``
     for 2D inputs, ``<stem>_overlay_zNNN.png`` for up to :data:`OVERLAY_SLICES` evenly spaced slices with foreground
     (the middle slice when there is none) for volumes. ``out_dir/predictions.json`` records the run, per-input class
@@ -483,6 +519,7 @@ def predict_files(
             :data:`msa2net.data.io.DEFAULT_MAX_PIXELS` (see :func:`msa2net.data.io.resolve_max_pixels`).
         allow_mismatched_input: Segment inputs whose type or value range does not fit the checkpoint's preprocessing
             (see above) instead of skipping them.
+        reorient: Re-index volumes to the checkpoint's ``slice_orientation`` (see above).
 
     Returns:
         The :class:`PredictReport`; ``report.ok`` is False when any input failed.
@@ -513,6 +550,8 @@ def predict_files(
             "Run without overlays/preview and view the masks in a viewer such as ITK-SNAP or 3D Slicer"
         )
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    trained_code = ckpt.get("slice_orientation")
+    slice_orientation = check_axis_code(trained_code) if (reorient and trained_code) else None
     device = resolve_device(device) if isinstance(device, str) else device
     model = model_from_checkpoint(ckpt, device)
     out = Path(out_dir)
@@ -557,6 +596,7 @@ def predict_files(
                 volumes=volumes,
                 max_pixels=pixel_limit,
                 allow_mismatched_input=allow_mismatched_input,
+                slice_orientation=slice_orientation,
             )
         except BaseException as err:
             for path in written:  # also on Ctrl-C: an input's outputs are all there or none are
@@ -587,6 +627,7 @@ def predict_files(
         "amp": amp,
         "max_pixels": pixel_limit,
         "allow_mismatched_input": allow_mismatched_input,
+        "slice_orientation": slice_orientation,
         "cases": report.cases,
         "failed": [{"input": str(path), "reason": reason} for path, reason in report.failed],
     }

@@ -22,7 +22,7 @@ from ..config import Config, config_from_dict, validate_config
 from ..data.source import EpochSeededDataset, Source, Split, open_source
 from ..data.transforms import build_transform
 from ..losses import build_loss
-from ..metrics import legacy_case_metrics
+from ..metrics import dice
 from ..models import create_model, load_official_weights
 from ..report import plot_curves
 from ..report import write_metrics_csv as _write_metrics_csv
@@ -41,6 +41,8 @@ class TrainingData:
     source: Source
     split: Split
     train: EpochSeededDataset
+    #: axis code of the training volumes (:meth:`Source.slice_orientation`), stored in checkpoints
+    slice_orientation: str | None = None
 
 
 def resolve_classes(cfg: Config, source: Source) -> None:
@@ -69,7 +71,8 @@ def build_training_data(cfg: Config) -> TrainingData:
         d.validation, val_fraction=d.val_fraction, val_cases=d.val_cases, train_cases=d.train_cases, seed=cfg.train.seed
     )
     transform = build_transform(d.augment, tuple(cfg.model.img_size), source.preprocessing)
-    return TrainingData(source, split, source.training_dataset(split.train, transform, cfg.train.seed))
+    dataset = source.training_dataset(split.train, transform, cfg.train.seed)
+    return TrainingData(source, split, dataset, source.slice_orientation())
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -79,25 +82,36 @@ def build_training_data(cfg: Config) -> TrainingData:
 def validate(
     model: nn.Module, data: TrainingData, info: distributed.DistInfo, batch_size: int, amp: str | None
 ) -> tuple[dict[str, float], float]:
-    """Mean Dice per class over the validation cases (legacy rules), reduced over processes.
+    """Mean Dice per class over the validation cases, reduced over processes.
+
+    A class is scored on the cases where it is in the ground truth or in the prediction: Dice when both hold it, 0
+    for a miss or a hallucination. A case where it is in neither is not scored for it. (The legacy protocol of
+    ``evaluate`` scores a correctly absent class 0 and a hallucinated one 1: selecting checkpoints by it on
+    validation cases that lack some classes, such as a slab of one hemisphere, would reward hallucination.)
 
     Returns:
-        (per-class Dice dict over foreground classes, mean Dice)
+        (per-class Dice dict over foreground classes, NaN for a class no validation case scores; mean Dice over
+        the scored classes, 1.0 when none is: nothing to segment and nothing segmented)
     """
     source = data.source
     mine = data.split.val[info.rank :: info.world_size]
     n_fg = source.num_classes - 1
-    sums = torch.zeros(n_fg + 1, dtype=torch.float64)  # per-class Dice sums, then the case count
+    sums = torch.zeros(2 * n_fg, dtype=torch.float64)  # per-class Dice sums, then per-class counts of scored cases
     model_prep = source.preprocessing.unit_input()
     for case in source.cases(mine):
         pred = predict_volume(model, case.image, preprocessing=model_prep, batch_size=batch_size, amp=amp)
         for c in range(1, n_fg + 1):
-            sums[c - 1] += legacy_case_metrics(pred == c, case.label == c)[0]
-        sums[n_fg] += 1
+            predicted, truth = pred == c, case.label == c
+            if predicted.any() or truth.any():
+                sums[c - 1] += dice(predicted, truth)
+                sums[n_fg + c - 1] += 1
     sums = distributed.all_reduce_sum(sums, info)
-    count = max(1.0, float(sums[n_fg]))
-    per_class = {name: float(sums[i]) / count for i, name in enumerate(source.class_names[1:])}
-    return per_class, float(np.mean(list(per_class.values())))
+    per_class = {
+        name: float(sums[i] / sums[n_fg + i]) if sums[n_fg + i] > 0 else math.nan
+        for i, name in enumerate(source.class_names[1:])
+    }
+    scored = [v for v in per_class.values() if not math.isnan(v)]
+    return per_class, float(np.mean(scored)) if scored else 1.0
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -496,6 +510,7 @@ def _end_of_epoch(run: _Run, epoch: int, row: dict[str, float]) -> None:
             history=run.history,
             world_size=info.world_size,
             skipped_steps=run.skipped_steps,
+            slice_orientation=run.data.slice_orientation,
         )
         if improved:
             save_checkpoint(state, run.out / "best.pt")

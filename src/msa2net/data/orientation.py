@@ -1,0 +1,154 @@
+"""Anatomical orientation of volume grids: axis codes, and exact re-indexing (permutation and flips) between them.
+
+Slice-wise training and prediction both cut a volume along its *first array axis* (``Z`` of the ``(Z, Y, X)`` array
+that :func:`~msa2net.data.io.read_image` returns). Which anatomical plane that is depends on how the file stores
+its voxels: a brain template stored axial-first gives axial slices, the same brain stored sagittal-first gives
+sagittal ones. A model trained on one plane segments another plane badly, so this module names a grid's layout
+and converts between layouts without resampling.
+
+Axis codes: three letters, one per SimpleITK index axis ``(x, y, z)`` (i.e. array axes ``(2, 1, 0)``), each the
+world direction the index axis points *toward*, in the LPS world of ITK: ``L``/``R`` (left/right), ``P``/``A``
+(posterior/anterior), ``S``/``I`` (superior/inferior). The identity direction is ``"LPS"``; the MNI templates
+(direction ``diag(-1, -1, 1)``) are ``"RAS"``. An index axis is assigned the world axis its direction column is
+closest to, so slightly oblique grids get the code of the nearest axis-aligned layout.
+
+:func:`reorientation` finds the permutation and flips that bring one layout to another; :class:`Reorientation`
+applies them to arrays (and back) and to geometries, so that every voxel keeps its physical position: a voxel's
+value and its world coordinates are the same before and after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .io import Geometry
+
+__all__ = ["AXIS_LETTERS", "Reorientation", "axis_code", "check_axis_code", "reorientation"]
+
+#: ``(toward +world axis, toward -world axis)`` letters for LPS world axes x, y, z.
+AXIS_LETTERS: tuple[tuple[str, str], ...] = (("L", "R"), ("P", "A"), ("S", "I"))
+_LETTER = {letter: (world, 1 - 2 * side) for world, pair in enumerate(AXIS_LETTERS) for side, letter in enumerate(pair)}
+
+
+def check_axis_code(code: str) -> str:
+    """``code`` in upper case when it is a valid 3-letter axis code (one letter of each pair L/R, P/A, S/I).
+
+    Raises:
+        ValueError: another length, unknown letters, or a world axis named twice (e.g. ``"LRS"``).
+    """
+    text = str(code).strip().upper()
+    worlds = [_LETTER[c][0] for c in text if c in _LETTER]
+    if len(text) != 3 or len(worlds) != 3 or sorted(worlds) != [0, 1, 2]:
+        raise ValueError(
+            f"axis code {code!r} is not valid: expected 3 letters, one of each pair L/R, P/A, S/I (e.g. 'RAS', 'LPS')"
+        )
+    return text
+
+
+def _direction_matrix(geometry: Geometry) -> np.ndarray:
+    if geometry.ndim != 3:
+        raise ValueError(f"axis codes are defined for 3D grids; got a {geometry.ndim}D geometry")
+    return np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
+
+
+def axis_code(geometry: Geometry) -> str:
+    """The axis code of a 3D grid (see the module docstring), e.g. ``"RAS"`` for the MNI templates.
+
+    Raises:
+        ValueError: a 2D geometry, or a direction matrix whose columns do not map to three distinct world axes
+            (degenerate or strongly oblique beyond 45 degrees in a way that makes two index axes share one).
+    """
+    direction = _direction_matrix(geometry)
+    letters = []
+    for axis in range(3):
+        column = direction[:, axis]
+        world = int(np.argmax(np.abs(column)))
+        letters.append(AXIS_LETTERS[world][0 if column[world] > 0 else 1])
+    code = "".join(letters)
+    try:
+        return check_axis_code(code)
+    except ValueError:
+        raise ValueError(
+            f"direction {geometry.direction} does not map its index axes to three distinct world axes (nearest "
+            f"letters {code}); resample the image onto an axis-aligned grid first"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """An exact re-indexing of a 3D grid: new index axis ``a`` is old index axis ``axes[a]``, reversed if ``flips[a]``.
+
+    Indices are in SimpleITK order ``(x, y, z)``; arrays are ``(Z, Y, X)`` (optionally with a trailing channel
+    axis), so array axis ``2 - a`` is index axis ``a``. Applying it moves voxels, never resamples: values are kept
+    and :meth:`geometry` gives the grid on which each voxel keeps its world position.
+    """
+
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+
+    @property
+    def is_identity(self) -> bool:
+        """True when nothing moves."""
+        return self.axes == (0, 1, 2) and not any(self.flips)
+
+    def inverse(self) -> Reorientation:
+        """The re-indexing that undoes this one."""
+        axes = [0, 0, 0]
+        flips = [False, False, False]
+        for new, old in enumerate(self.axes):
+            axes[old] = new
+            flips[old] = self.flips[new]
+        return Reorientation(tuple(axes), tuple(flips))  # type: ignore[arg-type]
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """Re-index a ``(Z, Y, X)`` or ``(Z, Y, X, C)`` array (a view where numpy allows; copy it to own it)."""
+        array = np.asarray(array)
+        if array.ndim not in (3, 4):
+            raise ValueError(f"expected a (Z, Y, X) or (Z, Y, X, C) array, got shape {array.shape}")
+        # new array axis (2 - a) is old array axis (2 - axes[a])
+        order = [2 - self.axes[2 - k] for k in range(3)] + ([3] if array.ndim == 4 else [])
+        out = array.transpose(order)
+        flip_axes = tuple(2 - a for a in range(3) if self.flips[a])
+        return np.flip(out, axis=flip_axes) if flip_axes else out
+
+    def geometry(self, geometry: Geometry, size: tuple[int, int, int]) -> Geometry:
+        """The geometry of the re-indexed grid.
+
+        Args:
+            geometry: The old grid's geometry.
+            size: The old grid's size in index order ``(nx, ny, nz)`` (the array shape reversed).
+        """
+        direction = _direction_matrix(geometry)
+        spacing = np.asarray(geometry.spacing, dtype=np.float64)
+        origin = np.asarray(geometry.origin, dtype=np.float64)
+        new_direction = np.zeros((3, 3))
+        new_spacing = []
+        for new, old in enumerate(self.axes):
+            sign = -1.0 if self.flips[new] else 1.0
+            new_direction[:, new] = sign * direction[:, old]
+            new_spacing.append(spacing[old])
+            if self.flips[new]:  # the new first voxel is the old last one along this axis
+                origin = origin + (size[old] - 1) * spacing[old] * direction[:, old]
+        new_direction += 0.0  # no negative zeros in headers
+        return Geometry(tuple(new_spacing), tuple(origin.tolist()), tuple(new_direction.ravel().tolist()))
+
+
+def reorientation(source: str, target: str) -> Reorientation:
+    """The re-indexing that turns a grid with axis code ``source`` into one with axis code ``target``.
+
+    Example: ``reorientation("RAS", "AIR")`` makes a ``RAS`` (axial-first) brain sagittal-first: the new first
+    array axis runs from left to right, rows from superior to inferior, columns from posterior to anterior.
+
+    Raises:
+        ValueError: either code is invalid (see :func:`check_axis_code`).
+    """
+    source, target = check_axis_code(source), check_axis_code(target)
+    axes, flips = [], []
+    for letter in target:
+        world, sign = _LETTER[letter]
+        old = next(i for i, c in enumerate(source) if _LETTER[c][0] == world)
+        axes.append(old)
+        flips.append(_LETTER[source[old]][1] != sign)
+    return Reorientation(tuple(axes), tuple(flips))  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ no output file is left behind for a failed input.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from ..data.io import (
 from ..data.preprocessing import Preprocessing
 from ..models import MSA2Net
 from ..report import OVERLAY_COLORS, write_overlay_png
+from ..report_html import HtmlReport
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
 from .inference import predict_image, predict_volume
@@ -59,12 +61,14 @@ class PredictReport:
         cases: One JSON-ready record per segmented input: input, mask, overlays, shape, spacing and ``counts``
             (voxels per class name, see :func:`summarise_labels`).
         report_path: The ``predictions.json`` file.
+        html_path: The ``report.html`` file (None when not written).
     """
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     cases: list[dict[str, Any]] = field(default_factory=list)
     report_path: Path | None = None
+    html_path: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -153,11 +157,12 @@ def _segment_one(
     overlays: bool,
     progress: bool,
     written: list[Path],
+    page: HtmlReport | None = None,
 ) -> dict[str, Any]:
     """Segment one input and write its mask (and overlays); returns the input's record for the report.
 
     Each output path is appended to ``written`` as soon as it exists, so that the caller can remove the outputs of an
-    input whose later step failed.
+    input whose later step failed. The input is added to ``page`` last, once everything else succeeded.
     """
     out_dir = mask_path.parent
     suffix = image_suffix(mask_path)
@@ -187,16 +192,32 @@ def _segment_one(
     write_image(labels, None if suffix == ".png" else geometry, mask_path)
     written.append(mask_path)
     overlay_paths: list[Path] = []
+    shown = _display_image(prep, image) if overlays or page is not None else None
     if overlays:
-        shown = _display_image(prep, image)
         if spatial == 2:
-            jobs = [(out_dir / f"{stem}_overlay.png", shown, labels)]
+            jobs = [(out_dir / f"{stem}_overlay.png", shown, labels, source.name)]
         else:
-            jobs = [(out_dir / f"{stem}_overlay_z{z:03d}.png", shown[z], labels[z]) for z in _overlay_slices(labels)]
-        for path, shown2d, labels2d in jobs:
-            write_overlay_png(shown2d, labels2d, path, num_classes=len(class_names))
+            depth = labels.shape[0]
+            jobs = [
+                (
+                    out_dir / f"{stem}_overlay_z{z:03d}.png",
+                    shown[z],
+                    labels[z],
+                    f"{source.name}, slice {z} (of 0-{depth - 1})",
+                )
+                for z in _overlay_slices(labels)
+            ]
+        for path, shown2d, labels2d, title in jobs:
+            write_overlay_png(
+                shown2d, labels2d, path, num_classes=len(class_names), class_names=class_names, title=title
+            )
             written.append(path)
             overlay_paths.append(path)
+    if page is not None:
+        if spatial == 2:
+            page.add_case(source.name, shown[None], labels[None], word="image")
+        else:
+            page.add_case(source.name, shown, labels, spacing=tuple(reversed(geometry.spacing)))
     return {
         "input": str(source),
         "mask": str(mask_path),
@@ -219,6 +240,7 @@ def predict_files(
     overlays: bool = False,
     output_format: str | None = None,
     progress: bool = True,
+    html: bool = True,
 ) -> PredictReport:
     """Segment image files and DICOM series with a checkpoint; write label masks with the input's geometry.
 
@@ -239,7 +261,10 @@ def predict_files(
     Overlays (``overlays=True``) blend the class colours on the model's view of the image: ``<stem>_overlay.png``
     for 2D inputs, ``<stem>_overlay_zNNN.png`` for up to :data:`OVERLAY_SLICES` evenly spaced slices with foreground
     (the middle slice when there is none) for volumes. ``out_dir/predictions.json`` records the run, per-input class
-    voxel counts and the failures. Every file is written atomically.
+    voxel counts and the failures. With ``html``, ``out_dir/report.html`` shows every segmented input in a slice
+    browser (image and predicted mask; no ground truth, no scores; see :class:`~msa2net.report_html.HtmlReport`),
+    with the class voxel counts of ``predictions.json``; it is skipped, with a warning, for models with more classes
+    than overlay colours. Every file is written atomically.
 
     An input that cannot be segmented (unreadable or corrupt, NaN/inf values, a channel layout the model does not
     take, a name that collides with an earlier input's output, ...) is logged as a warning, listed in
@@ -257,6 +282,7 @@ def predict_files(
         overlays: Also write overlay PNGs.
         output_format: Mask suffix for non-raster inputs; None keeps the input's (``.nii.gz`` for DICOM).
         progress: Show progress bars.
+        html: Also write ``report.html``.
 
     Returns:
         The :class:`PredictReport`; ``report.ok`` is False when any input failed.
@@ -287,6 +313,62 @@ def predict_files(
     out.mkdir(parents=True, exist_ok=True)
 
     report = PredictReport()
+    page: HtmlReport | None = None
+    if html and len(class_names) > len(OVERLAY_COLORS):
+        logger.warning(
+            "report.html skipped: it draws at most %d classes and this model has %d",
+            len(OVERLAY_COLORS),
+            len(class_names),
+        )
+    elif html:
+        page = HtmlReport(
+            out / "report.html", class_names, title=f"msa2net predict: {ckpt['model_name']}", kind="prediction"
+        )
+    with page if page is not None else contextlib.nullcontext():
+        record = _predict_all(
+            sources,
+            out,
+            model,
+            prep,
+            class_names,
+            ckpt,
+            checkpoint,
+            device,
+            report,
+            page,
+            batch_size=batch_size,
+            tta=tta,
+            amp=amp,
+            overlays=overlays,
+            progress=progress,
+            suffix_override=suffix_override,
+        )
+        report.report_path = write_text_atomic(out / "predictions.json", json.dumps(record, indent=2) + "\n")
+        if page is not None:
+            report.html_path = page.finish(predictions=record)
+    return report
+
+
+def _predict_all(
+    sources: list[Path],
+    out: Path,
+    model: MSA2Net,
+    prep: Preprocessing,
+    class_names: list[str],
+    ckpt: Mapping[str, Any],
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any],
+    device: torch.device,
+    report: PredictReport,
+    page: HtmlReport | None,
+    *,
+    batch_size: int,
+    tta: bool,
+    amp: str | None,
+    overlays: bool,
+    progress: bool,
+    suffix_override: str | None,
+) -> dict[str, Any]:
+    """Segment every input into ``report`` (and ``page``); returns the ``predictions.json`` record."""
     claimed: dict[Path, Path] = {}  # mask path -> the input whose mask it is
     bar = tqdm(sources, desc="predict", unit="input", disable=not progress)
     for source in bar:
@@ -312,6 +394,7 @@ def predict_files(
                 overlays=overlays,
                 progress=progress,
                 written=written,
+                page=page,
             )
         except BaseException as err:
             for path in written:  # also on Ctrl-C: an input's outputs are all there or none are
@@ -339,5 +422,4 @@ def predict_files(
         "cases": report.cases,
         "failed": [{"input": str(path), "reason": reason} for path, reason in report.failed],
     }
-    report.report_path = write_text_atomic(out / "predictions.json", json.dumps(record, indent=2) + "\n")
-    return report
+    return record

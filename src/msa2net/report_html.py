@@ -109,10 +109,11 @@ def slice_confusion(label: np.ndarray, prediction: np.ndarray, num_classes: int)
     _check_ids(gt, num_classes, "label")
     _check_ids(pred, num_classes, "prediction")
     k = int(num_classes)
+    dtype = np.uint8 if k <= 16 else np.int64  # codes g * k + p up to k * k - 1
     out = np.empty((gt.shape[0], k, k), dtype=np.int64)
     for z in range(gt.shape[0]):
-        codes = gt[z].astype(np.int64).ravel() * k + pred[z].astype(np.int64).ravel()
-        out[z] = np.bincount(codes, minlength=k * k).reshape(k, k)
+        codes = gt[z].astype(dtype) * dtype(k) + pred[z].astype(dtype)
+        out[z] = np.bincount(codes.ravel(), minlength=k * k).reshape(k, k)
     return out
 
 
@@ -162,11 +163,15 @@ def select_slices(relevant: np.ndarray, score: np.ndarray, stride: int, max_slic
 def _display_range(image: np.ndarray) -> tuple[float, float]:
     """Intensity window of a unit-representation volume: [0, 1] when it lies there (within 5 %), else its 0.5-99.5
     percentiles of the finite values."""
+    if image.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(image.min()), float(image.max())  # NaN when any value is NaN
+    if lo >= -0.05 and hi <= 1.05:
+        return 0.0, 1.0
     finite = image[np.isfinite(image)]
     if finite.size == 0:
         return 0.0, 1.0
-    lo, hi = float(finite.min()), float(finite.max())
-    if lo >= -0.05 and hi <= 1.05:
+    if float(finite.min()) >= -0.05 and float(finite.max()) <= 1.05:
         return 0.0, 1.0
     lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
@@ -229,9 +234,10 @@ class HtmlReport:
         self.max_side, self.stride, self.max_slices, self.jpeg_quality = max_side, stride, max_slices, jpeg_quality
         #: Seconds spent encoding and writing so far (cases and the page).
         self.seconds = 0.0
-        #: ``{"name", "depth", "shown"}`` per added case, in order.
+        #: ``{"name", "depth", "shown", "word"}`` per added case, in order.
         self.cases: list[dict[str, Any]] = []
         self._palette = [int(v) for v in OVERLAY_COLORS.reshape(-1)]
+        self._empty: dict[tuple[int, ...], str] = {}  # the PNG of an empty label map, per shape
         started = time.perf_counter()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.parent / f".tmp-{uuid.uuid4().hex[:12]}-{self.path.name}"
@@ -321,6 +327,7 @@ class HtmlReport:
         rows = ((np.arange(shown_h) + 0.5) * height / shown_h).astype(np.int64)
         cols = ((np.arange(shown_w) + 0.5) * width / shown_w).astype(np.int64)
         lo, hi = _display_range(img)
+        has_nan = bool(np.isnan(img.min())) if np.issubdtype(img.dtype, np.floating) and img.size else False
         aspect = height / width
         if spacing is not None and len(spacing) >= 2 and all(float(s) > 0 for s in spacing[-2:]):
             aspect *= float(spacing[-2]) / float(spacing[-1])
@@ -334,9 +341,9 @@ class HtmlReport:
             "spacing": None if spacing is None else [float(s) for s in spacing],
             "z": [int(z) for z in keep],
             "img_type": "jpeg",
-            "img": [self._encode_image(img[z], lo, hi, (shown_w, shown_h)) for z in keep],
-            "gt": None if gt is None else [self._encode_labels(gt[z][np.ix_(rows, cols)]) for z in keep],
-            "pred": [self._encode_labels(pred[z][np.ix_(rows, cols)]) for z in keep],
+            "img": [self._encode_image(img[z], lo, hi, (shown_w, shown_h), has_nan) for z in keep],
+            "gt": None if gt is None else [self._encode_labels(gt[z].take(rows, 0).take(cols, 1)) for z in keep],
+            "pred": [self._encode_labels(pred[z].take(rows, 0).take(cols, 1)) for z in keep],
             "score_name": score_name,
             "scores": {str(c + 1): [int(v) for v in scores[:, c]] for c in range(k - 1)},
         }
@@ -353,30 +360,47 @@ class HtmlReport:
             self._file.truncate()
             raise
         record = {"name": str(name), "depth": int(depth), "shown": [int(z) for z in keep]}
-        self.cases.append(record)
+        self.cases.append({**record, "word": str(word)})
         self.seconds += time.perf_counter() - started
         return record
 
-    def _encode_image(self, slice2d: np.ndarray, lo: float, hi: float, size: tuple[int, int]) -> str:
+    def _encode_image(self, slice2d: np.ndarray, lo: float, hi: float, size: tuple[int, int], has_nan: bool) -> str:
+        """Base64 JPEG of one slice: ``[lo, hi]`` mapped to 0..255, shrunk to ``size`` (W, H) with a box filter."""
         from PIL import Image
 
-        scaled = (np.nan_to_num(np.asarray(slice2d, dtype=np.float32), nan=lo) - lo) * (255.0 / (hi - lo))
-        pixels = np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
-        picture = Image.fromarray(pixels)
-        if picture.size != size:
+        pixels = np.array(slice2d, dtype=np.float32)  # a copy, scaled in place
+        if has_nan:
+            np.nan_to_num(pixels, copy=False, nan=lo)
+        pixels -= lo
+        pixels *= 255.0 / (hi - lo)
+        pixels += 0.5
+        np.clip(pixels, 0, 255, out=pixels)
+        picture = Image.fromarray(pixels.astype(np.uint8))
+        width, height = picture.size
+        factor = width // size[0]
+        if picture.size == (size[0] * factor, size[1] * factor) and factor > 1:
+            picture = picture.reduce(factor)  # the same box filter, faster
+        elif picture.size != size:
             picture = picture.resize(size, Image.Resampling.BOX)
         buffer = io.BytesIO()
         picture.save(buffer, format="JPEG", quality=self.jpeg_quality)
         return base64.b64encode(buffer.getvalue()).decode("ascii")
 
     def _encode_labels(self, labels2d: np.ndarray) -> str:
+        """Base64 palette PNG of a label map: ids index :data:`OVERLAY_COLORS`, id 0 transparent."""
         from PIL import Image
 
+        empty = not labels2d.any()
+        if empty and labels2d.shape in self._empty:
+            return self._empty[labels2d.shape]
         picture = Image.fromarray(np.asarray(labels2d).astype(np.uint8), mode="P")
         picture.putpalette(self._palette)
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG", transparency=0)
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
+        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+        if empty:
+            self._empty[labels2d.shape] = encoded
+        return encoded
 
     # -- page -----------------------------------------------------------------------------------------------------
 
@@ -436,6 +460,7 @@ class HtmlReport:
     ) -> dict[str, Any]:
         page: dict[str, Any] = {
             "title": self.title,
+            "kind": self.kind,
             "subtitle": "",
             "notes": [str(n) for n in notes],
             "settings": [],
@@ -511,11 +536,10 @@ class HtmlReport:
             order.sort(key=lambda i: (_nan_last(means.get(self.cases[i]["name"], math.nan)), i))
         for i in order:
             case = self.cases[i]
-            word = "slices"
-            summary = f"{case['name']}: {len(case['shown'])} of {case['depth']} {word} shown"
+            shown = f"{len(case['shown'])} of {case['depth']} {case['word']}s shown" if case["depth"] > 1 else "2D"
+            summary = f"{case['name']}: {shown}"
             if case["name"] in means:
-                mean = means[case["name"]]
-                summary = f"{case['name']}: mean Dice {_percent(mean)} %, " + summary.split(": ", 1)[1]
+                summary = f"{case['name']}: mean Dice {_percent(means[case['name']])} %, {shown}"
             info = (
                 f"{case['name']}: shown slices {_ranges(case['shown'])} of 0..{case['depth'] - 1}."
                 if case["depth"] > 1
@@ -528,8 +552,9 @@ class HtmlReport:
         fg = "ground-truth or predicted foreground" if self.kind == "evaluation" else "predicted foreground"
         lines = [
             f"Slices shown: every slice with {fg} and every {self.stride}th of the others, at most "
-            f"{self.max_slices} per case (when more qualify: the {self.max_slices // 2} that disagree most, or hold "
-            "the most foreground, and an even spread of the rest).",
+            f"{self.max_slices} per case (when more qualify: the {self.max_slices // 2} "
+            + ("that disagree most" if self.kind == "evaluation" else "with the most predicted foreground")
+            + " and an even spread of the rest).",
             f"Slices are downsampled to at most {self.max_side} pixels on the longer side (box filter for the image, "
             f"nearest neighbour for the label maps), and embedded in this file as JPEG (quality {self.jpeg_quality}) "
             "and palette-PNG data URIs: the page needs no network and no server. Images are shown with the model's "

@@ -257,6 +257,13 @@ def browser():
         "--window-size=1300,1600",
     ):
         options.add_argument(arg)
+    # no network: any request leaving the file (a CDN script, a web font) fails and shows in the console log
+    for arg in (
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=<-loopback>",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+    ):
+        options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     driver.set_page_load_timeout(60)

@@ -8,11 +8,15 @@ Contents:
 
 - per-case aggregation (:class:`MetricAggregator`) and pooled ISIC counts (:class:`PooledBinaryMetrics`);
 - strict JSON (:func:`json_safe`, :func:`write_json`);
-- evaluation reports: :func:`build_evaluation_summary`, :func:`format_evaluation_tables`,
+- evaluation reports: :func:`build_evaluation_summary`, :func:`evaluation_tables` (the cells table.md and
+  report.html print), :func:`format_evaluation_tables`,
   :func:`write_evaluation_report` (per-case scores), :func:`build_isic_summary` (pooled scores, ISIC 2018),
   and the paper's table layout (:func:`format_paper_table`);
-- overlays (:func:`write_overlay_png`), training curves (:func:`plot_curves`) and ``metrics.csv``
-  (:func:`write_metrics_csv`), the demo's ``report.md`` (:func:`write_demo_report`).
+- overlays (:func:`overlay_rgb`, :func:`write_overlay_png`: titled panels and a legend of the class names),
+  training curves (:func:`plot_curves`), ``metrics.csv`` (:func:`write_metrics_csv`, :func:`read_metrics_csv`),
+  the demo's ``report.md`` (:func:`write_demo_report`);
+- the self-contained ``report.html`` lives in its own part, :mod:`msa2net.report_html` (a page template and the
+  slice encoder), which prints the tables of :func:`evaluation_tables` and the colours of :data:`OVERLAY_COLORS`.
 
 Every writer here is atomic (temporary file in the target folder, renamed into place).
 """

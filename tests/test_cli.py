@@ -88,6 +88,11 @@ def test_demo_pipeline_end_to_end_shortened(tmp_path, capsys):
     assert "Mean Dice (legacy protocol)" in report and "![curves](curves.png)" in report
     assert (out / "curves.png").is_file() and list((out / "eval" / "overlays").glob("*.png"))
     assert (out / "predict" / "img0001.nii.gz").is_file()
+    page = (out / "report.html").read_text()  # the evaluation's page, with the demo's note and one epoch of curves
+    assert page == (out / "eval" / "report.html").read_text() and "The msa2net demo" in page
+    assert page.count('class="case-data"') == 2 and '"epochs":[1]' in page and page.rstrip().endswith("</html>")
+    assert 'class="case-data"' in (out / "predict" / "report.html").read_text()
+    assert f"browse: {(out / 'report.html').resolve().as_uri()}" in printed
 
 
 def test_export_command(tmp_path, capsys):

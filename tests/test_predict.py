@@ -135,7 +135,7 @@ def test_masks_match_direct_inference_and_keep_geometry(
     assert report.ok and report.failed == []
     expected = {"nifti": "case.nii.gz", "nrrd": "scan.nrrd", "dicom": "series1.nii.gz", "raster": "photo.png"}
     assert [p.name for p in report.written] == list(expected.values())
-    assert _listing(out) == {*expected.values(), "predictions.json"}  # no temporaries, nothing else
+    assert _listing(out) == {*expected.values(), "predictions.json", "report.html"}  # no temporaries, nothing else
     record = json.loads((out / "predictions.json").read_text())
     assert record["class_names"] == CLASSES and record["failed"] == []
     varied = 0
@@ -208,7 +208,10 @@ def test_bad_inputs_are_reported_and_skipped(
     assert "colour image" in reasons["colour.png"] and "1-channel" in reasons["colour.png"]
     assert "photo.png" in reasons["photo.jpg"] and "already used" in reasons["photo.jpg"]
     assert [p.name for p in report.written] == ["case.nii.gz", "photo.png"]
-    assert _listing(out) == {"case.nii.gz", "photo.png", "predictions.json"}  # no partial or temporary files
+    assert _listing(out) == {"case.nii.gz", "photo.png", "predictions.json", "report.html"}  # no partial files
+    page = (out / "report.html").read_text()
+    assert page.count('class="case-data"') == 2 and '"name":"case.nii.gz"' in page  # the segmented inputs only
+    assert "corrupt" in page and "already used" in page  # the failures are listed
     failed = json.loads((out / "predictions.json").read_text())["failed"]
     assert [Path(f["input"]).name for f in failed] == ["broken.nii.gz", "nan.nrrd", "colour.png", "photo.jpg"]
     assert report.failure_lines()[0].startswith(str(bad / "broken.nii.gz") + ": ")
@@ -230,7 +233,8 @@ def test_failure_after_the_mask_is_written_removes_it(
 
     assert calls, "the overlay writer was not reached, so the mask was never written"
     assert report.written == [] and "No space left" in report.failed[0][1]
-    assert _listing(out) == {"predictions.json"}
+    assert _listing(out) == {"predictions.json", "report.html"}
+    assert 'class="case-data"' not in (out / "report.html").read_text()  # the failed input is not shown
 
 
 def test_overlays_and_output_format(grey_ckpt: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
@@ -247,8 +251,9 @@ def test_overlays_and_output_format(grey_ckpt: Path, inputs: dict[str, Path], tm
     assert 1 <= len(slices) <= predict_module.OVERLAY_SLICES
     assert set(slices) <= set(with_fg) if with_fg else slices == [mask.shape[0] // 2]
     overlay = np.asarray(Image.open(out / f"case_overlay_z{slices[0]:03d}.png"))
-    assert overlay.shape == (40, 48, 3) and overlay.dtype == np.uint8
-    assert np.asarray(Image.open(out / "photo_overlay.png")).shape == (50, 60, 3)
+    assert overlay.ndim == 3 and overlay.shape[2] == 3 and overlay.dtype == np.uint8
+    assert overlay.shape[1] >= 256 + 16 and overlay.shape[0] > 256 * 40 // 48  # 40x48 enlarged, with title and legend
+    assert min(np.asarray(Image.open(out / "photo_overlay.png")).shape[:2]) > 250  # 50x60 enlarged
     case = json.loads((out / "predictions.json").read_text())["cases"][0]
     assert [Path(p).name for p in case["overlays"]] == [f"case_overlay_z{z:03d}.png" for z in slices]
 

@@ -21,6 +21,7 @@ from msa2net.metrics import binary_confusion, pooled_binary_metrics
 from msa2net.report import (
     MISSING,
     OVERLAY_COLORS,
+    OVERLAY_PAD,
     SYNAPSE_COLUMNS,
     MetricAggregator,
     PooledBinaryMetrics,
@@ -29,7 +30,9 @@ from msa2net.report import (
     format_evaluation_tables,
     format_paper_table,
     json_safe,
+    overlay_rgb,
     plot_curves,
+    read_metrics_csv,
     write_demo_report,
     write_evaluation_report,
     write_json,
@@ -355,11 +358,10 @@ def test_evaluate_writes_tables_that_match_its_summary(data_synapse_prepared: Pa
 # ----------------------------------------------------------------------------------------------
 
 
-def test_overlay_blends_label_colours_on_minmax_scaled_image(tmp_path: Path) -> None:
+def test_overlay_rgb_blends_label_colours_on_minmax_scaled_image() -> None:
     image = np.array([[10.0, 20.0], [30.0, 50.0]])
     labels = np.array([[0, 1], [2, 0]])
-    path = write_overlay_png(image, labels, tmp_path / "ov.png", alpha=0.5)
-    out = np.asarray(Image.open(path))
+    out = overlay_rgb(image, labels, alpha=0.5)
     assert out.shape == (2, 2, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[0, 0], [0, 0, 0])  # min -> black, background untouched
     np.testing.assert_array_equal(out[1, 1], [255, 255, 255])  # max -> white
@@ -367,19 +369,42 @@ def test_overlay_blends_label_colours_on_minmax_scaled_image(tmp_path: Path) -> 
     np.testing.assert_array_equal(out[0, 1], np.round(0.5 * grey_01 + 0.5 * OVERLAY_COLORS[1].astype(float)))
     grey_10 = round((30 - 10) / 40 * 255)
     np.testing.assert_array_equal(out[1, 0], np.round(0.5 * grey_10 + 0.5 * OVERLAY_COLORS[2].astype(float)))
-    assert _visible_files(tmp_path) == ["ov.png"]
 
 
-def test_overlay_with_reference_is_ground_truth_then_prediction(tmp_path: Path) -> None:
+def _panel_row(out: np.ndarray, panel: np.ndarray, x: int) -> int:
+    """Top row of ``panel`` drawn at column ``x`` of ``out`` (fails when it is not there)."""
+    h, w = panel.shape[:2]
+    for y in range(out.shape[0] - h + 1):
+        if np.array_equal(out[y, x : x + w], panel[0]) and np.array_equal(out[y : y + h, x : x + w], panel):
+            return y
+    raise AssertionError(f"panel of shape {panel.shape} not found at column {x}")
+
+
+def test_overlay_png_titles_panels_legend_and_minimum_size(tmp_path: Path) -> None:
     image = np.array([[10.0, 20.0], [30.0, 50.0]])
     truth, pred = np.array([[0, 1], [0, 0]]), np.array([[0, 0], [2, 0]])
-    out = np.asarray(Image.open(write_overlay_png(image, pred, tmp_path / "pair.png", reference=truth)))
-    assert out.shape == (2, 2 + 4 + 2, 3)
-    left = np.asarray(Image.open(write_overlay_png(image, truth, tmp_path / "t.png")))
-    right = np.asarray(Image.open(write_overlay_png(image, pred, tmp_path / "p.png")))
-    np.testing.assert_array_equal(out[:, :2], left)
-    np.testing.assert_array_equal(out[:, 6:], right)
-    assert (out[:, 2:6] == 255).all()
+    names = ["background", "liver", "spleen"]
+    path = write_overlay_png(
+        image, pred, tmp_path / "pair.png", reference=truth, class_names=names, title="case0001, slice 3"
+    )
+    out = np.asarray(Image.open(path).convert("RGB"))
+    big = 128  # 2 px enlarged to at least 256 px with nearest neighbour
+    left = np.kron(overlay_rgb(image, truth), np.ones((big, big, 1), dtype=np.uint8))
+    right = np.kron(overlay_rgb(image, pred), np.ones((big, big, 1), dtype=np.uint8))
+    pad = OVERLAY_PAD
+    top = _panel_row(out, left, pad)  # ground truth on the left, the prediction to its right
+    assert _panel_row(out, right, pad + 256 + pad) == top
+    assert top >= 30 and (out[:top] != 255).any()  # the title and the captions sit above the panels
+    legend = out[top + 256 :]
+    for colour in OVERLAY_COLORS[1:3]:  # a swatch per named class, in the colours of the overlay
+        assert np.all(legend == colour, axis=-1).sum() >= 50
+    assert not np.all(legend == OVERLAY_COLORS[3], axis=-1).any()  # only the named classes
+    assert out.shape[1] == 2 * pad + 2 * 256 + pad and _visible_files(tmp_path) == ["pair.png"]
+
+    alone = np.asarray(
+        Image.open(write_overlay_png(np.zeros((300, 280)), np.zeros((300, 280), int), tmp_path / "a.png"))
+    )
+    assert alone.shape[0] > 300 and alone.shape[1] == 280 + 2 * pad  # large images keep their size
     with pytest.raises(ValueError, match="labels shape"):
         write_overlay_png(image, pred, tmp_path / "bad.png", reference=np.zeros((3, 3), int))
 
@@ -388,7 +413,7 @@ def test_overlay_accepts_rgb_and_rejects_bad_labels(tmp_path: Path) -> None:
     rgb = np.zeros((3, 4, 3), np.uint8)
     rgb[..., 1] = 200
     rgb[0, 0] = 0
-    out = np.asarray(Image.open(write_overlay_png(rgb, np.zeros((3, 4), int), tmp_path / "rgb.png")))
+    out = overlay_rgb(rgb, np.zeros((3, 4), int))
     assert out[1, 1, 1] == 255 and out[1, 1, 0] == 0  # per-image min-max over all channels
     with pytest.raises(ValueError, match="0..15"):
         write_overlay_png(rgb, np.full((3, 4), 16), tmp_path / "bad.png")
@@ -396,6 +421,8 @@ def test_overlay_accepts_rgb_and_rejects_bad_labels(tmp_path: Path) -> None:
         write_overlay_png(rgb, np.full((3, 4), 3), tmp_path / "bad.png", num_classes=3)
     with pytest.raises(ValueError, match="differs from image shape"):
         write_overlay_png(rgb, np.zeros((4, 3), int), tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="alpha"):
+        overlay_rgb(rgb, np.zeros((3, 4), int), alpha=1.5)
     assert not (tmp_path / "bad.png").exists()
 
 
@@ -421,6 +448,34 @@ def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (1000, 360)
     assert _visible_files(tmp_path) == ["curves.png"]
+
+
+def test_plot_curves_draws_a_single_epoch_with_markers_and_integer_ticks(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
+    plot_curves([{"epoch": 1, "train_loss": 0.7, "val_mean_dice": 0.3}], tmp_path / "one.png")
+    (figure,) = figures
+    for ax in figure.axes:
+        (line,) = ax.get_lines()
+        assert line.get_marker() == "o" and list(line.get_xdata()) == [1]  # a visible point, not an empty line
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1.0]  # integer epochs only
+    plt.close(figure)
+    many = [{"epoch": e, "train_loss": 1 / e} for e in range(1, 8)]
+    figures.clear()
+    plot_curves(many, tmp_path / "many.png")
+    ticks = figures[0].axes[0].get_xticks()
+    assert len(ticks) > 2 and all(float(t).is_integer() for t in ticks)
+    plt.close(figures[0])
+
+
+def test_metrics_csv_reads_back_as_floats_with_nan_for_empty_cells(tmp_path: Path) -> None:
+    history = [{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": 0.5, "val_mean_dice": 0.25}]
+    rows = read_metrics_csv(write_metrics_csv(tmp_path / "metrics.csv", history))
+    assert rows[1] == {"epoch": 2.0, "train_loss": 0.5, "val_mean_dice": 0.25}
+    assert rows[0]["epoch"] == 1.0 and math.isnan(rows[0]["val_mean_dice"])
 
 
 def test_demo_report_quotes_the_evaluation(tmp_path: Path) -> None:

@@ -198,12 +198,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         save_predictions=args.save_predictions,
         overlays_per_case=args.overlays,
         postprocess=args.postprocess,
+        html=not args.no_html,
     )
     if "pooled" in report:
         print(json.dumps(report["pooled"], indent=2))
     else:
         print(Path(out, "table.md").read_text())
     print(f"report: {out}/summary.json")
+    if Path(out, "report.html").is_file() and not args.no_html:
+        print(f"browse: {Path(out, 'report.html').resolve().as_uri()}")
     return 0
 
 
@@ -230,8 +233,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         allow_mismatched_input=args.allow_mismatched_input,
         reorient=not args.no_reorient,
+        html=not args.no_html,
     )
     print(f"wrote {len(report.written)} file(s) to {args.out}")
+    if report.html_path is not None:
+        print(f"browse: {report.html_path.resolve().as_uri()}")
     for line in report.failure_lines():
         print(f"failed: {line}", file=sys.stderr)
     return 0 if report.ok else 1
@@ -285,6 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"demo finished in {result['total_seconds']:.0f} s: mean Dice {result['mean_dice']:.4f} on the phantom test "
         f"cases (legacy protocol); report: {result['report']}"
     )
+    print(f"browse: {Path(result['html']).resolve().as_uri()}")
     return 0
 
 
@@ -388,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-predictions", action="store_true", help="write NIfTI predictions")
     p.add_argument("--overlays", type=_int_at_least(0), default=3, help="overlay PNGs per case (0: none; default 3)")
     p.add_argument("--postprocess", action="store_true", help="ISIC: opening + hole filling before scoring")
+    p.add_argument("--no-html", action="store_true", help="do not write report.html (the slice browser)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment NIfTI/NRRD/MHA files, DICOM series folders, PNG/JPG, or folders")
@@ -436,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overlays", action="store_true", help="also write PNG overlays")
     p.add_argument("--format", help="mask format for volumes: .nii.gz, .nii, .nrrd, .mha")
+    p.add_argument("--no-html", action="store_true", help="do not write report.html (the slice browser)")
     p.add_argument(
         "--no-reorient",
         action="store_true",

@@ -8,12 +8,15 @@ Contents:
 
 - per-case aggregation (:class:`MetricAggregator`) and pooled ISIC counts (:class:`PooledBinaryMetrics`);
 - strict JSON (:func:`json_safe`, :func:`write_json`);
-- evaluation reports: :func:`build_evaluation_summary`, :func:`format_evaluation_tables`,
+- evaluation reports: :func:`build_evaluation_summary`, :func:`evaluation_tables` (the cells table.md and
+  report.html print), :func:`format_evaluation_tables`,
   :func:`write_evaluation_report` (per-case scores), :func:`build_isic_summary` (pooled scores, ISIC 2018),
   and the paper's table layout (:func:`format_paper_table`);
-- overlays (:func:`write_overlay_png`, optionally with a class legend, :func:`legend_panel`), training curves
-  (:func:`plot_curves`) and ``metrics.csv`` (:func:`write_metrics_csv`), the demo's ``report.md``
-  (:func:`write_demo_report`);
+- overlays (:func:`overlay_rgb`, :func:`write_overlay_png`: titled panels and a legend of the class names),
+  training curves (:func:`plot_curves`), ``metrics.csv`` (:func:`write_metrics_csv`, :func:`read_metrics_csv`),
+  the demo's ``report.md`` (:func:`write_demo_report`);
+- the self-contained ``report.html`` lives in its own part, :mod:`msa2net.report_html` (a page template and the
+  slice encoder), which prints the tables of :func:`evaluation_tables` and the colours of :data:`OVERLAY_COLORS`.
 - model cards of published models (:func:`build_model_card`, :func:`write_model_card`), from a pretrained folder's
   ``config.json`` alone (its ``evaluation`` is a ``summary.json`` written here).
 
@@ -23,6 +26,8 @@ Every writer here is atomic (temporary file in the target folder, renamed into p
 from __future__ import annotations
 
 import csv
+import functools
+import importlib.util
 import io
 import json
 import math
@@ -40,18 +45,21 @@ from .metrics import binary_confusion, isic_postprocess, pooled_binary_metrics
 __all__ = [
     "MISSING",
     "OVERLAY_COLORS",
+    "OVERLAY_PAD",
     "SYNAPSE_COLUMNS",
     "MetricAggregator",
     "PooledBinaryMetrics",
     "build_evaluation_summary",
     "build_isic_summary",
+    "evaluation_tables",
     "format_evaluation_tables",
     "format_paper_table",
     "MSA2NET_BIBTEX",
     "build_model_card",
     "json_safe",
-    "legend_panel",
+    "overlay_rgb",
     "plot_curves",
+    "read_metrics_csv",
     "write_demo_report",
     "write_evaluation_report",
     "write_json",
@@ -362,7 +370,12 @@ def format_paper_table(
     dsc = float(np.mean(dice_values)) if mean_dice is None else mean_dice
     hd = float(np.mean([_number(per_class_hd95[n]) for n in names])) if mean_hd95 is None else mean_hd95
     row = [title, _cell(dsc, 100.0), _cell(hd), *(_cell(v, 100.0) for v in dice_values)]
-    return _markdown_table(["Method", "DSC", "HD95", *headers], [row])
+    return _markdown_table(*_paper_table_cells(headers, row))
+
+
+def _paper_table_cells(headers: Sequence[str], row: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and the one row of the paper's table (``Method | DSC | HD95 | classes``)."""
+    return ["Method", "DSC", "HD95", *headers], [list(row)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,10 +459,9 @@ def _empty_rule(empty: object) -> str:
     return f"An empty prediction or ground truth scores {_number(empty):g} mm."
 
 
-def format_evaluation_tables(summary: Mapping[str, Any]) -> str:
-    """The text of ``table.md``, from a :func:`build_evaluation_summary` dict (also after a JSON round trip).
-
-    Two tables, each after a line that says what it measures:
+def evaluation_tables(summary: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The two tables of an evaluation, as ``(caption, header, rows)`` cells, from a :func:`build_evaluation_summary`
+    dict (also after a JSON round trip). ``table.md`` and ``report.html`` both print these cells.
 
     - legacy protocol, the paper's layout (:func:`format_paper_table`): DSC and HD95 (voxels) are
       ``legacy.mean_dice`` and ``legacy.mean_hd95_voxels``, the class columns ``legacy.per_class_dice``;
@@ -457,22 +469,23 @@ def format_evaluation_tables(summary: Mapping[str, Any]) -> str:
       (``mm.n_failed/mm.n_values`` and ``per_class_failures[c]/per_class[c].n_cases``) and, when NSD was
       computed, ``NSD (<tolerance> mm)`` in percent (``mean.nsd`` and ``mm.per_class_nsd``).
 
-    Figures have two decimals (Dice and NSD as percentages); undefined ones show as ``n/a``.
+    Figures have two decimals (Dice and NSD as percentages); undefined ones show as ``n/a``. Captions say what
+    each table measures.
     """
     settings = summary["settings"]
     title = str(settings.get("title") or settings.get("model", "model"))
     names = [str(c) for c in summary["class_names"][1:]]
     legacy, mm, per_class = summary["legacy"], summary["mm"], summary["per_class"]
     headers = _column_headers(names)
-    legacy_table = format_paper_table(
-        legacy["per_class_dice"],
-        legacy["per_class_hd95_voxels"],
-        names,
+    # the same checks and cells as format_paper_table, which table.md has always printed
+    format_paper_table(legacy["per_class_dice"], legacy["per_class_hd95_voxels"], names, title, headers)
+    dsc, hd = _number(legacy["mean_dice"]), _number(legacy["mean_hd95_voxels"])
+    legacy_row = [
         title,
-        headers,
-        mean_dice=_number(legacy["mean_dice"]),
-        mean_hd95=_number(legacy["mean_hd95_voxels"]),
-    )
+        _cell(dsc, 100.0),
+        _cell(hd),
+        *(_cell(legacy["per_class_dice"][c], 100.0) for c in names),
+    ]
     rows = [
         ["HD95 (mm)", _cell(mm["mean_hd95_mm"]), *(_cell(mm["per_class_hd95_mm"][c]) for c in names)],
         [
@@ -487,17 +500,28 @@ def format_evaluation_tables(summary: Mapping[str, Any]) -> str:
         tolerance = settings.get("nsd_tolerance_mm")
         label = "NSD" if tolerance is None else f"NSD ({_number(tolerance):g} mm)"
         rows.append([label, _cell(summary["mean"].get("nsd"), 100.0), *(_cell(nsd.get(c), 100.0) for c in names)])
-    mm_table = _markdown_table(["Metric", "Mean", *headers], rows)
-    return (
+    legacy_caption = (
         f"Legacy protocol (the paper's table), {title}: Dice in percent, HD95 in voxels (slices count as 1); a missed "
-        "organ scores Dice 0 and HD95 0, an organ predicted where there is none Dice 1 and HD95 0.\n\n"
-        f"{legacy_table}\n\n"
+        "organ scores Dice 0 and HD95 0, an organ predicted where there is none Dice 1 and HD95 0."
+    )
+    mm_caption = (
         f"HD95 in mm, {title}: with the voxel spacing of each case, empty={settings.get('empty_policy_mm')}. "
         f"{_empty_rule(settings.get('empty_policy_mm'))} Class means are over cases, the Mean column is the mean "
         f"over classes of the class means (classes without a value left out){'; NSD in percent' if with_nsd else ''}."
-        "\n\n"
-        f"{mm_table}\n"
     )
+    return [
+        (legacy_caption, *_paper_table_cells(headers, legacy_row)),
+        (mm_caption, ["Metric", "Mean", *headers], rows),
+    ]
+
+
+def format_evaluation_tables(summary: Mapping[str, Any]) -> str:
+    """The text of ``table.md``, from a :func:`build_evaluation_summary` dict (also after a JSON round trip).
+
+    The tables of :func:`evaluation_tables` as markdown, each after its caption.
+    """
+    blocks = [f"{caption}\n\n{_markdown_table(header, rows)}" for caption, header, rows in evaluation_tables(summary)]
+    return "\n\n".join(blocks) + "\n"
 
 
 def write_evaluation_report(
@@ -551,6 +575,108 @@ def _to_uint8_rgb(image2d: np.ndarray) -> np.ndarray:
     return grey if grey.ndim == 3 else np.repeat(grey[..., None], 3, axis=2)
 
 
+def overlay_rgb(
+    image2d: np.ndarray, labels2d: np.ndarray, alpha: float = 0.4, num_classes: int | None = None
+) -> np.ndarray:
+    """The colour overlay of a label map on a 2D image, as pixels (no titles, no legend, native size).
+
+    Args:
+        image2d: ``(H, W)`` grey or ``(H, W, 3)`` colour image of any numeric dtype; min-max scaled to 0..255 over its
+            finite values (NaN/inf drawn black; a constant image is drawn black).
+        labels2d: ``(H, W)`` integer label map with ids 0..15; id 0 is left uncoloured.
+        alpha: Opacity of the label colours in [0, 1].
+        num_classes: Number of classes including background (<= 16). When given, ids >= ``num_classes`` are an error.
+
+    Returns:
+        ``(H, W, 3)`` uint8: ``(1 - alpha) * image + alpha * OVERLAY_COLORS[label]`` where label > 0, else the image.
+
+    Raises:
+        ValueError: shapes differ, ids are negative/non-integer/too large, or alpha is outside [0, 1].
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = _to_uint8_rgb(image2d)
+    limit = _colour_limit(num_classes)
+    labels = _check_labels(labels2d, rgb.shape[:2], limit, num_classes is not None)
+    colours = OVERLAY_COLORS[labels].astype(np.float64)
+    blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colours
+    return np.where((labels > 0)[..., None], np.round(blended), rgb).astype(np.uint8)
+
+
+def _colour_limit(num_classes: int | None) -> int:
+    limit = len(OVERLAY_COLORS) if num_classes is None else int(num_classes)
+    if limit > len(OVERLAY_COLORS):
+        raise ValueError(f"the overlay colour table has {len(OVERLAY_COLORS)} entries; got num_classes={limit}")
+    return limit
+
+
+def _check_labels(labels2d: np.ndarray, shape: tuple[int, ...], limit: int, explicit: bool) -> np.ndarray:
+    """``labels2d`` as int64 after checking its shape and ids (0..limit-1)."""
+    labels = np.asarray(labels2d)
+    if labels.shape != tuple(shape):
+        raise ValueError(f"labels shape {labels.shape} differs from image shape {tuple(shape)}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
+        if not np.array_equal(labels, np.round(labels)):
+            raise ValueError("labels must be integer ids; got non-integer values (pass an argmax, not probabilities)")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= limit):
+        raise ValueError(
+            f"label ids must be in 0..{limit - 1}, found {int(labels.min())}..{int(labels.max())}"
+            + ("" if explicit else f"; overlays support at most {len(OVERLAY_COLORS)} classes")
+        )
+    return labels
+
+
+#: Blank border around the panels of an overlay PNG, and between them, in pixels.
+OVERLAY_PAD = 8
+_TEXT = (34, 34, 34)
+
+
+@functools.lru_cache(maxsize=4)
+def _font(size: int) -> Any:
+    """DejaVu Sans (shipped with matplotlib) at ``size`` px; Pillow's default font when it cannot be found."""
+    from PIL import ImageFont
+
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            return ImageFont.truetype(str(Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+        except OSError:
+            continue
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _legend_entries(
+    limit: int, class_names: Sequence[str] | None, present: Sequence[np.ndarray]
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """``(name, colour)`` of every foreground class: all named classes, else ids 1..max id present."""
+    if class_names is not None:
+        count = min(len(class_names), limit)
+    else:
+        count = max([int(p.max()) + 1 for p in present if p.size] + [1])
+    return [
+        (str(class_names[i]) if class_names is not None else f"class {i}", tuple(int(v) for v in OVERLAY_COLORS[i]))
+        for i in range(1, count)
+    ]
+
+
+def _legend_rows(entries: Sequence[tuple[str, tuple[int, int, int]]], width: int, draw: Any, font: Any) -> list[Any]:
+    """Entries packed into rows that fit ``width`` pixels: ``[[(x, name, colour), ...], ...]``."""
+    rows: list[list[tuple[int, str, tuple[int, int, int]]]] = [[]]
+    x = 0
+    for name, colour in entries:
+        step = 16 + int(math.ceil(draw.textlength(name, font=font))) + 14
+        if rows[-1] and x + step - 14 > width:
+            rows.append([])
+            x = 0
+        rows[-1].append((x, name, colour))
+        x += step
+    return rows if rows[0] else []
+
+
 def write_overlay_png(
     image2d: np.ndarray,
     labels2d: np.ndarray,
@@ -558,104 +684,84 @@ def write_overlay_png(
     alpha: float = 0.4,
     num_classes: int | None = None,
     reference: np.ndarray | None = None,
-    legend: Sequence[str] | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+    caption: str = "prediction",
+    min_size: int = 256,
 ) -> Path:
-    """Write a colour overlay of a label map on a 2D image as PNG, atomically.
+    """Write a colour overlay of a label map on a 2D image as a captioned PNG with a legend, atomically.
+
+    Layout, on white: an optional ``title`` line; one panel per label map, each under its caption (``reference``,
+    the ground truth, on the left captioned "ground truth", then ``labels2d`` captioned ``caption``), panels
+    :data:`OVERLAY_PAD` px from the border and apart; below them a legend of the foreground classes (colour swatch
+    and name). Each panel is :func:`overlay_rgb` enlarged by an integer factor with nearest neighbour so that its
+    longer side is at least ``min_size`` (images of that size or more keep their size).
 
     Args:
-        image2d: ``(H, W)`` grey or ``(H, W, 3)`` colour image of any numeric dtype; min-max scaled to 0..255 over its
-            finite values (NaN/inf drawn black; a constant image is drawn black).
+        image2d: ``(H, W)`` grey or ``(H, W, 3)`` colour image (see :func:`overlay_rgb`).
         labels2d: ``(H, W)`` integer label map with ids 0..15; id 0 is left uncoloured.
         path: Target ``.png`` file.
         alpha: Opacity of the label colours in [0, 1].
         num_classes: Number of classes including background (<= 16). When given, ids >= ``num_classes`` are an error.
-        reference: Optional ``(H, W)`` ground-truth label map; the PNG then shows it on the left and ``labels2d``
-            on the right, side by side.
-        legend: Optional class names by id, background (id 0) first: a white panel below the image then shows the
-            colour swatch and name of every class from id 1 on (:func:`legend_panel`). Ids drawn must be named.
+        reference: Optional ``(H, W)`` ground-truth label map, drawn left of ``labels2d``.
+        class_names: Names of the class ids, background first; the legend lists ids ``1..len(class_names)-1``
+            (at most ``num_classes - 1``). Without names it lists "class 1" .. the largest id present.
+        title: Line above the panels, e.g. ``"case0001, slice 45 of 147"``.
+        caption: Caption of the ``labels2d`` panel.
+        min_size: Smallest longer side of a panel, in pixels (>= 1).
 
     Returns:
-        The written path. Pixel colours are ``(1 - alpha) * image + alpha * OVERLAY_COLORS[label]`` where label > 0.
+        The written path.
 
     Raises:
-        ValueError: shapes differ, ids are negative/non-integer/too large, alpha is outside [0, 1], or ``legend``
-            names more classes than there are colours.
+        ValueError: shapes differ, ids are negative/non-integer/too large, alpha is outside [0, 1], or
+            ``min_size`` < 1.
     """
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    rgb = _to_uint8_rgb(image2d)
-    if legend is not None and num_classes is None:
-        num_classes = len(legend)
-    limit = len(OVERLAY_COLORS) if num_classes is None else int(num_classes)
-    if limit > len(OVERLAY_COLORS):
-        raise ValueError(f"the overlay colour table has {len(OVERLAY_COLORS)} entries; got num_classes={limit}")
-
-    def blend(labels2d: np.ndarray) -> np.ndarray:
-        labels = np.asarray(labels2d)
-        if labels.shape != rgb.shape[:2]:
-            raise ValueError(f"labels shape {labels.shape} differs from image shape {rgb.shape[:2]}")
-        if labels.size and not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
-            if not np.array_equal(labels, np.round(labels)):
-                raise ValueError(
-                    "labels must be integer ids; got non-integer values (pass an argmax, not probabilities)"
-                )
-        labels = labels.astype(np.int64)
-        if labels.size and (labels.min() < 0 or labels.max() >= limit):
-            raise ValueError(
-                f"label ids must be in 0..{limit - 1}, found {int(labels.min())}..{int(labels.max())}"
-                + ("" if num_classes is not None else f"; overlays support at most {len(OVERLAY_COLORS)} classes")
-            )
-        colours = OVERLAY_COLORS[labels].astype(np.float64)
-        blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colours
-        return np.where((labels > 0)[..., None], np.round(blended), rgb).astype(np.uint8)
-
-    out = blend(labels2d)
+    if min_size < 1:
+        raise ValueError(f"min_size must be at least 1, got {min_size}")
+    panels = [(caption, overlay_rgb(image2d, labels2d, alpha, num_classes))]
+    maps = [np.asarray(labels2d)]
     if reference is not None:
-        gap = np.full((out.shape[0], 4, 3), 255, dtype=np.uint8)
-        out = np.concatenate([blend(reference), gap, out], axis=1)  # ground truth | prediction
-    if legend is not None:
-        panel = legend_panel(legend, out.shape[1])
-        if panel.shape[1] > out.shape[1]:  # names wider than the image: pad the image with white
-            pad = np.full((out.shape[0], panel.shape[1] - out.shape[1], 3), 255, dtype=np.uint8)
-            out = np.concatenate([out, pad], axis=1)
-        out = np.concatenate([out, panel], axis=0)
+        panels.insert(0, ("ground truth", overlay_rgb(image2d, reference, alpha, num_classes)))
+        maps.append(np.asarray(reference))
+    height, width = panels[0][1].shape[:2]
+    scale = max(1, math.ceil(min_size / max(height, width, 1)))
+    panels = [(text, np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)) for text, rgb in panels]
+    ph, pw = height * scale, width * scale
+
+    title_font, font = _font(15), _font(13)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad = OVERLAY_PAD
+    canvas_w = 2 * pad + len(panels) * pw + (len(panels) - 1) * pad
+    if title:
+        canvas_w = max(canvas_w, 2 * pad + int(math.ceil(probe.textlength(title, font=title_font))))
+    entries = _legend_entries(_colour_limit(num_classes), class_names, maps)
+    legend = _legend_rows(entries, canvas_w - 2 * pad, probe, font)
+    title_h, caption_h, line_h = (22 if title else 0), 18, 18
+    top = pad + title_h + caption_h
+    canvas_h = top + ph + (pad + line_h * len(legend) if legend else 0) + pad
+
+    canvas = Image.new("RGB", (canvas_w, canvas_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, pad), title, fill=_TEXT, font=title_font)
+    for i, (text, rgb) in enumerate(panels):
+        x = pad + i * (pw + pad)
+        draw.text((x, pad + title_h), text, fill=_TEXT, font=font)
+        canvas.paste(Image.fromarray(rgb), (x, top))
+    y = top + ph + pad
+    for row in legend:
+        for x, name, colour in row:
+            draw.rectangle([pad + x, y + 3, pad + x + 11, y + 14], fill=colour, outline=_TEXT)
+            draw.text((pad + x + 16, y), name, fill=_TEXT, font=font)
+        y += line_h
     target = Path(path)
     with atomic_path(target) as tmp:
-        Image.fromarray(out).save(tmp, format="PNG")
+        canvas.save(tmp, format="PNG")
     return target
-
-
-def legend_panel(class_names: Sequence[str], width: int) -> np.ndarray:
-    """A white ``(h, w, 3)`` uint8 legend: one row per class id >= 1, its :data:`OVERLAY_COLORS` swatch and name.
-
-    Args:
-        class_names: Names by class id, background (id 0) first; at most ``len(OVERLAY_COLORS)`` names.
-        width: Minimum width in pixels; the panel is wider when a name needs it.
-
-    Raises:
-        ValueError: more names than overlay colours.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    names = [str(n) for n in class_names]
-    if len(names) > len(OVERLAY_COLORS):
-        raise ValueError(f"the overlay colour table has {len(OVERLAY_COLORS)} entries; got {len(names)} class names")
-    font = ImageFont.load_default()
-    row, swatch, margin = 14, 10, 4
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_width = max((int(measure.textlength(n, font=font)) for n in names[1:]), default=0)
-    w = max(int(width), margin * 3 + swatch + text_width)
-    h = margin * 2 + row * max(len(names) - 1, 1)
-    panel = Image.new("RGB", (w, h), (255, 255, 255))
-    draw = ImageDraw.Draw(panel)
-    for i, name in enumerate(names[1:], start=1):
-        top = margin + (i - 1) * row
-        colour = tuple(int(c) for c in OVERLAY_COLORS[i])
-        draw.rectangle([margin, top + 2, margin + swatch, top + 2 + swatch], fill=colour, outline=(0, 0, 0))
-        draw.text((margin * 2 + swatch, top), name, fill=(0, 0, 0), font=font)
-    return np.asarray(panel, dtype=np.uint8).copy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -681,8 +787,24 @@ def write_metrics_csv(path: str | os.PathLike[str], history: Sequence[Mapping[st
     return write_text_atomic(path, buffer.getvalue())
 
 
+def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """Read a :func:`write_metrics_csv` file back: one dict per row, every cell a float (an empty cell is NaN).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: a cell is not a number.
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [
+            {key: float(value) if value not in ("", None) else float("nan") for key, value in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+
+
 def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike[str]) -> Path:
     """Training loss per epoch (left) and validation mean Dice (right, epochs with a finite value), as a PNG.
+
+    Points carry markers (so a single epoch shows), and the epoch axes have integer ticks only.
 
     Args:
         history: Rows with ``epoch`` and ``train_loss``, optionally ``val_mean_dice`` (NaN or absent: not drawn).
@@ -695,20 +817,31 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
+    markers = {"marker": "o", "markersize": 4} if len(epochs) <= 60 else {}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(epochs, [r["train_loss"] for r in history], color="tab:blue")
+    loss = [(r["epoch"], r["train_loss"]) for r in history if math.isfinite(r.get("train_loss", math.nan))]
+    if loss:
+        ax1.plot(*zip(*loss), color="tab:blue", **markers)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("training loss")
     ax1.grid(alpha=0.3)
-    val = [(r["epoch"], r["val_mean_dice"]) for r in history if not math.isnan(r.get("val_mean_dice", math.nan))]
+    val = [(r["epoch"], r["val_mean_dice"]) for r in history if math.isfinite(r.get("val_mean_dice", math.nan))]
     if val:
-        ax2.plot(*zip(*val), marker="o", color="tab:green")
+        ax2.plot(*zip(*val), marker="o", markersize=4, color="tab:green")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation mean Dice")
     ax2.set_ylim(0, 1)
     ax2.grid(alpha=0.3)
+    if epochs:
+        lo, hi = min(epochs), max(epochs)
+        margin = max(0.5, 0.03 * (hi - lo))
+        for ax in (ax1, ax2):
+            ax.set_xlim(lo - margin, hi + margin)
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     fig.tight_layout()
     target = Path(path)
     try:
@@ -770,6 +903,9 @@ def write_demo_report(
         f"{best_epoch}.",
         "",
         table.rstrip("\n"),
+        "",
+        "Browse every test slice (image, ground truth, prediction), the per-case scores and the curves in "
+        "`report.html`: open it in a browser, it needs no network.",
         "",
         "## Training curves",
         "",

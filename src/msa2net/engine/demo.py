@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._atomic import atomic_path
 from ..config import load_config
 from ..report import write_demo_report, write_json
 
@@ -21,14 +22,17 @@ def run_demo(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole product on built-in data and write ``out_dir/report.md``.
+    """Run the whole product on built-in data and write ``out_dir/report.md`` and ``out_dir/report.html``.
 
     Steps: CT phantom in the BTCV raw layout (``data/raw``), ``prepare synapse`` (``data/Synapse``), training of
     the ``demo`` preset (``run``; held-out phantom cases validate), legacy + millimetre evaluation on the phantom
-    test cases (``eval``), prediction on a raw NIfTI phantom scan (``predict``).
+    test cases (``eval``), prediction on a raw NIfTI phantom scan (``predict``). ``report.html`` is the
+    evaluation's page (``eval/report.html``: tables, per-case table, curves, slice browsers) with a note on the
+    demo; ``predict/report.html`` browses the predicted scan.
 
     Returns:
-        ``{"mean_dice": legacy mean Dice on the test cases, "mean_hd95_mm": ..., "report": path, "seconds": {...}}``
+        ``{"mean_dice": legacy mean Dice on the test cases, "mean_hd95_mm": ..., "report": path, "html": path,
+        "seconds": {...}}``
     """
     from ..data.phantom import make_synapse_phantom
     from ..data.synapse import prepare_synapse
@@ -57,7 +61,15 @@ def run_demo(
     result = train(cfg, overwrite=True)  # the demo redoes its own run
     step("train")
     best = Path(result["best"])
-    summary = evaluate(best, prepared, out / "eval", device=device, progress=False)
+    notes = [
+        f"The msa2net demo: a small MSA2Net ({cfg.model.name}, {cfg.model.img_size[0]}x{cfg.model.img_size[1]}) "
+        f"trained from scratch on the built-in CT phantom ({len(DEMO_CASES)} synthetic cases in the BTCV layout, "
+        f"prepared exactly as the Synapse data), evaluated here on the phantom's test cases. Best validation Dice "
+        f"{result['best_mean_dice']:.4f} at epoch {result['best_epoch']}. Seconds so far: "
+        + ", ".join(f"{k} {v}" for k, v in seconds.items())
+        + "."
+    ]
+    summary = evaluate(best, prepared, out / "eval", device=device, progress=False, notes=notes)
     step("evaluate")
     scan = sorted((raw / "RawData" / "Training" / "img").glob("img0001.nii*"))
     report = predict_files(best, scan, out / "predict", device=device, overlays=True, progress=False)
@@ -67,6 +79,8 @@ def run_demo(
 
     overlays = sorted((out / "eval" / "overlays").glob("*.png"))[:6]
     shutil.copyfile(out / "run" / "curves.png", out / "curves.png")
+    with atomic_path(out / "report.html") as tmp:
+        shutil.copyfile(out / "eval" / "report.html", tmp)
     write_demo_report(
         out / "report.md",
         model_name=cfg.model.name,
@@ -86,6 +100,7 @@ def run_demo(
         "mean_hd95_mm": summary["mm"]["mean_hd95_mm"],
         "per_class_dice": summary["legacy"]["per_class_dice"],
         "report": str(out / "report.md"),
+        "html": str(out / "report.html"),
         "seconds": seconds,
         "total_seconds": round(time.perf_counter() - start, 1),
     }

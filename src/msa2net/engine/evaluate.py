@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +17,22 @@ from ..data.preprocessing import Preprocessing
 from ..data.source import Case, Source, open_source
 from ..metrics import legacy_case_scores
 from ..report import (
+    OVERLAY_COLORS,
     MetricAggregator,
     PooledBinaryMetrics,
     build_evaluation_summary,
     build_isic_summary,
+    read_metrics_csv,
     write_evaluation_report,
     write_json,
     write_overlay_png,
 )
+from ..report_html import HtmlReport
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
 from .inference import predict_volume
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate(
@@ -45,6 +53,8 @@ def evaluate(
     progress: bool = True,
     title: str | None = None,
     kind: str | None = None,
+    html: bool = True,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (ours or the authors') and write the report into ``out_dir``.
 
@@ -52,7 +62,12 @@ def evaluate(
     empty-mask rules) and the honest figures: HD95 in millimetres with the case's spacing under the ``empty``
     policy (``"nan"``: a missed or hallucinated organ is a failure, counted, not a 0) and normalised surface Dice
     at ``nsd_tolerance_mm``. Writes ``summary.json``, ``per_case.csv``, ``table.md``, optional NIfTI predictions
-    (``predictions/``, in the source geometry where known) and overlay PNGs (``overlays/``).
+    (``predictions/``, in the source geometry where known), overlay PNGs (``overlays/``) and, with ``html``,
+    ``report.html`` (:class:`~msa2net.report_html.HtmlReport`: the tables, a per-case table, a slice browser per
+    case and the training curves; each case is encoded into it as it is evaluated). ``notes`` are paragraphs shown
+    at the top of ``report.html``. The curves come from ``metrics.csv`` beside the checkpoint (its run folder) when
+    it agrees with the history recorded in the checkpoint, else from that history; a checkpoint without one has no
+    curves. ``report.html`` is skipped, with a warning, for models with more classes than overlay colours.
 
     ISIC 2018: pixels pooled over the test split (DSC, IoU, sensitivity, specificity, accuracy), optionally
     after the opening + hole-filling post-process of that protocol.
@@ -84,6 +99,20 @@ def evaluate(
         "nsd_tolerance_mm": nsd_tolerance_mm,
     }
     model_prep = prep.unit_input()  # case images arrive mapped to [0, 1] by the source
+    page = _open_html(
+        out, class_names, html, f"msa2net evaluation: {title or ckpt['model_name']} on {source.root.name}"
+    )
+    history, history_note, mark_epoch = _training_history(Path(checkpoint), ckpt) if page else (None, "", None)
+
+    def finish_html(summary: Mapping[str, Any]) -> None:
+        if page is None:
+            return
+        path = page.finish(
+            evaluation=summary, history=history, history_note=history_note, mark_epoch=mark_epoch, notes=notes
+        )
+        if progress:
+            print(f"{path}: {path.stat().st_size / 1e6:.1f} MB, written in {page.seconds:.1f} s")
+
     predictions = (
         (
             case,
@@ -100,9 +129,85 @@ def evaluate(
         )
         for case in source.cases(ids, prep)
     )
-    if source.pooled:
-        return _evaluate_pooled(predictions, out, settings, class_names, postprocess, overlays_per_case)
+    with page if page is not None else contextlib.nullcontext():
+        if source.pooled:
+            summary = _evaluate_pooled(predictions, out, settings, class_names, postprocess, overlays_per_case, page)
+        else:
+            summary = _evaluate_cases(
+                predictions,
+                out,
+                settings,
+                class_names,
+                empty,
+                nsd_tolerance_mm,
+                title,
+                save_predictions,
+                overlays_per_case,
+                progress,
+                page,
+            )
+        finish_html(summary)
+    return summary
 
+
+def _open_html(out: Path, class_names: list[str], html: bool, title: str) -> HtmlReport | None:
+    """The report.html writer, or None when off or when the classes outnumber the overlay colours (warned)."""
+    if not html:
+        return None
+    if len(class_names) > len(OVERLAY_COLORS):
+        logger.warning(
+            "report.html skipped: it draws at most %d classes and this model has %d",
+            len(OVERLAY_COLORS),
+            len(class_names),
+        )
+        return None
+    return HtmlReport(out / "report.html", class_names, title=title, kind="evaluation")
+
+
+def _training_history(
+    checkpoint: Path, ckpt: Mapping[str, Any]
+) -> tuple[list[dict[str, float]] | None, str, int | None]:
+    """``(history, where it comes from, the checkpoint's epoch)`` for the report's curves.
+
+    ``metrics.csv`` beside the checkpoint (the whole run) is used when its first rows are the history the checkpoint
+    recorded (same epochs and training losses), else the checkpoint's own history (up to its epoch); ``None`` when
+    neither exists.
+    """
+    own = [dict(row) for row in ckpt.get("history") or []]
+    epoch = ckpt.get("epoch")
+    mark = int(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+    csv_path = checkpoint.parent / "metrics.csv"
+    if own and csv_path.is_file():
+        try:
+            rows = read_metrics_csv(csv_path)
+        except (OSError, ValueError):
+            rows = []
+        agrees = len(rows) >= len(own) and all(
+            float(a.get("epoch", math.nan)) == float(b.get("epoch", math.nan))
+            and math.isclose(float(a.get("train_loss", math.nan)), float(b.get("train_loss", math.nan)), rel_tol=1e-9)
+            for a, b in zip(rows, own)
+        )
+        if agrees:
+            return rows, f"Training history of the run: {csv_path} ({len(rows)} epochs).", mark
+    if own:
+        return own, f"Training history recorded in the checkpoint {checkpoint.name} ({len(own)} epochs).", mark
+    return None, "", None
+
+
+def _evaluate_cases(
+    predictions: Iterable[tuple[Case, np.ndarray]],
+    out: Path,
+    settings: dict[str, Any],
+    class_names: list[str],
+    empty: str | float,
+    nsd_tolerance_mm: float | None,
+    title: str | None,
+    save_predictions: bool,
+    overlays_per_case: int,
+    progress: bool,
+    page: HtmlReport | None,
+) -> dict[str, Any]:
+    """Per-case scores (Synapse, dataset folders): the summary, written with ``summary.json``, CSV and tables."""
     fg = class_names[1:]
     agg = MetricAggregator(fg)
     for case, pred in predictions:
@@ -121,7 +226,9 @@ def evaluate(
             arr = pred if pred.shape[0] > 1 or geom.ndim == 3 else pred[0]
             write_image(arr, geom, out / "predictions" / f"{case.name}.nii.gz")
         if overlays_per_case:
-            _overlays(case, pred, out / "overlays", overlays_per_case, len(class_names))
+            _overlays(case, pred, out / "overlays", overlays_per_case, class_names)
+        if page is not None:
+            page.add_case(case.name, case.image, pred, label=case.label, spacing=case.spacing)
         if progress:
             dice = np.mean([r["dice"] for r in rows.values()])
             print(f"{case.name}: legacy mean Dice {dice:.4f}")
@@ -138,17 +245,21 @@ def _check_fits(source: Source, class_names: list[str], prep: Preprocessing, che
         )
 
 
-def _overlays(case: Case, pred: np.ndarray, folder: Path, n: int, num_classes: int) -> None:
-    """A few slices with the most ground-truth foreground: ground truth (left) and prediction (right)."""
-    fg = (case.label > 0).reshape(case.label.shape[0], -1).sum(axis=1)
-    order = [int(z) for z in np.argsort(-fg, kind="stable")[:n] if fg[z] > 0] or [case.label.shape[0] // 2]
+def _overlays(case: Case, pred: np.ndarray, folder: Path, n: int, class_names: list[str], word: str = "slice") -> None:
+    """A few slices with the most ground-truth foreground: ground truth (left) and prediction (right), titled, with
+    a legend of the classes."""
+    depth = case.label.shape[0]
+    fg = (case.label > 0).reshape(depth, -1).sum(axis=1)
+    order = [int(z) for z in np.argsort(-fg, kind="stable")[:n] if fg[z] > 0] or [depth // 2]
     for z in sorted(order):
         write_overlay_png(
             case.image[z],
             pred[z],
             folder / f"{case.name}_z{z:03d}.png",
-            num_classes=num_classes,
+            num_classes=len(class_names),
             reference=case.label[z],
+            class_names=class_names,
+            title=f"{case.name}, {word} {z} (of 0-{depth - 1})",
         )
 
 
@@ -159,6 +270,7 @@ def _evaluate_pooled(
     class_names: list[str],
     postprocess: bool,
     overlays: int,
+    page: HtmlReport | None = None,
 ) -> dict[str, Any]:
     """Pixels of every case pooled (ISIC protocol): DSC, IoU, sensitivity, specificity, accuracy of class 1."""
     if len(class_names) != 2:
@@ -170,7 +282,9 @@ def _evaluate_pooled(
             pooled.update(p == 1, g == 1)
         n_images += len(pred)
         if overlays:
-            _overlays(case, pred, out / "overlays", overlays, 2)
+            _overlays(case, pred, out / "overlays", overlays, class_names, "image")
+        if page is not None:
+            page.add_case(case.name, case.image, pred, label=case.label, spacing=case.spacing, word="image")
     report = build_isic_summary(pooled, settings, n_images)
     write_json(out / "summary.json", report)
     return report

@@ -41,6 +41,7 @@ from ..data.orientation import axis_code, check_axis_code, reorientation
 from ..data.preprocessing import Preprocessing
 from ..models import MSA2Net
 from ..report import OVERLAY_COLORS, write_overlay_png
+from ..report_html import HtmlReport
 from .checkpoint import load_model_source, model_from_checkpoint
 from .distributed import resolve_device
 from .inference import predict_image, predict_volume
@@ -81,12 +82,14 @@ class PredictReport:
         cases: One JSON-ready record per segmented input: input, mask, overlays, shape, spacing and ``counts``
             (voxels per class name, see :func:`summarise_labels`).
         report_path: The ``predictions.json`` file.
+        html_path: The ``report.html`` file (None when not written).
     """
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     cases: list[dict[str, Any]] = field(default_factory=list)
     report_path: Path | None = None
+    html_path: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -279,6 +282,7 @@ def _segment_one(
     max_pixels: int | None = None,
     allow_mismatched_input: bool = False,
     slice_orientation: str | None = None,
+    page: HtmlReport | None = None,
 ) -> dict[str, Any]:
     """Segment one input and write its mask (and split masks, preview, volumes, overlays); returns the input's record
     for the report.
@@ -286,7 +290,8 @@ def _segment_one(
     A volume whose axis code differs from ``slice_orientation`` (the training volumes' code; None: no re-indexing)
     is re-indexed to it before slicing, and its mask back, so the model sees the plane it was trained on. Each
     output path is appended to ``written`` as soon as it exists, so that the caller can remove the outputs of an
-    input whose later step failed.
+    input whose later step failed. The input is added
+    to ``page`` last, once everything else succeeded.
     """
     out_dir = mask_path.parent
     suffix = image_suffix(mask_path)
@@ -375,19 +380,32 @@ def _segment_one(
         write_text_atomic(volumes_path, json.dumps(record, indent=2) + "\n")
         written.append(volumes_path)
     overlay_paths: list[Path] = []
+    shown = _display_image(prep, image) if overlays or page is not None else None
     if overlays:
-        shown = _display_image(prep, image)
         if spatial == 2:
-            jobs = [(out_dir / f"{stem}_overlay.png", shown, labels)]
+            jobs = [(out_dir / f"{stem}_overlay.png", shown, labels, source.name)]
         else:
+            depth = shown_labels.shape[0]
             jobs = [
-                (out_dir / f"{stem}_overlay_z{z:03d}.png", shown[z], shown_labels[z])
+                (
+                    out_dir / f"{stem}_overlay_z{z:03d}.png",
+                    shown[z],
+                    shown_labels[z],
+                    f"{source.name}, slice {z} (of 0-{depth - 1})",
+                )
                 for z in _overlay_slices(shown_labels)
             ]
-        for path, shown2d, labels2d in jobs:
-            write_overlay_png(shown2d, labels2d, path, num_classes=len(class_names))
+        for path, shown2d, labels2d, title in jobs:
+            write_overlay_png(
+                shown2d, labels2d, path, num_classes=len(class_names), class_names=class_names, title=title
+            )
             written.append(path)
             overlay_paths.append(path)
+    if page is not None:
+        if spatial == 2:
+            page.add_case(source.name, shown[None], labels[None], word="image")
+        else:
+            page.add_case(source.name, shown, shown_labels, spacing=tuple(reversed(geometry.spacing)))
     return {
         "input": str(source),
         "mask": str(mask_path),
@@ -425,7 +443,7 @@ def _write_preview(shown: np.ndarray, labels: np.ndarray, spatial: int, class_na
     if factor > 1:
         image = image.repeat(factor, axis=0).repeat(factor, axis=1)
         label_map = label_map.repeat(factor, axis=0).repeat(factor, axis=1)
-    write_overlay_png(image, label_map, path, legend=class_names)
+    write_overlay_png(image, label_map, path, num_classes=len(class_names), class_names=class_names)
 
 
 def predict_files(
@@ -446,6 +464,7 @@ def predict_files(
     max_pixels: int | None = None,
     allow_mismatched_input: bool = False,
     reorient: bool = True,
+    html: bool = True,
 ) -> PredictReport:
     """Segment image files and DICOM series with a model; write label masks with the input's geometry.
 
@@ -474,7 +493,10 @@ def predict_files(
     Overlays (``overlays=True``) blend the class colours on the model's view of the image: ``<stem>_overlay.png``
     for 2D inputs, ``<stem>_overlay_zNNN.png`` for up to :data:`OVERLAY_SLICES` evenly spaced slices with foreground
     (the middle slice when there is none) for volumes. ``out_dir/predictions.json`` records the run, per-input class
-    voxel counts and sizes (:func:`class_volumes`) and the failures. Every file is written atomically.
+    voxel counts and sizes (:func:`class_volumes`) and the failures. With ``html``, ``out_dir/report.html`` shows
+    every segmented input in a slice browser (image and predicted mask; no ground truth, no scores; see
+    :class:`~msa2net.report_html.HtmlReport`), with the class voxel counts of ``predictions.json``; it is skipped,
+    with a warning, for models with more classes than overlay colours. Every file is written atomically.
 
     Per input ``<stem>`` (the mask's name without suffix), on request:
 
@@ -520,6 +542,7 @@ def predict_files(
         allow_mismatched_input: Segment inputs whose type or value range does not fit the checkpoint's preprocessing
             (see above) instead of skipping them.
         reorient: Re-index volumes to the checkpoint's ``slice_orientation`` (see above).
+        html: Also write ``report.html``.
 
     Returns:
         The :class:`PredictReport`; ``report.ok`` is False when any input failed.
@@ -558,6 +581,74 @@ def predict_files(
     out.mkdir(parents=True, exist_ok=True)
 
     report = PredictReport()
+    page: HtmlReport | None = None
+    if html and len(class_names) > len(OVERLAY_COLORS):
+        logger.warning(
+            "report.html skipped: it draws at most %d classes and this model has %d",
+            len(OVERLAY_COLORS),
+            len(class_names),
+        )
+    elif html:
+        page = HtmlReport(
+            out / "report.html", class_names, title=f"msa2net predict: {ckpt['model_name']}", kind="prediction"
+        )
+    with page if page is not None else contextlib.nullcontext():
+        record = _predict_all(
+            sources,
+            out,
+            model,
+            prep,
+            class_names,
+            ckpt,
+            checkpoint,
+            device,
+            report,
+            page,
+            batch_size=batch_size,
+            tta=tta,
+            amp=amp,
+            overlays=overlays,
+            progress=progress,
+            suffix_override=suffix_override,
+            split=split,
+            preview=preview,
+            volumes=volumes,
+            pixel_limit=pixel_limit,
+            allow_mismatched_input=allow_mismatched_input,
+            slice_orientation=slice_orientation,
+        )
+        report.report_path = write_text_atomic(out / "predictions.json", json.dumps(record, indent=2) + "\n")
+        if page is not None:
+            report.html_path = page.finish(predictions=record)
+    return report
+
+
+def _predict_all(
+    sources: list[Path],
+    out: Path,
+    model: MSA2Net,
+    prep: Preprocessing,
+    class_names: list[str],
+    ckpt: Mapping[str, Any],
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any],
+    device: torch.device,
+    report: PredictReport,
+    page: HtmlReport | None,
+    *,
+    batch_size: int,
+    tta: bool,
+    amp: str | None,
+    overlays: bool,
+    progress: bool,
+    suffix_override: str | None,
+    split: bool,
+    preview: bool,
+    volumes: bool,
+    pixel_limit: int,
+    allow_mismatched_input: bool,
+    slice_orientation: str | None,
+) -> dict[str, Any]:
+    """Segment every input into ``report`` (and ``page``); returns the ``predictions.json`` record."""
     claimed: dict[Path, Path] = {}  # mask path -> the input whose mask it is
     bar = tqdm(sources, desc="predict", unit="input", disable=not progress_enabled(progress))
     for source in bar:
@@ -597,6 +688,7 @@ def predict_files(
                 max_pixels=pixel_limit,
                 allow_mismatched_input=allow_mismatched_input,
                 slice_orientation=slice_orientation,
+                page=page,
             )
         except BaseException as err:
             for path in written:  # also on Ctrl-C: an input's outputs are all there or none are
@@ -631,5 +723,4 @@ def predict_files(
         "cases": report.cases,
         "failed": [{"input": str(path), "reason": reason} for path, reason in report.failed],
     }
-    report.report_path = write_text_atomic(out / "predictions.json", json.dumps(record, indent=2) + "\n")
-    return report
+    return record

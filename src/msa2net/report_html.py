@@ -1,0 +1,686 @@
+"""The HTML report: one self-contained ``report.html`` per evaluation, demo or prediction run.
+
+Part of :mod:`msa2net.report` (which holds the tables, colours and summaries it prints). The page needs no network
+and no server: the slices are embedded as ``data:`` URIs, the page script and style are inline
+(``report_template.html``, shipped with the package), so it opens from disk (``file://``) in any current browser.
+
+What it shows, for an evaluation: the summary tables of :func:`msa2net.report.evaluation_tables` (the paper's
+layout, millimetres, failure counts; every figure read from the evaluation summary), a sortable per-case, per-class
+table (worst Dice first), training curves when the run's history is known, and one slice browser per case: image,
+ground truth and prediction side by side or as one switchable overlay, a slider and arrow keys, an opacity control,
+a legend with the class colours of the PNG overlays (:data:`msa2net.report.OVERLAY_COLORS`), and jumps to the slices
+where a chosen class disagrees most (false-positive + false-negative pixels). For a prediction run: the input slices
+and predicted masks, with jumps to the slices where a class covers the most pixels.
+
+Size: each case keeps every slice with ground-truth or predicted foreground and every ``stride``-th other slice (at
+most ``max_slices``); slices are downsampled to at most ``max_side`` pixels (box filter for the image, nearest
+neighbour for label maps), images stored as JPEG and label maps as palette PNGs with a transparent background.
+
+:class:`HtmlReport` streams: each case is encoded and appended to a temporary file next to the target when it is
+added (no volume is kept), and :meth:`HtmlReport.finish` writes the summary and renames the file into place, so
+``report.html`` is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+
+from . import __version__
+from .report import OVERLAY_COLORS, evaluation_tables, json_safe
+
+__all__ = [
+    "BACKGROUND_STRIDE",
+    "JPEG_QUALITY",
+    "MAX_SIDE",
+    "MAX_SLICES",
+    "HtmlReport",
+    "select_slices",
+    "slice_confusion",
+]
+
+#: Longest side of an embedded slice, in pixels.
+MAX_SIDE = 256
+#: Every ``BACKGROUND_STRIDE``-th slice without foreground (ground truth or prediction) is shown too.
+BACKGROUND_STRIDE = 4
+#: Most slices shown per case.
+MAX_SLICES = 300
+#: JPEG quality of the embedded images.
+JPEG_QUALITY = 85
+
+_CASES_MARKER = "<!--MSA2NET:CASES-->"
+_METRIC_COLUMNS: dict[str, tuple[str, float, int, str]] = {  # key: (label, scale, digits, title)
+    "dice": ("Dice %", 100.0, 2, "Dice, legacy protocol, in percent"),
+    "hd95": ("HD95 vox", 1.0, 2, "HD95 in voxels, legacy protocol (a miss scores 0)"),
+    "hd95_mm": ("HD95 mm", 1.0, 2, "HD95 in millimetres (n/a: a failure, an empty prediction or ground truth)"),
+    "nsd": ("NSD %", 100.0, 2, "normalised surface Dice in percent"),
+}
+_FLAG_COLUMNS = {"gt_empty": "GT empty", "pred_empty": "pred empty"}
+
+
+def _hex(colour: Sequence[int]) -> str:
+    return "#" + "".join(f"{int(v):02x}" for v in colour[:3])
+
+
+def _json_for_script(data: object) -> str:
+    """Strict compact JSON that can sit inside a ``<script>`` element (``<`` escaped)."""
+    text = json.dumps(json_safe(data), separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _template() -> tuple[str, str]:
+    """The page template split at the place where case data go: ``(head, tail)``."""
+    text = resources.files("msa2net").joinpath("report_template.html").read_text(encoding="utf-8")
+    head, tail = text.split(_CASES_MARKER)
+    return head, tail
+
+
+def slice_confusion(label: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-slice confusion counts of two label volumes.
+
+    Args:
+        label: ``(D, H, W)`` ground-truth class ids in ``0..num_classes-1``.
+        prediction: ``(D, H, W)`` predicted class ids, same range.
+        num_classes: Number of classes, background included.
+
+    Returns:
+        ``(D, num_classes, num_classes)`` int64: ``[z, g, p]`` counts the pixels of slice ``z`` with ground truth ``g``
+        and prediction ``p``.
+
+    Raises:
+        ValueError: shapes differ, are not 3D, or ids are outside ``0..num_classes-1``.
+    """
+    gt, pred = np.asarray(label), np.asarray(prediction)
+    if gt.shape != pred.shape or gt.ndim != 3:
+        raise ValueError(f"label and prediction must be (D, H, W) of one shape, found {gt.shape} and {pred.shape}")
+    _check_ids(gt, num_classes, "label")
+    _check_ids(pred, num_classes, "prediction")
+    k = int(num_classes)
+    dtype = np.uint8 if k <= 16 else np.int64  # codes g * k + p up to k * k - 1
+    out = np.empty((gt.shape[0], k, k), dtype=np.int64)
+    for z in range(gt.shape[0]):
+        codes = gt[z].astype(dtype) * dtype(k) + pred[z].astype(dtype)
+        out[z] = np.bincount(codes.ravel(), minlength=k * k).reshape(k, k)
+    return out
+
+
+def _check_ids(labels: np.ndarray, num_classes: int, what: str) -> None:
+    if labels.dtype != np.bool_ and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer class ids, found dtype {labels.dtype}")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"{what} ids must be in 0..{num_classes - 1}, found {int(labels.min())}..{int(labels.max())}")
+
+
+def select_slices(relevant: np.ndarray, score: np.ndarray, stride: int, max_slices: int) -> np.ndarray:
+    """The slices a case shows: every relevant slice and every ``stride``-th other one, at most ``max_slices``.
+
+    Args:
+        relevant: ``(D,)`` bool, True for slices with foreground (ground truth or prediction).
+        score: ``(D,)`` how much a slice matters (e.g. disagreeing pixels); decides what stays when there are too many.
+        stride: Keep slices ``0, stride, 2*stride, ...`` among the others (>= 1).
+        max_slices: Upper bound (>= 1). When more slices qualify, the ``max_slices // 2`` with the highest score
+            (> 0) stay, and the rest is filled with evenly spaced picks among the other candidates.
+
+    Returns:
+        Sorted unique slice indices; never empty when ``D > 0``.
+
+    Raises:
+        ValueError: ``stride`` or ``max_slices`` below 1, or ``relevant`` and ``score`` of different lengths.
+    """
+    relevant = np.asarray(relevant, dtype=bool)
+    score = np.asarray(score, dtype=np.float64)
+    if stride < 1 or max_slices < 1:
+        raise ValueError(f"stride and max_slices must be at least 1, got {stride} and {max_slices}")
+    if relevant.shape != score.shape or relevant.ndim != 1:
+        raise ValueError(f"relevant and score must be 1D of one length, found {relevant.shape} and {score.shape}")
+    depth = relevant.size
+    if depth == 0:
+        return np.zeros(0, dtype=np.int64)
+    candidates = np.flatnonzero(relevant | (np.arange(depth) % stride == 0))
+    if candidates.size <= max_slices:
+        return candidates.astype(np.int64)
+    ranked = candidates[np.argsort(-score[candidates], kind="stable")]
+    worst = ranked[: max_slices // 2]
+    worst = worst[score[worst] > 0]
+    rest = np.setdiff1d(candidates, worst)
+    picks = rest[np.round(np.linspace(0, rest.size - 1, max_slices - worst.size)).astype(np.int64)]
+    return np.union1d(worst, picks).astype(np.int64)
+
+
+def _display_range(image: np.ndarray) -> tuple[float, float]:
+    """Intensity window of a unit-representation volume: [0, 1] when it lies there (within 5 %), else its 0.5-99.5
+    percentiles of the finite values."""
+    if image.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(image.min()), float(image.max())  # NaN when any value is NaN
+    if lo >= -0.05 and hi <= 1.05:
+        return 0.0, 1.0
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    if float(finite.min()) >= -0.05 and float(finite.max()) <= 1.05:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def _grey_or_rgb(image: np.ndarray) -> np.ndarray:
+    """``(D, H, W)`` or ``(D, H, W, 3)``: one-channel volumes squeezed, other channel counts show their first."""
+    if image.ndim == 4:
+        if image.shape[3] == 3:
+            return image
+        return image[..., 0]
+    return image
+
+
+class HtmlReport:
+    """Writer of one ``report.html``: add cases one by one, then :meth:`finish`.
+
+    Use it as a context manager: leaving the block without :meth:`finish` (an error, Ctrl-C) removes the temporary
+    file and leaves any earlier ``report.html`` untouched.
+
+    Args:
+        path: Target file (its folder is created).
+        class_names: All class names, background first (at most ``len(OVERLAY_COLORS)``).
+        title: Page heading and ``<title>``.
+        kind: ``"evaluation"`` (cases come with ground truth) or ``"prediction"`` (predicted masks only).
+        max_side: Longest side of an embedded slice in pixels (>= 8).
+        stride: Every ``stride``-th slice without foreground is shown too (>= 1).
+        max_slices: Most slices shown per case (>= 1); see :func:`select_slices`.
+        jpeg_quality: JPEG quality of the images (1..95).
+
+    Raises:
+        ValueError: more classes than overlay colours, an unknown ``kind`` or an out-of-range option.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        class_names: Sequence[str],
+        *,
+        title: str,
+        kind: Literal["evaluation", "prediction"] = "evaluation",
+        max_side: int = MAX_SIDE,
+        stride: int = BACKGROUND_STRIDE,
+        max_slices: int = MAX_SLICES,
+        jpeg_quality: int = JPEG_QUALITY,
+    ) -> None:
+        if len(class_names) > len(OVERLAY_COLORS):
+            raise ValueError(f"the report draws at most {len(OVERLAY_COLORS)} classes, got {len(class_names)}")
+        if kind not in ("evaluation", "prediction"):
+            raise ValueError(f"kind must be 'evaluation' or 'prediction', got {kind!r}")
+        if max_side < 8 or stride < 1 or max_slices < 1 or not 1 <= jpeg_quality <= 95:
+            raise ValueError(
+                f"need max_side >= 8, stride >= 1, max_slices >= 1 and jpeg_quality in 1..95; got {max_side}, "
+                f"{stride}, {max_slices}, {jpeg_quality}"
+            )
+        self.path = Path(path)
+        self.class_names = [str(c) for c in class_names]
+        self.title = str(title)
+        self.kind = kind
+        self.max_side, self.stride, self.max_slices, self.jpeg_quality = max_side, stride, max_slices, jpeg_quality
+        #: Seconds spent encoding and writing so far (cases and the page).
+        self.seconds = 0.0
+        #: ``{"name", "depth", "shown", "word"}`` per added case, in order.
+        self.cases: list[dict[str, Any]] = []
+        self._palette = [int(v) for v in OVERLAY_COLORS.reshape(-1)]
+        self._empty: dict[tuple[int, ...], str] = {}  # the PNG of an empty label map, per shape
+        started = time.perf_counter()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.parent / f".tmp-{uuid.uuid4().hex[:12]}-{self.path.name}"
+        head, self._tail = _template()
+        self._file: io.TextIOWrapper | None = open(self._tmp, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        self._file.write(head.replace("__TITLE__", html.escape(self.title)))
+        self.seconds += time.perf_counter() - started
+
+    # -- context manager ------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> HtmlReport:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the temporary file (nothing happens after :meth:`finish`)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._tmp.unlink(missing_ok=True)
+
+    # -- cases ----------------------------------------------------------------------------------------------------
+
+    def add_case(
+        self,
+        name: str,
+        image: np.ndarray,
+        prediction: np.ndarray,
+        label: np.ndarray | None = None,
+        spacing: Sequence[float] | None = None,
+        word: str = "slice",
+    ) -> dict[str, Any]:
+        """Encode one case and append it to the page; nothing of it is kept in memory afterwards.
+
+        Args:
+            name: Case name shown on the page (and the key of its per-case table rows).
+            image: ``(D, H, W)`` or ``(D, H, W, C)`` image in the unit representation (shown with the window [0, 1],
+                or its 0.5-99.5 percentiles when it lies outside); 2D data are ``D == 1``.
+            prediction: ``(D, H, W)`` predicted class ids.
+            label: ``(D, H, W)`` ground-truth class ids; required for ``kind="evaluation"``, ignored otherwise.
+            spacing: Voxel size ``(z, y, x)`` in mm; the in-plane pixel aspect ratio is kept on screen.
+            word: What a slice is called on the page (``"slice"``, ``"image"``).
+
+        Returns:
+            ``{"name", "depth", "shown"}``: the case's slice count and the slice indices shown.
+
+        Raises:
+            ValueError: shapes disagree, ids are outside the classes, a label is missing for an evaluation, or the
+                report was finished.
+            OSError: the page cannot be written (the page is left as it was before this case).
+        """
+        if self._file is None:
+            raise ValueError("the report is finished or aborted; no case can be added")
+        started = time.perf_counter()
+        pred = np.asarray(prediction)
+        if pred.ndim != 3:
+            raise ValueError(f"prediction must be (D, H, W), found shape {pred.shape}")
+        img = _grey_or_rgb(np.asarray(image))
+        if img.shape[:3] != pred.shape:
+            raise ValueError(f"image shape {img.shape} does not match prediction shape {pred.shape}")
+        k = len(self.class_names)
+        depth, height, width = pred.shape
+        if self.kind == "evaluation":
+            if label is None:
+                raise ValueError("an evaluation report needs the ground truth of every case")
+            conf = slice_confusion(label, pred, k)
+            diag = np.einsum("zcc->zc", conf)
+            per_class = conf.sum(axis=2) + conf.sum(axis=1) - 2 * diag  # false positives + false negatives
+            relevant = (conf.sum(axis=(1, 2)) - conf[:, 0, 0]) > 0
+            score_name = "false-positive + false-negative pixels"
+            gt = np.asarray(label)
+        else:
+            _check_ids(pred, k, "prediction")
+            per_class = np.stack([np.bincount(pred[z].astype(np.int64).ravel(), minlength=k) for z in range(depth)])
+            relevant = per_class[:, 1:].sum(axis=1) > 0
+            score_name = "predicted pixels"
+            gt = None
+        scores = per_class[:, 1:]
+        keep = select_slices(relevant, scores.sum(axis=1), self.stride, self.max_slices)
+
+        scale = min(1.0, self.max_side / max(height, width))
+        shown_h, shown_w = max(1, round(height * scale)), max(1, round(width * scale))
+        rows = ((np.arange(shown_h) + 0.5) * height / shown_h).astype(np.int64)
+        cols = ((np.arange(shown_w) + 0.5) * width / shown_w).astype(np.int64)
+        lo, hi = _display_range(img)
+        has_nan = bool(np.isnan(img.min())) if np.issubdtype(img.dtype, np.floating) and img.size else False
+        aspect = height / width
+        if spacing is not None and len(spacing) >= 2 and all(float(s) > 0 for s in spacing[-2:]):
+            aspect *= float(spacing[-2]) / float(spacing[-1])
+        data = {
+            "name": str(name),
+            "depth": int(depth),
+            "size": [int(height), int(width)],
+            "shown": [shown_h, shown_w],
+            "aspect": aspect,
+            "word": str(word),
+            "spacing": None if spacing is None else [float(s) for s in spacing],
+            "z": [int(z) for z in keep],
+            "img_type": "jpeg",
+            "img": [self._encode_image(img[z], lo, hi, (shown_w, shown_h), has_nan) for z in keep],
+            "gt": None if gt is None else [self._encode_labels(gt[z].take(rows, 0).take(cols, 1)) for z in keep],
+            "pred": [self._encode_labels(pred[z].take(rows, 0).take(cols, 1)) for z in keep],
+            "score_name": score_name,
+            "scores": {str(c + 1): [int(v) for v in scores[:, c]] for c in range(k - 1)},
+        }
+        chunk = (
+            f'<script type="application/json" class="case-data" data-index="{len(self.cases)}">'
+            f"{_json_for_script(data)}</script>\n"
+        )
+        position = self._file.tell()
+        try:
+            self._file.write(chunk)
+            self._file.flush()
+        except BaseException:
+            self._file.seek(position)
+            self._file.truncate()
+            raise
+        record = {"name": str(name), "depth": int(depth), "shown": [int(z) for z in keep]}
+        self.cases.append({**record, "word": str(word)})
+        self.seconds += time.perf_counter() - started
+        return record
+
+    def _encode_image(self, slice2d: np.ndarray, lo: float, hi: float, size: tuple[int, int], has_nan: bool) -> str:
+        """Base64 JPEG of one slice: ``[lo, hi]`` mapped to 0..255, shrunk to ``size`` (W, H) with a box filter."""
+        from PIL import Image
+
+        pixels = np.array(slice2d, dtype=np.float32)  # a copy, scaled in place
+        if has_nan:
+            np.nan_to_num(pixels, copy=False, nan=lo)
+        pixels -= lo
+        pixels *= 255.0 / (hi - lo)
+        pixels += 0.5
+        np.clip(pixels, 0, 255, out=pixels)
+        picture = Image.fromarray(pixels.astype(np.uint8))
+        width, height = picture.size
+        factor = width // size[0]
+        if picture.size == (size[0] * factor, size[1] * factor) and factor > 1:
+            picture = picture.reduce(factor)  # the same box filter, faster
+        elif picture.size != size:
+            picture = picture.resize(size, Image.Resampling.BOX)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=self.jpeg_quality)
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    def _encode_labels(self, labels2d: np.ndarray) -> str:
+        """Base64 palette PNG of a label map: ids index :data:`OVERLAY_COLORS`, id 0 transparent."""
+        from PIL import Image
+
+        empty = not labels2d.any()
+        if empty and labels2d.shape in self._empty:
+            return self._empty[labels2d.shape]
+        picture = Image.fromarray(np.asarray(labels2d).astype(np.uint8), mode="P")
+        picture.putpalette(self._palette)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", transparency=0)
+        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+        if empty:
+            self._empty[labels2d.shape] = encoded
+        return encoded
+
+    # -- page -----------------------------------------------------------------------------------------------------
+
+    def finish(
+        self,
+        *,
+        evaluation: Mapping[str, Any] | None = None,
+        predictions: Mapping[str, Any] | None = None,
+        history: Sequence[Mapping[str, float]] | None = None,
+        history_note: str = "",
+        mark_epoch: int | None = None,
+        notes: Sequence[str] = (),
+    ) -> Path:
+        """Write the page around the cases and move it into place.
+
+        Args:
+            evaluation: The evaluation summary: a :func:`msa2net.report.build_evaluation_summary` dict (tables and
+                per-case rows are read from it) or a :func:`msa2net.report.build_isic_summary` dict (pooled scores).
+            predictions: For ``kind="prediction"``: the ``predictions.json`` record of
+                :func:`msa2net.engine.predict.predict_files` (its ``cases`` give the per-input table).
+            history: Training history rows (``epoch``, ``train_loss``, ``lr``, ``val_mean_dice``,
+                ``val_dice_<class>``; NaN or absent: not drawn); None: no curves.
+            history_note: Where the history comes from, shown above the curves.
+            mark_epoch: Epoch marked with a dashed line on the curves (the checkpoint's epoch).
+            notes: Paragraphs shown under the title.
+
+        Returns:
+            The written ``report.html``.
+
+        Raises:
+            ValueError: the report was already finished or aborted.
+        """
+        if self._file is None:
+            raise ValueError("the report is finished or aborted")
+        started = time.perf_counter()
+        page = self._page(evaluation, predictions, history, history_note, mark_epoch, notes)
+        self._file.write(self._tail.replace("__PAGE__", _json_for_script(page)))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        os.replace(self._tmp, self.path)
+        self.seconds += time.perf_counter() - started
+        return self.path
+
+    def _classes(self) -> list[dict[str, Any]]:
+        return [{"id": i, "name": n, "colour": _hex(OVERLAY_COLORS[i])} for i, n in enumerate(self.class_names) if i]
+
+    def _page(
+        self,
+        evaluation: Mapping[str, Any] | None,
+        predictions: Mapping[str, Any] | None,
+        history: Sequence[Mapping[str, float]] | None,
+        history_note: str,
+        mark_epoch: int | None,
+        notes: Sequence[str],
+    ) -> dict[str, Any]:
+        page: dict[str, Any] = {
+            "title": self.title,
+            "kind": self.kind,
+            "subtitle": "",
+            "notes": [str(n) for n in notes],
+            "settings": [],
+            "summary_heading": "Summary",
+            "tables_html": "",
+            "classes": self._classes(),
+            "case_columns": [],
+            "case_rows": [],
+            "default_sort": {"key": "dice", "ascending": True},
+            "history": _history_page(history, self.class_names, history_note, mark_epoch) if history else None,
+            "cases_heading": "Cases",
+            "cases": [],
+            "method": self._method(),
+        }
+        means: dict[str, float] = {}
+        if evaluation is not None and "legacy" in evaluation:
+            page["settings"] = _settings_rows(evaluation.get("settings", {}))
+            page["subtitle"] = (
+                f"{int(evaluation['n_cases'])} case(s), {len(self.class_names) - 1} classes; msa2net {__version__}"
+            )
+            page["summary_heading"] = "Summary (from summary.json)"
+            page["tables_html"] = "".join(_table_html(*t) for t in evaluation_tables(evaluation))
+            page["case_columns"], page["case_rows"] = _case_table(evaluation, self.class_names)
+            means = _case_means(evaluation)
+            page["cases_heading"] = "Cases, worst mean Dice first"
+        elif evaluation is not None and "pooled" in evaluation:
+            page["settings"] = _settings_rows(evaluation.get("settings", {}))
+            page["subtitle"] = f"{int(evaluation['n_images'])} image(s), pixels pooled; msa2net {__version__}"
+            page["summary_heading"] = "Pooled scores (from summary.json)"
+            pooled = evaluation["pooled"]
+            header = ["Metric", *(str(k) for k in pooled)]
+            row = ["percent", *(_percent(v) for v in pooled.values())]
+            page["tables_html"] = _table_html(
+                "Scores of the pixels of every test image pooled (ISIC protocol), in percent"
+                + (", after opening and hole filling" if evaluation["settings"].get("postprocess") else "")
+                + ".",
+                header,
+                [row],
+            )
+        elif predictions is not None:
+            page["subtitle"] = (
+                f"{len(self.cases)} input(s) segmented; no ground truth, no scores; msa2net {__version__}"
+            )
+            page["summary_heading"] = "Predicted voxels per class"
+            page["settings"] = _settings_rows(
+                {k: predictions.get(k) for k in ("checkpoint", "model_name", "device", "tta", "amp")}
+            )
+            names = self.class_names[1:]
+            rows = [
+                [
+                    Path(str(c["input"])).name,
+                    " x ".join(str(s) for s in c["shape"]),
+                    "n/a" if not c.get("spacing") else " x ".join(f"{float(s):g}" for s in c["spacing"]),
+                    *(f"{int(c['counts'].get(n, 0)):,}" for n in names),
+                ]
+                for c in predictions.get("cases", [])
+            ]
+            page["tables_html"] = _table_html(
+                "Voxels (pixels) of each class in each predicted mask, from predictions.json.",
+                ["Input", "shape", "spacing (mm)", *names],
+                rows,
+            )
+            failed = predictions.get("failed") or []
+            if failed:
+                page["tables_html"] += _table_html(
+                    "Inputs that could not be segmented.",
+                    ["Input", "reason"],
+                    [[str(f["input"]), str(f["reason"])] for f in failed],
+                )
+            page["cases_heading"] = "Inputs"
+        order = list(range(len(self.cases)))
+        if means:
+            order.sort(key=lambda i: (_nan_last(means.get(self.cases[i]["name"], math.nan)), i))
+        for i in order:
+            case = self.cases[i]
+            shown = f"{len(case['shown'])} of {case['depth']} {case['word']}s shown" if case["depth"] > 1 else "2D"
+            summary = f"{case['name']}: {shown}"
+            if case["name"] in means:
+                summary = f"{case['name']}: mean Dice {_percent(means[case['name']])} %, {shown}"
+            info = (
+                f"{case['name']}: shown slices {_ranges(case['shown'])} of 0..{case['depth'] - 1}."
+                if case["depth"] > 1
+                else f"{case['name']}: a single 2D image."
+            )
+            page["cases"].append({"index": i, "name": case["name"], "summary": summary, "info": info})
+        return page
+
+    def _method(self) -> list[str]:
+        fg = "ground-truth or predicted foreground" if self.kind == "evaluation" else "predicted foreground"
+        lines = [
+            f"Slices shown: every slice with {fg} and every {self.stride}th of the others, at most "
+            f"{self.max_slices} per case (when more qualify: the {self.max_slices // 2} "
+            + ("that disagree most" if self.kind == "evaluation" else "with the most predicted foreground")
+            + " and an even spread of the rest).",
+            f"Slices are downsampled to at most {self.max_side} pixels on the longer side (box filter for the image, "
+            f"nearest neighbour for the label maps), and embedded in this file as JPEG (quality {self.jpeg_quality}) "
+            "and palette-PNG data URIs: the page needs no network and no server. Images are shown with the model's "
+            "intensity window (the unit representation, [0, 1]); label colours are those of the PNG overlays.",
+        ]
+        if self.kind == "evaluation":
+            lines.append(
+                "The jump lists and the strip above the images count, per slice and class, the pixels where ground "
+                "truth and prediction disagree (false positives + false negatives) at full resolution. Figures in "
+                "the tables are read from summary.json."
+            )
+        else:
+            lines.append("The jump lists and the strip count, per slice and class, the predicted pixels.")
+        return lines
+
+
+def _nan_last(value: float) -> float:
+    return math.inf if value is None or math.isnan(value) else value
+
+
+def _percent(value: object) -> str:
+    number = math.nan if value is None else float(value)  # type: ignore[arg-type]
+    return "n/a" if math.isnan(number) else f"{100.0 * number:.2f}"
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    parts: list[str] = []
+    start = prev = None
+    for z in list(indices) + [None]:
+        if z is not None and prev is not None and z == prev + 1:
+            prev = z
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = z
+    return ", ".join(parts)
+
+
+def _table_html(caption: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<p>{esc(caption.replace('`', ''))}</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _settings_rows(settings: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for key, value in settings.items():
+        if value is None:
+            continue
+        text = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        rows.append([str(key), text])
+    return rows
+
+
+def _case_table(summary: Mapping[str, Any], class_names: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    """Columns and rows of the per-case, per-class table, straight from ``summary["cases"]``."""
+    ids = {name: i for i, name in enumerate(class_names)}
+    metrics = [str(m) for m in summary.get("metrics", [])]
+    columns: list[dict[str, Any]] = [
+        {"key": "case_id", "label": "Case", "kind": "text"},
+        {"key": "class_name", "label": "Class", "kind": "text"},
+    ]
+    for metric in metrics:
+        if metric in _FLAG_COLUMNS:
+            continue
+        label, scale, digits, title = _METRIC_COLUMNS.get(metric, (metric, 1.0, 3, metric))
+        columns.append(
+            {"key": metric, "label": label, "kind": "number", "scale": scale, "digits": digits, "title": title}
+        )
+    for metric in metrics:
+        if metric in _FLAG_COLUMNS:
+            columns.append({"key": metric, "label": _FLAG_COLUMNS[metric], "kind": "flag", "ascending": False})
+    rows = []
+    for row in summary.get("cases", []):
+        entry = {k: row.get(k) for k in ("case_id", "class_name", *metrics)}
+        entry["class_id"] = ids.get(str(row.get("class_name")))
+        rows.append(entry)
+    return columns, json_safe(rows)  # type: ignore[return-value]
+
+
+def _case_means(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Mean legacy Dice over the classes of each case (undefined values left out), from ``summary["cases"]``."""
+    values: dict[str, list[float]] = {}
+    for row in summary.get("cases", []):
+        dice = row.get("dice")
+        values.setdefault(str(row["case_id"]), [])
+        if dice is not None and not math.isnan(float(dice)):
+            values[str(row["case_id"])].append(float(dice))
+    return {case: (float(np.mean(v)) if v else math.nan) for case, v in values.items()}
+
+
+def _history_page(
+    history: Sequence[Mapping[str, float]], class_names: Sequence[str], note: str, mark_epoch: int | None
+) -> dict[str, Any]:
+    """The curves' numbers: per epoch loss, learning rate, validation mean Dice and Dice per class."""
+
+    def column(key: str) -> list[float | None]:
+        out: list[float | None] = []
+        for row in history:
+            value = row.get(key)
+            out.append(None if value is None or not math.isfinite(float(value)) else float(value))
+        return out
+
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k.startswith("val_dice_") and k not in keys]
+    index = {name: i for i, name in enumerate(class_names)}
+    grey = "#888888"
+    val = [
+        {
+            "name": key[len("val_dice_") :],
+            "colour": _hex(OVERLAY_COLORS[index[key[len("val_dice_") :]]])
+            if index.get(key[len("val_dice_") :], 0) > 0
+            else grey,
+            "values": column(key),
+        }
+        for key in keys
+    ]
+    return {
+        "epochs": [int(round(float(row["epoch"]))) for row in history],
+        "loss": column("train_loss"),
+        "lr": column("lr"),
+        "val_mean": column("val_mean_dice"),
+        "val": val,
+        "note": note,
+        "mark_epoch": mark_epoch,
+    }

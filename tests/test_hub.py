@@ -419,6 +419,7 @@ def test_predict_model_folder_nifti_split_preview_volumes(
         "scan_preview.png",
         "scan_volumes.json",
         "predictions.json",
+        "report.html",
     }
     assert {p.name for p in (out / "scan").iterdir()} == {f"{n}.nii.gz" for n in names}
 
@@ -456,7 +457,7 @@ def test_predict_model_folder_nifti_split_preview_volumes(
     # the published folder segments exactly as the checkpoint it came from
     ref = tmp_path / "ref"
     assert main(["predict", str(scan), "-o", str(ref), "--checkpoint", str(run_dir / "best.pt")]) == 0
-    assert {p.name for p in ref.iterdir()} == {"scan.nii.gz", "predictions.json"}  # --checkpoint: as before
+    assert {p.name for p in ref.iterdir()} == {"scan.nii.gz", "predictions.json", "report.html"}  # --checkpoint
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(ref / "scan.nii.gz"))), labels)
 
 

@@ -225,3 +225,66 @@ def test_block_counts_equal_a_plain_sum() -> None:
         blocked = side.blocked(np.array(factors))
         expected = blocked.sum(axis=tuple(range(1, 2 * len(shape), 2)))
         np.testing.assert_array_equal(metrics._block_counts(blocked), expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Volume inference: chunked forward passes and the resize helper thread
+# ----------------------------------------------------------------------------------------------
+
+
+def _legacy_reference():
+    """benchmarks/legacy_reference.py: the authors' one-slice-at-a-time procedure, written independently."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "legacy_reference.py"
+    spec = importlib.util.spec_from_file_location("msa2net_bench_legacy_reference", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import torch
+
+    import msa2net
+
+    torch.manual_seed(0)
+    return msa2net.create_model("msa2net_test", num_classes=9, img_size=64).eval()
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_chunked_overlapped_inference_is_the_one_slice_procedure(tiny_model, overlap: bool) -> None:
+    from msa2net.engine import inference
+
+    rng = np.random.default_rng(1)
+    volume = np.clip(rng.normal(0.5, 0.2, (7, 90, 100)), 0, 1).astype(np.float32)
+    expected = _legacy_reference().legacy_single_volume_labels(tiny_model, volume, 64)
+    sizes: list[int] = []
+    hook = tiny_model.register_forward_pre_hook(lambda _module, args: sizes.append(int(args[0].shape[0])))
+    try:
+        for batch in (1, 2, 3, 16):
+            sizes.clear()
+            labels = inference.predict_volume(tiny_model, volume, batch_size=batch, overlap=overlap)
+            np.testing.assert_array_equal(labels, expected)
+            assert labels.dtype == np.uint8 and sum(sizes) == 7
+            assert max(sizes) == min(batch, inference.CPU_FORWARD_SLICES)  # CPU: small forward passes
+    finally:
+        hook.remove()
+
+
+def test_errors_of_the_resize_thread_reach_the_caller(tiny_model) -> None:
+    from msa2net.data.preprocessing import Preprocessing
+    from msa2net.engine import inference
+
+    class Broken(Preprocessing):
+        def normalize(self, unit: np.ndarray) -> np.ndarray:
+            raise RuntimeError("broken normalisation")
+
+    volume = np.zeros((5, 64, 64), dtype=np.float32)
+    with pytest.raises(RuntimeError, match="broken normalisation"):
+        inference.predict_volume(tiny_model, volume, preprocessing=Broken(kind="unit"), batch_size=2)
+    with pytest.raises(ValueError, match="amp"):
+        inference.predict_volume(tiny_model, volume, amp="fp8")

@@ -42,6 +42,7 @@ __all__ = [
     "dice",
     "hd95",
     "isic_postprocess",
+    "label_agreement",
     "legacy_case_metrics",
     "legacy_case_scores",
     "pooled_binary_metrics",
@@ -895,6 +896,66 @@ def _worker_count(workers: int | None, tasks: int) -> int:
     if int(workers) < 1:
         raise ValueError(f"workers must be a positive number of threads, found {workers}")
     return max(1, min(int(workers), tasks))
+
+
+def _legacy_dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice under the legacy empty-mask rule (:func:`legacy_case_metrics`): 0 for an empty prediction, 1 for a
+    prediction where the ground truth is empty."""
+    if not pred.any():
+        return 0.0
+    if not gt.any():
+        return 1.0
+    return _dice_counts(pred, gt)
+
+
+def label_agreement(
+    labels: np.ndarray,
+    reference: np.ndarray,
+    num_classes: int,
+    gt_labels: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, object]:
+    """How far a label map is from a reference prediction of the same input (e.g. bfloat16 against float32).
+
+    Args:
+        labels: Integer label map (any shape), e.g. the prediction under bf16 autocast.
+        reference: Label map of the same shape, e.g. the float32 prediction.
+        num_classes: Classes including background 0; classes 1..num_classes-1 are reported.
+        gt_labels: Optional ground truth of the same shape: adds the change of the legacy Dice per class.
+        class_names: Names of classes 1..num_classes-1; default ``"class_1"``, ...
+
+    Returns:
+        ``{"identical_fraction": share of voxels with the same label, "n_voxels", "n_different",
+        "per_class": {name: {"agreement_dice": Dice of the two masks of the class (NaN when both are empty),
+        ["dice_change": legacy Dice of labels minus legacy Dice of reference, both against gt_labels]}}}``.
+    """
+    num_classes = int(num_classes)
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts background too and must be >= 2, found {num_classes}")
+    a = _check_labels(labels, num_classes, "labels")
+    b = _check_labels(reference, num_classes, "reference")
+    g = None if gt_labels is None else _check_labels(gt_labels, num_classes, "gt_labels")
+    if a.shape != b.shape or (g is not None and g.shape != a.shape):
+        shapes = [a.shape, b.shape] + ([] if g is None else [g.shape])
+        raise ValueError(f"labels, reference and gt_labels must have the same shape, found {shapes}")
+    names = [f"class_{c}" for c in range(1, num_classes)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != num_classes - 1:
+        raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, found {len(names)} names")
+    different = int(np.count_nonzero(a != b))
+    per_class: dict[str, dict[str, float]] = {}
+    for label, name in enumerate(names, start=1):
+        mine, theirs = a == label, b == label
+        row = {"agreement_dice": _dice_counts(mine, theirs) if (mine.any() or theirs.any()) else float("nan")}
+        if g is not None:
+            truth = g == label
+            row["dice_change"] = _legacy_dice(mine, truth) - _legacy_dice(theirs, truth)
+        per_class[name] = row
+    return {
+        "identical_fraction": float(1.0 - different / a.size) if a.size else 1.0,
+        "n_voxels": int(a.size),
+        "n_different": different,
+        "per_class": per_class,
+    }
 
 
 # ----------------------------------------------------------------------------------------------

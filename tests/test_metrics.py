@@ -41,10 +41,27 @@ def box(shape: tuple[int, ...], starts: tuple[int, ...], sizes: tuple[int, ...])
     return mask
 
 
+def full_distances(
+    pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: surface distances of both directions from full distance transforms of the whole arrays."""
+    structure = ndimage.generate_binary_structure(pred.ndim, 1)
+    surfaces = [m & ~ndimage.binary_erosion(m, structure=structure, border_value=0) for m in (pred, gt)]
+    to_gt = ndimage.distance_transform_edt(~surfaces[1], sampling=spacing)[surfaces[0]]
+    to_pred = ndimage.distance_transform_edt(~surfaces[0], sampling=spacing)[surfaces[1]]
+    return to_gt, to_pred
+
+
 def uncropped_hd95(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...] | None) -> float:
-    """HD95 from the same building blocks on the full arrays, without the bounding-box crop."""
-    distances = metrics._distances_between(metrics._surface(pred), metrics._surface(gt), spacing)
-    return metrics._percentile95(*distances)
+    """HD95 from full distance transforms of the whole arrays, without the bounding-box crop."""
+    return float(np.percentile(np.concatenate(full_distances(pred, gt, spacing)), 95))
+
+
+def uncropped_nsd(pred: np.ndarray, gt: np.ndarray, tolerance: float, spacing: tuple[float, ...] | None) -> float:
+    to_gt, to_pred = full_distances(pred, gt, spacing)
+    return float(
+        (np.count_nonzero(to_gt <= tolerance) + np.count_nonzero(to_pred <= tolerance)) / (to_gt.size + to_pred.size)
+    )
 
 
 def random_pairs(seed: int, count: int):

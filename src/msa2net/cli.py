@@ -199,6 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overlays_per_case=args.overlays,
         postprocess=args.postprocess,
         html=not args.no_html,
+        compare_fp32=args.amp_check,
     )
     if "pooled" in report:
         print(json.dumps(report["pooled"], indent=2))
@@ -383,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_int_at_least(1), default=16, help="slices per forward pass (default 16)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision inference (default: float32)")
+    p.add_argument(
+        "--amp-check", action="store_true", help="with --amp: also run float32 and record the agreement in summary.json"
+    )
     p.add_argument(
         "--empty",
         type=_empty_policy,

@@ -30,7 +30,7 @@ from ..report import (
 from ..report_html import HtmlReport
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
-from .inference import predict_volume
+from .inference import AmpCheck, predict_volume
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def evaluate(
     kind: str | None = None,
     html: bool = True,
     notes: Sequence[str] = (),
+    compare_fp32: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (ours or the authors') and write the report into ``out_dir``.
 
@@ -75,6 +76,11 @@ def evaluate(
     ``data`` is any dataset folder :func:`~msa2net.data.source.open_source` recognises (``kind`` forces one); the
     cases are ``cases``, else the source's evaluation cases (Synapse and ISIC: the test set; dataset folders:
     every labelled case).
+
+    ``compare_fp32`` (with ``amp``) also segments every case in float32 and records the agreement of the
+    mixed-precision labels with the float32 ones in ``summary.json`` under ``settings.amp_check``
+    (:class:`~msa2net.engine.inference.AmpCheck`: share of identical labels, legacy Dice change per class); the
+    reported scores stay those of the mixed-precision run.
 
     Returns:
         The summary dict written to ``summary.json``.
@@ -98,6 +104,10 @@ def evaluate(
         "empty_policy_mm": empty,
         "nsd_tolerance_mm": nsd_tolerance_mm,
     }
+    amp_check = AmpCheck(class_names, amp) if compare_fp32 else None
+    if amp_check is not None:  # filled case by case, so complete when the summary is built
+        settings["amp_check"] = amp_check.record
+
     model_prep = prep.unit_input()  # case images arrive mapped to [0, 1] by the source
     page = _open_html(
         out, class_names, html, f"msa2net evaluation: {title or ckpt['model_name']} on {source.root.name}"
@@ -123,6 +133,18 @@ def evaluate(
                 batch_size=batch_size,
                 tta=tta,
                 amp=amp,
+                progress=progress,
+                desc=case.name,
+            )
+            if amp_check is None
+            else amp_check.predict(
+                model,
+                case.name,
+                case.image,
+                case.label,
+                preprocessing=model_prep,
+                batch_size=batch_size,
+                tta=tta,
                 progress=progress,
                 desc=case.name,
             ),

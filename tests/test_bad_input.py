@@ -361,7 +361,7 @@ def test_predict_skips_a_bomb_and_segments_the_files_after_it(rgb_ckpt: Path, tm
     assert [path.name for path, _ in report.failed] == ["b_bomb.png"]
     reason = report.failed[0][1]
     assert "b_bomb.png" in reason and "900,000,000 pixels" in reason and "--max-pixels" in reason
-    assert _listing(out) == {"a_good.png", "c_good.png", "predictions.json"}
+    assert _listing(out) == {"a_good.png", "c_good.png", "predictions.json", "report.html"}
     assert np.asarray(Image.open(out / "c_good.png")).shape == (20, 24)
     record = json.loads((out / "predictions.json").read_text())
     assert [Path(f["input"]).name for f in record["failed"]] == ["b_bomb.png"]
@@ -396,7 +396,7 @@ def test_ct_model_refuses_an_8bit_png_unless_allowed(ct_ckpt: Path, tmp_path: Pa
     assert "Hounsfield" in reason and "ct_window" in reason  # what was expected
     assert "uint8 with values 0.." in reason and "8-bit (0..255)" in reason  # what was found
     assert "allow_mismatched_input=True" in reason and "--allow-mismatched-input" in reason  # how to override
-    assert _listing(tmp_path / "out") == {"scan.nii.gz", "predictions.json"}
+    assert _listing(tmp_path / "out") == {"scan.nii.gz", "predictions.json", "report.html"}
 
     allowed = predict_files(ct_ckpt, sources, tmp_path / "allowed", progress=False, allow_mismatched_input=True)
 
@@ -545,7 +545,7 @@ def test_writer_failing_midway_leaves_no_file_and_the_next_input_proceeds(
     assert "first.nii.gz" in Path(calls[0]).name and Path(calls[0]).name != "first.nii.gz"  # went to a temporary
     assert [path.name for path, _ in report.failed] == ["first.nii.gz"]
     assert "No space left" in report.failed[0][1]
-    assert _listing(out) == {"second.nii.gz", "predictions.json"}  # no partial file, no temporary
+    assert _listing(out) == {"second.nii.gz", "predictions.json", "report.html"}  # no partial file, no temporary
 
 
 def test_mask_path_taken_by_a_folder_fails_that_input_only(
@@ -558,7 +558,7 @@ def test_mask_path_taken_by_a_folder_fails_that_input_only(
     report = predict_files(ct_ckpt, two_scans, out, progress=False)
 
     assert [path.name for path, _ in report.failed] == ["first.nii.gz"]
-    assert _listing(out) == {"first.nii.gz", "second.nii.gz", "predictions.json"}
+    assert _listing(out) == {"first.nii.gz", "second.nii.gz", "predictions.json", "report.html"}
     assert (out / "first.nii.gz" / "keep.txt").read_text() == "user data"
 
 
@@ -572,7 +572,11 @@ def test_overlay_path_taken_by_a_folder_removes_the_mask_already_written(ct_ckpt
     report = predict_files(ct_ckpt, source, out, overlays=True, progress=False)
 
     assert [path.name for path, _ in report.failed] == ["flat.mha"] and report.written == []
-    assert _listing(out) == {"flat_overlay.png", "predictions.json"}  # the mask flat.mha was removed again
+    assert _listing(out) == {
+        "flat_overlay.png",
+        "predictions.json",
+        "report.html",
+    }  # the mask flat.mha was removed again
 
 
 def test_interrupt_after_the_mask_removes_it_and_propagates(

@@ -398,3 +398,26 @@ def test_prediction_report_in_a_browser(browser, tmp_path: Path) -> None:
     assert _shown(viewer)[0] != before[0]
     _screenshot(browser, tmp_path, "predict.png")
     assert not [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def test_pooled_isic_report_in_a_browser(browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from msa2net.report import PooledBinaryMetrics, build_isic_summary
+
+    image, label, pred = _volumes(depth=9)
+    label, pred = (label > 0).astype(np.int64), (pred > 0).astype(np.int64)
+    pooled = PooledBinaryMetrics()
+    pooled.update(pred, label)
+    summary = build_isic_summary(pooled, {"model": "msa2net_test"}, n_images=9)
+    rgb = np.stack([image, image * 0.8, image * 0.6], axis=-1)
+    with HtmlReport(tmp_path / "report.html", ["background", "lesion"], title="isic") as page:
+        page.add_case("isic_test", rgb, pred, label=label, word="image")
+        page.finish(evaluation=summary)
+    log = _open(browser, tmp_path / "report.html")
+    assert not [e for e in log if e["level"] in ("SEVERE", "ERROR")], log
+    cells = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#summary td")]
+    assert cells[0] == "percent" and f"{100 * summary['pooled']['dsc']:.2f}" in cells
+    assert not browser.find_elements(By.CSS_SELECTOR, "#case-table")  # pooled scores have no per-case rows
+    viewer = browser.find_element(By.CSS_SELECTOR, "details.case[open] .viewer")
+    assert viewer.find_element(By.CSS_SELECTOR, ".slice-label").text.startswith("image ")

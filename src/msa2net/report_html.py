@@ -393,8 +393,8 @@ class HtmlReport:
         empty = not labels2d.any()
         if empty and labels2d.shape in self._empty:
             return self._empty[labels2d.shape]
-        picture = Image.fromarray(np.asarray(labels2d).astype(np.uint8), mode="P")
-        picture.putpalette(self._palette)
+        picture = Image.fromarray(np.asarray(labels2d).astype(np.uint8))
+        picture.putpalette(self._palette)  # an "L" image with a palette becomes a "P" image
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG", transparency=0)
         encoded = base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -34,6 +34,8 @@ __all__ = [
 KINDS: tuple[str, ...] = ("ct_window", "unit", "zscore", "rgb")
 #: The abdominal CT window of the TransUNet Synapse release, in Hounsfield units.
 DEFAULT_CT_WINDOW: tuple[float, float] = (-125.0, 275.0)
+#: Kinds whose raw input is 8-bit (0..255) data.
+_EIGHT_BIT_KINDS: tuple[str, ...] = ("rgb",)
 #: How far outside [0, 1] ``unit`` data may lie before it is rejected as not being [0, 1] data at all.
 UNIT_TOLERANCE: float = 0.1
 
@@ -270,6 +272,56 @@ class Preprocessing:
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         return ((unit - mean) / std).astype(np.float32)
+
+    def input_mismatch(self, image: np.ndarray, what: str = "the input", raster: bool = False) -> str | None:
+        """Why ``image`` does not look like what this mapping was built for, or None when it does.
+
+        The preprocessing fixes what input intensities mean; an input of another kind maps to values the model never
+        saw, and its mask is meaningless without any error. Checked:
+
+        * ``ct_window`` expects Hounsfield units, which are negative for air (-1000) and fat (about -100): unsigned
+          integers (an 8/16-bit picture, or HU stored with an offset), a raster (PNG, JPEG, BMP, TIFF) whose values
+          all lie in [0, 255] (a picture), or floats all in [0, 1] (already scaled) do not fit.
+        * ``rgb`` expects 8-bit values 0..255: floats all in [0, 1] (already scaled) do not fit.
+        * ``unit`` expects [0, 1] and ``zscore`` takes any range; values outside the range ``rgb`` and ``unit``
+          accept are refused by :meth:`to_unit` itself.
+
+        Args:
+            image: The raw input array.
+            what: How the input is named in the message (e.g. ``"a raster image"``, ``"a .nii.gz volume"``).
+            raster: Whether it came from a raster file (PNG, JPEG, BMP, TIFF).
+        """
+        if image.size == 0 or image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.number):
+            return None
+        lo, hi = float(image.min()), float(image.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return None  # NaN/inf: to_unit names them
+        found = f"{what} of dtype {image.dtype} with values {lo:g}..{hi:g}"
+        floats_in_unit = np.issubdtype(image.dtype, np.floating) and 0.0 <= lo and hi <= 1.0
+        expects_hu = self.window is not None  # only ct_window has a window
+        if expects_hu:
+            if floats_in_unit:
+                why = "values already scaled to [0, 1]"
+            elif np.issubdtype(image.dtype, np.unsignedinteger):
+                why = (
+                    "unsigned integers cannot hold HU below 0: an 8-bit (0..255) or 16-bit picture, or HU with an "
+                    "offset"
+                )
+            elif raster and 0.0 <= lo and hi <= 255.0:
+                why = "raster values within 0..255 are an 8-bit (0..255) picture, not HU"
+            else:
+                return None
+            return (
+                f"the checkpoint expects CT intensities in Hounsfield units (preprocessing 'ct_window' {self.window}) "
+                f"from a volume file (NIfTI, NRRD, MHA or DICOM), but this input is {found} ({why}); segment the "
+                "original CT volume instead"
+            )
+        if self.kind in _EIGHT_BIT_KINDS and floats_in_unit:
+            return (
+                f"the checkpoint expects 8-bit intensities 0..255 (preprocessing {self.kind!r}), but this input is "
+                f"{found}, which looks already scaled to [0, 1]; segment the original 8-bit image instead"
+            )
+        return None
 
     def unit_input(self) -> Preprocessing:
         """The same model-space step for data already mapped by :meth:`to_unit`: a ``unit`` pass-through with this

@@ -210,49 +210,11 @@ def _overlay_slices(labels: np.ndarray, count: int = OVERLAY_SLICES) -> list[int
 
 
 def _input_mismatch(prep: Preprocessing, source: Path, image: np.ndarray) -> str | None:
-    """Why ``image`` (read from ``source``) does not look like what ``prep`` was built for, or None when it does.
-
-    The checkpoint's preprocessing fixes what input intensities mean; an input of another kind maps to values the
-    model never saw, and the mask is meaningless without any error. Checked:
-
-    * ``ct_window`` expects Hounsfield units, which are negative for air (-1000) and fat (about -100): unsigned
-      integers (an 8/16-bit picture, or HU stored with an offset), a raster (PNG, JPEG, BMP, TIFF) whose values all
-      lie in [0, 255] (a picture), or floats all in [0, 1] (already scaled) do not fit.
-    * ``rgb`` expects 8-bit values 0..255: floats all in [0, 1] (already scaled) do not fit.
-    * ``unit`` expects [0, 1] and ``zscore`` takes any range; values outside the range ``rgb`` and ``unit`` accept are
-      refused by :meth:`Preprocessing.to_unit` itself.
-    """
-    if image.size == 0 or image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.number):
-        return None
-    lo, hi = float(image.min()), float(image.max())
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return None  # NaN/inf: Preprocessing.to_unit names them
+    """Why ``image`` (read from ``source``) does not fit ``prep`` (see :meth:`Preprocessing.input_mismatch`)."""
     suffix = image_suffix(source) if source.is_file() else None
     raster = suffix in RASTER_SUFFIXES
-    kind = "a raster image" if raster else ("a DICOM series" if suffix is None else f"a {suffix} volume")
-    found = f"{kind} of dtype {image.dtype} with values {lo:g}..{hi:g}"
-    floats_in_unit = np.issubdtype(image.dtype, np.floating) and 0.0 <= lo and hi <= 1.0
-    if prep.kind == "ct_window":
-        if floats_in_unit:
-            why = "values already scaled to [0, 1]"
-        elif np.issubdtype(image.dtype, np.unsignedinteger):
-            why = "unsigned integers cannot hold HU below 0: an 8-bit (0..255) or 16-bit picture, or HU with an offset"
-        elif raster and 0.0 <= lo and hi <= 255.0:
-            why = "raster values within 0..255 are an 8-bit (0..255) picture, not HU"
-        else:
-            why = None
-        if why is not None:
-            return (
-                f"the checkpoint expects CT intensities in Hounsfield units (preprocessing 'ct_window' {prep.window}) "
-                f"from a volume file (NIfTI, NRRD, MHA or DICOM), but this input is {found} ({why}); segment the "
-                "original CT volume instead"
-            )
-    elif prep.kind == "rgb" and floats_in_unit:
-        return (
-            f"the checkpoint expects 8-bit intensities 0..255 (preprocessing 'rgb'), but this input is {found}, which "
-            "looks already scaled to [0, 1]; segment the original 8-bit image instead"
-        )
-    return None
+    what = "a raster image" if raster else ("a DICOM series" if suffix is None else f"a {suffix} volume")
+    return prep.input_mismatch(image, what, raster=raster)
 
 
 def _display_image(prep: Preprocessing, image: np.ndarray) -> np.ndarray:

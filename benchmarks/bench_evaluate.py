@@ -18,7 +18,9 @@ layout ``evaluate`` reads), in interleaved rounds (A, B, A, B, ...) so that a bu
   each side (the two phases are sequential in both procedures).
 
 Ratios are ``reference time / our time`` (above 1: ours faster); each is the median over rounds of the per-round
-ratio, with the min and max over rounds as the spread. Prints one JSON object (and writes it with ``--out``)::
+ratio, with the min and max over rounds as the spread; ``*_cpu_time`` ratios use the CPU seconds of this process
+(all threads) instead of wall time: on a machine shared with other work they measure the work done. Prints one JSON
+object (and writes it with ``--out``)::
 
     python benchmarks/bench_evaluate.py                       # 100 x 512 x 512, msa2net_paper, 3 rounds
     python benchmarks/bench_evaluate.py --slices 6 --size 96 --model msa2net_test --img-size 64 --rounds 2
@@ -110,18 +112,27 @@ def noisy_prediction(shape: tuple[int, ...], img_size: int, seed: int) -> np.nda
 # ----------------------------------------------------------------------------------------------
 
 
+#: CPU seconds of this process (all its threads) per variant and round, next to the wall times: on a machine
+#: shared with other work, CPU time measures the work done, wall time the latency a user sees.
+CPU_TIMES: dict[str, list[float]] = {}
+
+
 def interleaved(
-    variants: dict[str, Callable[[], Any]], rounds: int, log: Callable[[str], None]
+    variants: dict[str, Callable[[], Any]], rounds: int, log: Callable[[str], None], tag: str = ""
 ) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Run every variant once per round, in order, ``rounds`` times: wall times and the last result of each."""
+    """Run every variant once per round, in order, ``rounds`` times: wall times and the last result of each.
+
+    CPU times go to :data:`CPU_TIMES` under ``tag + name``.
+    """
     times: dict[str, list[float]] = {name: [] for name in variants}
     results: dict[str, Any] = {}
     for r in range(rounds):
         for name, fn in variants.items():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             results[name] = fn()
             times[name].append(time.perf_counter() - start)
-            log(f"round {r + 1}/{rounds} {name}: {times[name][-1]:.2f} s")
+            CPU_TIMES.setdefault(tag + name, []).append(time.process_time() - cpu)
+            log(f"round {r + 1}/{rounds} {name}: {times[name][-1]:.2f} s wall, {CPU_TIMES[tag + name][-1]:.2f} s CPU")
     return times, results
 
 
@@ -136,8 +147,11 @@ def ratio(reference: list[float], ours: list[float]) -> dict[str, Any]:
     }
 
 
-def summary(times: list[float]) -> dict[str, Any]:
-    return {"median_s": round(statistics.median(times), 3), "per_round_s": [round(t, 3) for t in times]}
+def summary(times: list[float], cpu: list[float] | None = None) -> dict[str, Any]:
+    out = {"median_s": round(statistics.median(times), 3), "per_round_s": [round(t, 3) for t in times]}
+    if cpu:
+        out["median_cpu_s"] = round(statistics.median(cpu), 3)
+    return out
 
 
 def legacy_check(ours: dict[str, dict[str, float]], theirs: list[tuple[float, float]]) -> dict[str, Any]:
@@ -182,20 +196,27 @@ def bench_predict(
     if args.diagnostics:
         variants["ours_batched_single_forward"] = ours(args.batch, forward=args.batch)
         variants["ours_batched_no_resize_thread"] = ours(args.batch, overlap=False)
-    times, labels = interleaved(variants, args.rounds, log)
+    times, labels = interleaved(variants, args.rounds, log, "predict/")
+    cpu = {name: CPU_TIMES["predict/" + name] for name in times}
     reference = labels["authors_one_slice"]
     out = {
         "batch_size": args.batch,
         "cpu_forward_slices": inference.CPU_FORWARD_SLICES,
-        "times": {name: summary(t) for name, t in times.items()},
+        "times": {name: summary(t, cpu[name]) for name, t in times.items()},
         "speedup_vs_authors": ratio(times["authors_one_slice"], times["ours_batched"]),
+        "speedup_vs_authors_cpu_time": ratio(cpu["authors_one_slice"], cpu["ours_batched"]),
         "batched_vs_one_slice": ratio(times["ours_one_slice"], times["ours_batched"]),
+        "batched_vs_one_slice_cpu_time": ratio(cpu["ours_one_slice"], cpu["ours_batched"]),
         "identical_labels": {name: bool(np.array_equal(value, reference)) for name, value in labels.items()},
         "_model_times": {"authors": times["authors_one_slice"], "ours": times["ours_batched"]},
     }
     if args.diagnostics:
-        out["old_single_forward_vs_batched"] = ratio(times["ours_batched_single_forward"], times["ours_batched"])
-        out["no_resize_thread_vs_batched"] = ratio(times["ours_batched_no_resize_thread"], times["ours_batched"])
+        for key, name in (
+            ("old_single_forward_vs_batched", "ours_batched_single_forward"),
+            ("no_resize_thread_vs_batched", "ours_batched_no_resize_thread"),
+        ):
+            out[key] = ratio(times[name], times["ours_batched"])
+            out[key + "_cpu_time"] = ratio(cpu[name], cpu["ours_batched"])
     return out
 
 
@@ -224,11 +245,13 @@ def bench_metrics(
             "ours_full_set_one_thread": ours(1),
         }
         log(f"metrics on {kind} masks")
-        times, results = interleaved(variants, args.rounds, log)
+        times, results = interleaved(variants, args.rounds, log, f"metrics/{kind}/")
+        cpu = {name: CPU_TIMES[f"metrics/{kind}/" + name] for name in times}
         out[kind] = {
-            "times": {name: summary(t) for name, t in times.items()},
+            "times": {name: summary(t, cpu[name]) for name, t in times.items()},
             "speedup_vs_medpy": ratio(times["authors_medpy"], times["ours_full_set"]),
             "one_thread_speedup_vs_medpy": ratio(times["authors_medpy"], times["ours_full_set_one_thread"]),
+            "speedup_vs_medpy_cpu_time": ratio(cpu["authors_medpy"], cpu["ours_full_set"]),
             "legacy_vs_medpy": legacy_check(results["ours_full_set"], results["authors_medpy"]),
             "threads_identical": json.dumps(results["ours_full_set"])
             == json.dumps(results["ours_full_set_one_thread"]),
@@ -259,10 +282,12 @@ def bench_evaluate(
         labels = legacy_reference.legacy_single_volume_labels(model, case.image, model.img_size)
         return legacy_reference.legacy_case_metrics_medpy(labels, case.label, NUM_CLASSES)
 
-    times, results = interleaved({"authors": authors, "ours_evaluate": ours}, args.rounds, log)
+    times, results = interleaved({"authors": authors, "ours_evaluate": ours}, args.rounds, log, "evaluate/")
+    cpu = {name: CPU_TIMES["evaluate/" + name] for name in times}
     return {
-        "times": {name: summary(t) for name, t in times.items()},
+        "times": {name: summary(t, cpu[name]) for name, t in times.items()},
         "speedup_vs_authors": ratio(times["authors"], times["ours_evaluate"]),
+        "speedup_vs_authors_cpu_time": ratio(cpu["authors"], cpu["ours_evaluate"]),
         "legacy_vs_authors": legacy_check(results["ours_evaluate"], results["authors"]),
     }
 
@@ -287,6 +312,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="predict also with the old single forward pass per batch and without the resize thread",
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads for both sides (default: torch's own)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -300,6 +328,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.quiet:
             print(f"[bench_evaluate] {message}", file=sys.stderr, flush=True)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="bench_evaluate_data_"))
     prepared, case = phantom_case(root, args.slices, args.size, args.seed)
@@ -339,9 +369,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             metric_times = metrics["realistic"]["_times"]
             authors = [a + b for a, b in zip(model_times["authors"], metric_times["authors_medpy"])]
             ours = [a + b for a, b in zip(model_times["ours"], metric_times["ours_full_set"])]
+            pairs = (("predict/authors_one_slice", "metrics/realistic/authors_medpy"),)
+            pairs += (("predict/ours_batched", "metrics/realistic/ours_full_set"),)
+            authors_cpu, ours_cpu = ([a + b for a, b in zip(CPU_TIMES[x], CPU_TIMES[y])] for x, y in pairs)
             end_to_end["realistic_model_plus_metrics"] = {
-                "times": {"authors": summary(authors), "ours": summary(ours)},
+                "times": {"authors": summary(authors, authors_cpu), "ours": summary(ours, ours_cpu)},
                 "speedup_vs_authors": ratio(authors, ours),
+                "speedup_vs_authors_cpu_time": ratio(authors_cpu, ours_cpu),
             }
         result["evaluate"] = end_to_end
     result["total_s"] = round(time.perf_counter() - started, 1)

@@ -149,3 +149,29 @@ def test_tqdm_disable_is_honoured(monkeypatch):
         assert not progress_enabled(True)
     monkeypatch.setenv("TQDM_DISABLE", "0")
     assert progress_enabled(True)
+
+
+def test_atomic_writes_give_every_file_the_usual_mode(tmp_path):
+    import stat
+
+    from msa2net._atomic import atomic_path
+
+    with atomic_path(tmp_path / "weights.safetensors") as tmp:
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)  # what safetensors' writer does
+        os.close(fd)
+    with open(tmp_path / "plain.txt", "w") as handle:
+        handle.write("x")
+    mode = stat.S_IMODE((tmp_path / "weights.safetensors").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+
+
+def test_info_counts_the_model_at_the_size_asked(capsys):
+    from msa2net import create_model
+    from msa2net.cli import main
+
+    assert main(["info", "msa2net_test", "--img-size", "128", "--json"]) == 0
+    import json
+
+    info = json.loads(capsys.readouterr().out)
+    built = sum(p.numel() for p in create_model("msa2net_test", img_size=(128, 128)).parameters())
+    assert info["params_used"] == built

@@ -12,6 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open(path, "w")`` gives a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a hidden temporary path next to ``path`` and rename it onto ``path`` when the block succeeds.
@@ -25,6 +35,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = target.parent / f".tmp-{uuid.uuid4().hex[:12]}-{target.name}"
     try:
         yield tmp
+        if tmp.is_file():  # some writers (safetensors) create 0600 files: give every output the usual mode
+            os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -50,6 +50,8 @@ def model_info(
         kwargs: dict[str, Any] = {}
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
+        if img_size is not None:  # encoders with relative-position tables have size-dependent parameter counts
+            kwargs["img_size"] = tuple(img_size)
         model = create_model(str(target), **kwargs)
         name, source, class_names = str(target), "registry", None
     size = tuple(img_size or model.img_size)

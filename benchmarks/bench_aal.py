@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -71,10 +72,14 @@ def main() -> None:
     out = Path(args.out)
     raw = find_raw_dir(args.raw)  # fails at once, with the install hint, without the package
     seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}  # process CPU time: what the work costs whatever else shares the cores
+    cpu_mark = [time.process_time()]
 
     def lap(name: str, since: float) -> float:
         now = time.perf_counter()
         seconds[name] = round(now - since, 1)
+        cpu_seconds[name] = round(time.process_time() - cpu_mark[0], 1)
+        cpu_mark[0] = time.process_time()
         return now
 
     t = time.perf_counter()
@@ -149,8 +154,11 @@ def main() -> None:
             "per_lobe_dice_right_hemisphere": head_dice,
         },
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "torch_threads": torch.get_num_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_at_end": list(os.getloadavg()),
         "machine": platform.machine(),
         "torch": torch.__version__,
     }

@@ -473,7 +473,8 @@ class FolderReport:
     @property
     def num_slices(self) -> int:
         """Number of 2D training samples (slices of volumes, or images) of the checked labelled training cases."""
-        training = [shape for case, shape in self.shapes.items() if case in set(self.cases)]
+        cases = set(self.cases)
+        training = [shape for case, shape in self.shapes.items() if case in cases]
         return sum(shape[0] for shape in training) if self.dims == 3 else len(training)
 
 
@@ -604,7 +605,9 @@ def validate_folder(root: PathLike) -> FolderReport:
     Checks ``dataset.json`` (present, valid, required keys, contiguous label ids), the file names, that every image
     has a label and every label an image, that every channel file exists, and, reading every labelled case, that
     label values are declared in ``dataset.json``, that image and label shapes match and (3D) that their geometry
-    agrees within :data:`GEOMETRY_TOLERANCE` (relative), and that images hold no NaN/inf.
+    agrees within :data:`GEOMETRY_TOLERANCE` (relative), and that images hold no NaN/inf. With a ``labelsTs/``
+    folder the same holds for ``imagesTs/``: every test image needs its label (and every label its image), they are
+    read and checked like training cases, and no case id may be both a training and a labelled test case.
 
     Returns:
         A :class:`FolderReport` with the cases, dims and per-case shapes.
@@ -721,6 +724,8 @@ class FolderSliceDataset(EpochSeededDataset):
         if report is None:
             report = _validate(self.root, read_cases=cases, on_case=keep if preload else None)
             self.cases = _select_cases(report, cases)
+            for case in report.labelled_test_cases:  # read to validate the folder, but they never train
+                self._cache.pop(case, None)
         else:
             self.cases = _select_cases(report, cases)
             for case in self.cases if preload else ():

@@ -310,7 +310,8 @@ def prepare_aal(
     Output::
 
         out_dir/dataset.json                        channel_names {"0": "T1"}, the 9 labels, file_ending .nii.gz,
-                                                    and documentation keys: lobe_mapping, split, source, voxels
+                                                    and documentation keys: lobe_mapping, split, source and
+                                                    summary (this function's result, voxels per class included)
         out_dir/imagesTr/aal_left_<k>_0000.nii.gz   T1 of slab k (uint8, as in ch2), k = 1 (lateral) .. slabs
         out_dir/labelsTr/aal_left_<k>.nii.gz        lobe classes (uint8)
         out_dir/imagesTs/aal_right_0000.nii.gz      the right hemisphere

@@ -8,7 +8,8 @@ without a dynamic batch, so it is not used: when the legacy exporter fails, the 
 
 The exported graphs take model-space input (B, in_channels, H, W) float32, already normalised: apply the
 preprocessing recorded in ``model.json`` (``to_unit``, resize to H x W, ``(x - mean) / std``) before calling them,
-and softmax/argmax over axis 1 of the logits after.
+and softmax/argmax over axis 1 of the logits after. Volumes are cut into slices along their first array axis after
+re-indexing them to ``slice_orientation`` when the card records one (see :mod:`msa2net.data.orientation`).
 """
 
 from __future__ import annotations
@@ -256,6 +257,8 @@ def export_model(
             "model_args": ckpt["model_args"],
             "preprocessing": ckpt["preprocessing"],
             "class_names": list(ckpt["class_names"]),
+            # axis code of the training volumes: slice inputs in this layout (None: as stored; see msa2net predict)
+            "slice_orientation": ckpt.get("slice_orientation"),
             "input": {"name": "image", "shape": ["batch", channels, h, w], "dtype": "float32", "layout": "NCHW"},
             "output": {"name": "logits", "shape": ["batch", model.num_classes, h, w], "dtype": "float32"},
             "files": {name: _FILE_NAMES[name] for name in staged},

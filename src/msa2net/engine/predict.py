@@ -452,6 +452,7 @@ def predict_files(
     (``axis_code``) and the layout segmented (``segmented_as``). Inputs whose headers are known to be wrong can be
     segmented as stored with ``reorient=False``. Checkpoints without the record (older ones, 2D data, the authors')
     segment every volume as stored.
+
     Overlays (``overlays=True``) blend the class colours on the model's view of the image: ``<stem>_overlay.png``
     for 2D inputs, ``<stem>_overlay_zNNN.png`` for up to :data:`OVERLAY_SLICES` evenly spaced slices with foreground
     (the middle slice when there is none) for volumes. ``out_dir/predictions.json`` records the run, per-input class

@@ -324,6 +324,7 @@ class _Side:
 
     @property
     def points(self) -> np.ndarray:
+        """Coordinates ``(ndim, n)`` of the surface voxels, in C order."""
         if self._points is None:
             self._points = _coordinates(self.mask)
         return self._points
@@ -471,6 +472,7 @@ def _block_bounds(side: _Side, targets: _Side, sampling: _Sampling, block: int) 
 
 
 def _directed_bounds(queries: _Side, targets: _Side, sampling: _Sampling, plan: _Plan) -> _Bounds:
+    """Bounds of the distances from the surface voxels of ``queries`` to the surface of ``targets`` (step 1)."""
     shape = targets.mask.shape
     volume = int(np.prod(shape))
     if volume < plan.small_crop_voxels:

@@ -29,14 +29,14 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-# bench_evaluate: 100x512x512 case, 3 interleaved rounds (about 20 min on a quiet 2-core CPU); scale it down with
+# bench_evaluate: predict_volume (batched, one slice, authors' loop), metric set and evaluate against the authors'
+# procedure + MedPy on a 100x512x512 case, 3 interleaved rounds (about 20 min on a quiet 2-core CPU); scale it down with
 # e.g. make bench BENCH_EVALUATE_ARGS="--slices 16 --rounds 2"
 BENCH_EVALUATE_ARGS ?=
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_hd95.py
-	$(BIN)/python benchmarks/bench_predict_volume.py
 	$(BIN)/python benchmarks/bench_evaluate.py $(BENCH_EVALUATE_ARGS)
 
 # Real data (needs `apt-get install mricron-data`): prepare, train on CPU, evaluate and predict AAL lobes on Colin27

@@ -3,15 +3,17 @@
 python benchmarks/bench_aal.py [--out aal_out] [--device cpu] [--set train.epochs=...]
 
 Steps: ``prepare aal`` (left hemisphere trains, right hemisphere tests, sagittal slices) -> ``train`` with the
-``aal`` preset -> ``evaluate`` on the right hemisphere (legacy Dice and HD95 in mm per lobe) -> predict the test
-hemisphere and paste the mask back onto ``aal.nii.gz``'s full grid by geometry alone (label 0 outside the test
-hemisphere), and predict the whole head ``ch2.nii.gz`` as stored (axial-first; prediction re-indexes it to the
-sagittal plane the model learnt). Needs ``apt-get install mricron-data``.
+``aal`` preset -> ``evaluate`` on the right hemisphere (legacy Dice and HD95 in mm per lobe) -> the same under
+bf16 autocast, compared with float32 (``evaluate --amp bf16 --amp-check``: share of identical labels, Dice change
+per lobe) -> predict the test hemisphere and paste the mask back onto ``aal.nii.gz``'s full grid by geometry alone
+(label 0 outside the test hemisphere), and predict the whole head ``ch2.nii.gz`` as stored (axial-first;
+prediction re-indexes it to the sagittal plane the model learnt). Needs ``apt-get install mricron-data``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -89,13 +91,27 @@ def main() -> None:
         "aal", [f"data.root={out / 'data'}", f"out_dir={out / 'run'}", f"train.device={args.device}", *args.set]
     )
     cfg.train.progress = not args.no_progress
-    result = train(cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
+        result = train(cfg, overwrite=True)  # the benchmark owns its --out folder: a rerun replaces it
     t = lap("train", t)
     checkpoint = Path(result["best"])
     summary = evaluate(
         checkpoint, out / "data", out / "eval", device=args.device, progress=False, title="MSA2Net (AAL)"
     )
     t = lap("evaluate", t)
+    # bf16 inference against float32 on the same test hemisphere: share of identical labels, Dice change per lobe
+    bf16 = evaluate(
+        checkpoint,
+        out / "data",
+        out / "eval_bf16",
+        device=args.device,
+        amp="bf16",
+        compare_fp32=True,
+        overlays_per_case=0,
+        html=False,
+        progress=False,
+    )
+    t = lap("evaluate_bf16_check", t)
 
     # the test hemisphere predicted as a user would (its file), then pasted back onto the atlas grid
     test_image = out / "data" / "imagesTs" / f"{TEST_CASE}_0000.nii.gz"
@@ -139,6 +155,8 @@ def main() -> None:
         "per_lobe": per_lobe,
         "mean_dice": summary["legacy"]["mean_dice"],
         "mean_hd95_mm": summary["mm"]["mean_hd95_mm"],
+        "bf16_agreement": {k: v for k, v in bf16["settings"]["amp_check"].items() if k not in ("per_case", "reference")}
+        | {"mean_dice_bf16": bf16["legacy"]["mean_dice"]},
         "pasted_prediction": {
             "path": str(out / "aal_right_pred.nii.gz"),
             "same_grid_as_aal": _same_grid(pasted, atlas),

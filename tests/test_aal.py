@@ -188,3 +188,30 @@ def test_real_route_prepare_train_evaluate_predict(aal_raw, aal_prepared, tmp_pa
     right = np.array([atlas.TransformIndexToPhysicalPoint((i, 0, 0))[0] < 0 for i in range(atlas.GetSize()[0])])
     pred = sitk.GetArrayFromImage(mask)
     assert np.mean(_lobe_dice(pred[..., right], lobes[..., right])) > 0.30
+
+
+@pytest.mark.slow
+def test_bench_aal_runs_end_to_end_at_a_tiny_budget(aal_raw, tmp_path):
+    """``make bench-aal`` cannot rot: the benchmark script at one epoch of 64 x 64 writes its JSON, the pasted
+    right-hemisphere mask lies on the atlas grid, and the bf16 check compared every test voxel with float32."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_aal.py"
+    out = tmp_path / "bench"
+    sets = ["train.epochs=1", "model.img_size=[64, 64]"]
+    command = [sys.executable, str(script), "--out", str(out), "--no-progress", *(f"--set={s}" for s in sets)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "bench_aal.json").read_text())
+    assert json.loads(done.stdout) == result
+    assert result["iterations"] == 12 and result["test_cases"] == ["aal_right"]
+    assert set(result["per_lobe"]) == set(CLASSES[1:])
+    pasted = result["pasted_prediction"]
+    assert pasted["same_grid_as_aal"] and pasted["zero_outside_test_hemisphere"]
+    assert result["whole_head_prediction"]["same_grid_as_input"]
+    agreement = result["bf16_agreement"]
+    assert agreement["amp"] == "bf16" and agreement["n_cases"] == 1
+    assert 0.5 < agreement["identical_fraction"] <= 1.0
+    assert set(agreement["per_class_dice_change"]) == set(CLASSES[1:])
+    assert set(result["seconds"]) >= {"prepare", "train", "evaluate", "evaluate_bf16_check", "predict_whole_head"}

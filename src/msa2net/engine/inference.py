@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -17,12 +19,24 @@ from ..data.transforms import resize_image, resize_label
 from ..metrics import label_agreement
 from ..models import MSA2Net
 
-#: Most slices per forward pass on a CPU. Measured with ``msa2net_paper`` at 224x224 on x86 (one thread, CPU time
-#: per slice relative to one slice at a time, median of 4 interleaved rounds): 2 slices 0.92, 4 slices 0.92,
-#: 8 slices 0.95, 16 slices 1.04. Larger batches lose because their activation tensors (over 32 MiB at 16 slices)
-#: are above glibc's mmap threshold: every forward pass maps fresh pages and faults them in (about 70,000 minor
-#: page faults per slice at 16 slices, none at 2 once warm) and they no longer fit in the caches.
-CPU_FORWARD_SLICES = 2
+#: Concurrent forward passes on a CPU, each of one slice. Every slice then goes through exactly the computation of
+#: the one-slice-at-a-time procedure (same batch size of 1, same intra-op threads, as each calling thread runs its
+#: own OpenMP team), so the labels are those of that procedure bit for bit on the same machine, while two streams
+#: fill the gaps one forward pass leaves in the cores (serial parts, small operators, Python). Measured with
+#: ``msa2net_paper`` at 224x224 on a 2-core x86 CPU (2 intra-op threads): two streams took 0.85 to 0.90 of the time
+#: of one. Batched forward passes were not used on a CPU because they change the arithmetic (oneDNN picks other
+#: kernels for other batch sizes: labels then differ at near-tied voxels, 12 of 5.2 million for an untrained model),
+#: and large ones are slower there (above 32 MiB of activations glibc maps fresh pages on every pass).
+CPU_FORWARD_STREAMS = 2
+
+
+def _cpu_streams() -> int:
+    """:data:`CPU_FORWARD_STREAMS`, but no more than the cores this process may use."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(CPU_FORWARD_STREAMS, cores))
 
 
 def _batches(n: int, size: int) -> Iterator[slice]:
@@ -78,14 +92,21 @@ def predict_slices(
     return _probabilities(model, x, tta, amp).cpu().numpy()
 
 
-@torch.inference_mode()
-def _predict_labels(model: MSA2Net, slices: np.ndarray, chunk: int, tta: bool, amp: str | None) -> np.ndarray:
+def _predict_labels(
+    model: MSA2Net, slices: np.ndarray, chunk: int, tta: bool, amp: str | None, streams: ThreadPoolExecutor | None
+) -> np.ndarray:
     """argmax of :func:`predict_slices` (first maximum on ties, as ``torch.argmax`` and ``np.argmax``), computed
-    on the device in forward passes of at most ``chunk`` slices: (N, H, W) int64."""
+    on the device in forward passes of at most ``chunk`` slices, run concurrently by ``streams`` when given:
+    (N, H, W) int64."""
     device = _device_of(model)
     x = torch.from_numpy(np.ascontiguousarray(slices))
-    labels = [_probabilities(model, x[sl].to(device), tta, amp).argmax(dim=1).cpu() for sl in _batches(len(x), chunk)]
-    return torch.cat(labels).numpy()
+
+    def labels_of(sl: slice) -> torch.Tensor:
+        with torch.inference_mode():  # thread-local: entered in the thread that runs the pass
+            return _probabilities(model, x[sl].to(device), tta, amp).argmax(dim=1).cpu()
+
+    parts = (streams.map if streams is not None else map)(labels_of, _batches(len(x), chunk))
+    return torch.cat(list(parts)).numpy()
 
 
 def predict_volume(
@@ -108,17 +129,20 @@ def predict_volume(
     (order 0). Batching changes nothing but speed: each slice is processed independently, and the labels are
     those of the one-slice-at-a-time procedure up to the last bits of the model's arithmetic.
 
-    Speed: on a CPU the forward passes take at most :data:`CPU_FORWARD_SLICES` slices at a time whatever
-    ``batch_size`` (larger batches were slower there, see that constant); on a GPU they take ``batch_size``
-    slices. With ``overlap`` the resizing (scipy, which releases the GIL) runs in a helper thread while the
-    model computes: the next batch's slices are resized in, the previous batch's labels resized out.
+    Speed: on a CPU each forward pass takes one slice, and :data:`CPU_FORWARD_STREAMS` of them run at once
+    within a batch, so the labels are bit for bit those of the one-slice-at-a-time procedure on the same machine;
+    on a GPU a forward pass takes ``batch_size`` slices (faster; the labels may then differ from one slice at a
+    time at voxels where two classes tie to within float rounding). With ``overlap`` the resizing (scipy, which
+    releases the GIL) runs in a helper thread while the model computes: the next batch's slices are resized in,
+    the previous batch's labels resized out.
 
     Args:
         model: an :class:`MSA2Net` (eval mode is set), on any device.
         volume: (D, H, W) or channels-last (D, H, W, C) raw intensities as ``preprocessing`` expects; the
             default preprocessing takes the TransUNet release's [0, 1] data.
         preprocessing: intensity mapping; default :data:`SYNAPSE_PREPROCESSING`.
-        batch_size: slices resized and segmented per step (per forward pass on a GPU).
+        batch_size: slices resized and segmented per step (per forward pass on a GPU; on a CPU the slices of a
+            step share the forward streams).
         tta: flip test-time augmentation.
         amp: ``None``, ``"bf16"`` or ``"fp16"``.
         progress: show a progress bar.
@@ -138,7 +162,9 @@ def predict_volume(
     depth, h, w = unit.shape[:3]
     size = model.img_size
     step = max(1, int(batch_size))
-    chunk = step if _device_of(model).type != "cpu" else min(step, CPU_FORWARD_SLICES)
+    on_cpu = _device_of(model).type == "cpu"
+    chunk = 1 if on_cpu else step
+    streams = _cpu_streams() if on_cpu and step > 1 else 1
     out = np.zeros((depth, h, w), dtype=np.uint8 if model.num_classes <= 256 else np.int16)
 
     def resize_in(sl: slice) -> np.ndarray:
@@ -151,20 +177,25 @@ def predict_volume(
 
     steps = list(_batches(depth, step))
     bar = tqdm(total=depth, desc=desc, unit="slice", disable=not progress_enabled(progress), leave=False)
-    if not overlap:
-        for sl in steps:
-            resize_out(sl, _predict_labels(model, resize_in(sl), chunk, tta, amp))
-            bar.update(sl.stop - sl.start)
-    elif steps:
-        # one helper thread, first in first out: resize in step i + 1 and resize out step i - 1 during step i
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="msa2net-resize") as helper:
+    with ExitStack() as stack:
+        forward = None
+        if streams > 1:
+            forward = stack.enter_context(ThreadPoolExecutor(streams, thread_name_prefix="msa2net-forward"))
+        if not overlap:
+            for sl in steps:
+                resize_out(sl, _predict_labels(model, resize_in(sl), chunk, tta, amp, forward))
+                bar.update(sl.stop - sl.start)
+        elif steps:
+            # one helper thread, first in first out: resize in step i + 1 and resize out step i - 1 during step i
+            helper = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="msa2net-resize"))
             pending: list[Future[None]] = []
             upcoming = helper.submit(resize_in, steps[0])
             for i, sl in enumerate(steps):
                 batch = upcoming.result()
                 if i + 1 < len(steps):
                     upcoming = helper.submit(resize_in, steps[i + 1])
-                pending.append(helper.submit(resize_out, sl, _predict_labels(model, batch, chunk, tta, amp)))
+                labels = _predict_labels(model, batch, chunk, tta, amp, forward)
+                pending.append(helper.submit(resize_out, sl, labels))
                 bar.update(sl.stop - sl.start)
             for future in pending:
                 future.result()  # re-raise any error of the helper

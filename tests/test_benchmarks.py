@@ -1,0 +1,76 @@
+"""The benchmark scripts cannot rot: each runs at a tiny size and its JSON carries the checks it exists to make.
+
+No timing is asserted here (speed is measured by the benchmarks themselves, on a quiet machine); what is asserted is
+that every part runs, that the figures compared are identical where they must be, and that every ratio is there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytest.importorskip("medpy.metric.binary")
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"msa2net_bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _is_ratio(value: dict) -> bool:
+    return set(value) >= {"median", "min", "max", "per_round"} and value["min"] > 0 and len(value["per_round"]) == 2
+
+
+def test_bench_evaluate_runs_every_part_with_identical_figures(tmp_path: Path) -> None:
+    bench = _load("bench_evaluate")
+    out = tmp_path / "bench.json"
+    args = ["--slices", "5", "--size", "80", "--model", "msa2net_test", "--img-size", "64", "--rounds", "2"]
+    result = bench.main([*args, "--diagnostics", "--quiet", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["case"]["shape"] == [5, 80, 80]
+
+    predict = result["predict"]
+    assert predict["identical_labels"] == {
+        "authors_one_slice": True,
+        "ours_batched": True,
+        "ours_one_slice": True,
+        "ours_batched_one_stream": True,
+        "ours_batched_no_resize_thread": True,
+    }
+    for key in ("speedup_vs_authors", "batched_vs_one_slice", "one_stream_vs_batched"):
+        assert _is_ratio(predict[key]), key
+
+    for kind in ("realistic", "noisy"):
+        metrics = result["metrics"][kind]
+        assert metrics["legacy_vs_medpy"]["identical"], kind
+        assert metrics["legacy_vs_medpy"]["bit_identical"] == metrics["legacy_vs_medpy"]["classes"] == 8
+        assert metrics["threads_identical"]
+        assert _is_ratio(metrics["speedup_vs_medpy"])
+    # the two kinds of prediction are what their names say
+    assert result["metrics"]["noisy"]["foreground_share"] > 0.5 > result["metrics"]["realistic"]["foreground_share"]
+
+    noisy = result["evaluate"]["noisy_untrained_model"]
+    assert noisy["legacy_vs_authors"]["identical"] and noisy["legacy_vs_authors"]["classes"] == 8
+    assert _is_ratio(noisy["speedup_vs_authors"])
+    assert _is_ratio(result["evaluate"]["realistic_model_plus_metrics"]["speedup_vs_authors"])
+
+
+def test_bench_evaluate_refuses_unknown_parts() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_evaluate.py"), "--parts", "predict,nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "nonsense" in done.stderr and "evaluate" in done.stderr

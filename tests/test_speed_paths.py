@@ -282,6 +282,9 @@ def test_chunked_overlapped_inference_is_the_one_slice_procedure(tiny_model, ove
                 assert threads == {threading.current_thread().name.split("_")[0]}
             else:  # the slices of a step are shared by the forward streams
                 assert threads == {"msa2net-forward"}
+        passes.clear()  # a single slice (a 2D image) starts no stream threads
+        inference.predict_volume(tiny_model, volume[:1], batch_size=16, overlap=overlap)
+        assert [name for _, name in passes] == [threading.current_thread().name]
     finally:
         hook.remove()
 

@@ -164,7 +164,7 @@ def predict_volume(
     step = max(1, int(batch_size))
     on_cpu = _device_of(model).type == "cpu"
     chunk = 1 if on_cpu else step
-    streams = _cpu_streams() if on_cpu and step > 1 else 1
+    streams = _cpu_streams() if on_cpu and min(step, depth) > 1 else 1  # no threads for a single slice
     out = np.zeros((depth, h, w), dtype=np.uint8 if model.num_classes <= 256 else np.int16)
 
     def resize_in(sl: slice) -> np.ndarray:

@@ -166,6 +166,39 @@ def test_train_reports_bad_yaml_and_sections_in_one_message(tmp_path, capsys):
     assert "model: expected a mapping of model options" in err and "Traceback" not in err
 
 
+def test_phantom_sizes_reach_each_dataset(tmp_path, capsys):
+    from PIL import Image
+
+    from msa2net.data.io import read_image
+
+    assert main(["phantom", "isic2018", "--out", str(tmp_path / "isic"), "-n", "2", "--size", "48", "64"]) == 0
+    images = sorted((tmp_path / "isic" / "ISIC2018_Task1-2_Training_Input").iterdir())
+    assert len(images) == 2 and Image.open(images[0]).size == (64, 48)  # PIL: (width, height)
+    assert main(["phantom", "isic2018", "--out", str(tmp_path / "square"), "-n", "1", "--size", "40"]) == 0
+    assert Image.open(next((tmp_path / "square" / "ISIC2018_Task1-2_Training_Input").iterdir())).size == (40, 40)
+    assert main(["phantom", "synapse", "--out", str(tmp_path / "ct"), "--cases", "1", "--size", "32"]) == 0
+    volume = next((tmp_path / "ct").rglob("img0001.nii.gz"))
+    assert read_image(volume)[0].shape[1:] == (32, 32)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["phantom", "synapse", "-n", "3"], "-n counts isic2018 images; choose synapse cases with --cases"),
+        (["phantom", "synapse", "--size", "32", "48"], "synapse phantom slices are square: give one --size"),
+        (["phantom", "isic2018", "--cases", "1"], "--cases names synapse (BTCV) cases"),
+        (["phantom", "isic2018", "--size", "32", "48", "64"], "isic2018 phantom images take --size H W"),
+    ],
+)
+def test_phantom_refuses_the_other_datasets_options(tmp_path, capsys, argv, message):
+    out = tmp_path / "ph"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"msa2net phantom: error: {message}" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_phantom_size_must_be_positive(tmp_path, capsys):
     out = tmp_path / "ph"
     err = _argparse_error(["phantom", "synapse", "--out", str(out), "--size", "0"], capsys)
@@ -233,7 +266,7 @@ def test_predict_device_defaults_to_auto_like_evaluate():
     parser = build_parser()
     assert parser.parse_args(["predict", "a.png", "--checkpoint", "c", "-o", "o"]).device == "auto"
     assert parser.parse_args(["evaluate", "--checkpoint", "c", "--data", "d"]).device == "auto"
-    assert parser.parse_args(["phantom", "synapse", "--out", "x"]).size == 512
+    assert parser.parse_args(["phantom", "synapse", "--out", "x"]).size is None  # each dataset's own default
 
 
 def test_every_option_has_help():

@@ -100,11 +100,22 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_phantom(args: argparse.Namespace) -> int:
     from .data.phantom import make_isic_phantom, make_synapse_phantom
 
+    # options of the other dataset are refused, not ignored
     if args.dataset == "synapse":
-        cases = make_synapse_phantom(args.out, cases=args.cases, seed=args.seed, size=args.size)
+        if args.n is not None:
+            raise ValueError("-n counts isic2018 images; choose synapse cases with --cases (e.g. --cases 1 2 3)")
+        if args.size is not None and len(args.size) != 1:
+            raise ValueError(f"synapse phantom slices are square: give one --size, got {args.size}")
+        size = 512 if args.size is None else args.size[0]
+        cases = make_synapse_phantom(args.out, cases=args.cases, seed=args.seed, size=size)
         print(f"wrote {len(cases)} CT phantom cases to {args.out}/RawData/Training (then: msa2net prepare synapse)")
     else:
-        names = make_isic_phantom(args.out, n=args.n, seed=args.seed)
+        if args.cases is not None:
+            raise ValueError("--cases names synapse (BTCV) cases; choose the number of isic2018 images with -n")
+        if args.size is not None and len(args.size) > 2:
+            raise ValueError(f"isic2018 phantom images take --size H W (or one value for a square), got {args.size}")
+        kwargs = {} if args.size is None else {"size": (args.size[0], args.size[-1])}
+        names = make_isic_phantom(args.out, n=24 if args.n is None else args.n, seed=args.seed, **kwargs)
         print(f"wrote {len(names)} lesion phantom images to {args.out} (then: msa2net prepare isic2018)")
     return 0
 
@@ -323,8 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cases", nargs="+", type=_case_number, default=None, help="BTCV case numbers, e.g. 1 2 or 0001 (synapse)"
     )
-    p.add_argument("--size", type=_int_at_least(16), default=512, help="in-plane size in pixels (synapse, default 512)")
-    p.add_argument("-n", type=_int_at_least(1), default=24, help="number of images (isic2018, default 24)")
+    p.add_argument(
+        "--size",
+        type=_int_at_least(16),
+        nargs="+",
+        default=None,
+        metavar="PIXELS",
+        help="synapse: in-plane size N (default 512); isic2018: H W or one value for a square (default 192 256)",
+    )
+    p.add_argument("-n", type=_int_at_least(1), default=None, help="number of images (isic2018, default 24)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser(

@@ -399,7 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: next to the checkpoint)")
     p.add_argument("--cases", nargs="+", help="evaluate only these test cases, e.g. case0001 case0002 (default: all)")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=16, help="slices per forward pass (default 16)")
+    p.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=16,
+        help="slices per step: per forward pass on a GPU; on a CPU one slice per pass, two at once (default 16)",
+    )
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision inference (default: float32)")
     p.add_argument(
@@ -448,7 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write OUT/<stem>_volumes.json, class volumes in ml (default: on with --model)",
     )
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=8, help="slices per forward pass (default 8)")
+    p.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=8,
+        help="slices per step: per forward pass on a GPU; on a CPU one slice per pass, two at once (default 8)",
+    )
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision inference (default: float32)")
     p.add_argument(

@@ -15,6 +15,7 @@ import math
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,3 +238,17 @@ if __name__ == "__main__":  # repack: python tests/reference.py ../shared/refere
     import sys
 
     pack_parity_data(Path(sys.argv[1]))
+
+
+@functools.cache
+def benchmark_module(name: str) -> Any:
+    """A script of ``benchmarks/`` loaded as a module, once: e.g. ``legacy_reference``, the authors' slice-by-slice
+    procedure written independently of msa2net, which tests and benchmarks both compare with."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"msa2net_bench_{name}", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

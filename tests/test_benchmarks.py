@@ -6,26 +6,17 @@ that every part runs, that the figures compared are identical where they must be
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from reference import benchmark_module
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 pytest.importorskip("medpy.metric.binary")
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"msa2net_bench_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _is_ratio(value: dict) -> bool:
@@ -33,7 +24,7 @@ def _is_ratio(value: dict) -> bool:
 
 
 def test_bench_evaluate_runs_every_part_with_identical_figures(tmp_path: Path) -> None:
-    bench = _load("bench_evaluate")
+    bench = benchmark_module("bench_evaluate")
     out = tmp_path / "bench.json"
     args = ["--slices", "5", "--size", "80", "--model", "msa2net_test", "--img-size", "64", "--rounds", "2"]
     result = bench.main([*args, "--diagnostics", "--quiet", "--out", str(out)])

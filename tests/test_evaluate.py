@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import zoom
+from reference import benchmark_module
 
 import msa2net
 from msa2net.data.preprocessing import Preprocessing
@@ -18,19 +18,8 @@ from msa2net.engine.inference import predict_image
 
 
 def _legacy_single_volume(model, volume: np.ndarray, size: int) -> np.ndarray:
-    """The authors' test procedure, written out slice by slice: zoom order 3 to the model size, (x-0.5)/0.5,
-    softmax, argmax, zoom order 0 back."""
-    out = np.zeros(volume.shape, dtype=np.int64)
-    for z in range(volume.shape[0]):
-        sl = volume[z]
-        x, y = sl.shape
-        if (x, y) != (size, size):
-            sl = zoom(sl, (size / x, size / y), order=3)
-        inp = torch.from_numpy((sl - 0.5) / 0.5).float()[None, None]
-        with torch.no_grad():
-            pred = torch.argmax(torch.softmax(model(inp), dim=1), dim=1).squeeze(0).numpy()
-        out[z] = zoom(pred, (x / size, y / size), order=0) if (x, y) != (size, size) else pred
-    return out
+    """The authors' test procedure, slice by slice (``benchmarks/legacy_reference.py``)."""
+    return benchmark_module("legacy_reference").legacy_single_volume_labels(model, volume, size)
 
 
 @pytest.fixture(scope="module")

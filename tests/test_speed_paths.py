@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from reference import benchmark_module
 from scipy import ndimage
 
 from msa2net import metrics
@@ -234,15 +235,7 @@ def test_block_counts_equal_a_plain_sum() -> None:
 
 def _legacy_reference():
     """benchmarks/legacy_reference.py: the authors' one-slice-at-a-time procedure, written independently."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "legacy_reference.py"
-    spec = importlib.util.spec_from_file_location("msa2net_bench_legacy_reference", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("legacy_reference")
 
 
 @pytest.fixture(scope="module")

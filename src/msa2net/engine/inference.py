@@ -126,8 +126,8 @@ def predict_volume(
     Each axial slice ``volume[z]`` is mapped to [0, 1] by ``preprocessing.to_unit`` (for the whole volume at
     once, so per-case statistics are per case), resized to the model's size with a cubic spline (order 3),
     normalised, segmented (softmax, argmax), and the label map is resized back with nearest neighbour
-    (order 0). Batching changes nothing but speed: each slice is processed independently, and the labels are
-    those of the one-slice-at-a-time procedure up to the last bits of the model's arithmetic.
+    (order 0). Batching changes nothing but speed: each slice is processed independently (on a CPU the labels
+    are bit for bit those of the one-slice-at-a-time procedure; on a GPU, up to the last bits of the arithmetic).
 
     Speed: on a CPU each forward pass takes one slice, and :data:`CPU_FORWARD_STREAMS` of them run at once
     within a batch, so the labels are bit for bit those of the one-slice-at-a-time procedure on the same machine;

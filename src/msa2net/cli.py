@@ -114,8 +114,10 @@ def cmd_phantom(args: argparse.Namespace) -> int:
             raise ValueError("--cases names synapse (BTCV) cases; choose the number of isic2018 images with -n")
         if args.size is not None and len(args.size) > 2:
             raise ValueError(f"isic2018 phantom images take --size H W (or one value for a square), got {args.size}")
-        kwargs = {} if args.size is None else {"size": (args.size[0], args.size[-1])}
-        names = make_isic_phantom(args.out, n=24 if args.n is None else args.n, seed=args.seed, **kwargs)
+        kwargs: dict[str, object] = {} if args.size is None else {"size": (args.size[0], args.size[-1])}
+        if args.n is not None:
+            kwargs["n"] = args.n
+        names = make_isic_phantom(args.out, seed=args.seed, **kwargs)
         print(f"wrote {len(names)} lesion phantom images to {args.out} (then: msa2net prepare isic2018)")
     return 0
 

@@ -22,9 +22,10 @@ from ..models import MSA2Net
 #: Concurrent forward passes on a CPU, each of one slice. Every slice then goes through exactly the computation of
 #: the one-slice-at-a-time procedure (same batch size of 1, same intra-op threads, as each calling thread runs its
 #: own OpenMP team), so the labels are those of that procedure bit for bit on the same machine, while two streams
-#: fill the gaps one forward pass leaves in the cores (serial parts, small operators, Python). Measured with
-#: ``msa2net_paper`` at 224x224 on a 2-core x86 CPU (2 intra-op threads): two streams took 0.85 to 0.90 of the time
-#: of one. Batched forward passes were not used on a CPU because they change the arithmetic (oneDNN picks other
+#: fill the gaps one forward pass leaves in the cores (serial parts, small operators, Python). Measured on a 2-core
+#: x86 CPU (2 intra-op threads, ``msa2net_paper`` at 224x224) with ``python benchmarks/bench_evaluate.py --parts
+#: predict --diagnostics --slices 20 --rounds 3``: one stream took 1.085x the time of two (median; 0.80 to 1.13 over
+#: rounds), so the gain is real but small next to the noise of a shared machine. Batched forward passes were not used on a CPU because they change the arithmetic (oneDNN picks other
 #: kernels for other batch sizes: labels then differ at near-tied voxels, 12 of 5.2 million for an untrained model),
 #: and large ones are slower there (above 32 MiB of activations glibc maps fresh pages on every pass).
 CPU_FORWARD_STREAMS = 2

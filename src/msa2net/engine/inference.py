@@ -25,9 +25,11 @@ from ..models import MSA2Net
 #: fill the gaps one forward pass leaves in the cores (serial parts, small operators, Python). Measured on a 2-core
 #: x86 CPU (2 intra-op threads, ``msa2net_paper`` at 224x224) with ``python benchmarks/bench_evaluate.py --parts
 #: predict --diagnostics --slices 20 --rounds 3``: one stream took 1.085x the time of two (median; 0.80 to 1.13 over
-#: rounds), so the gain is real but small next to the noise of a shared machine. Batched forward passes were not used on a CPU because they change the arithmetic (oneDNN picks other
-#: kernels for other batch sizes: labels then differ at near-tied voxels, 12 of 5.2 million for an untrained model),
-#: and large ones are slower there (above 32 MiB of activations glibc maps fresh pages on every pass).
+#: rounds): a small gain, within the noise of some rounds; on the 100-slice case of that benchmark, batches of 16
+#: were 1.21x (1.08 to 1.23) faster than one slice per step. Batched forward passes were not used on a CPU because
+#: they change the arithmetic (oneDNN picks other kernels for other batch sizes: labels then differ at near-tied
+#: voxels, 12 of 5.2 million for an untrained model), and large ones are slower there (above 32 MiB of activations
+#: glibc maps fresh pages on every pass).
 CPU_FORWARD_STREAMS = 2
 
 

@@ -106,6 +106,11 @@ def test_prepared_folder_is_the_atlas_cut_by_hemisphere(aal_raw, aal_prepared, t
     assert spec["channel_names"] == {"0": "T1"} and spec["file_ending"] == ".nii.gz"
     assert spec["labels"] == {name: i for i, name in enumerate(CLASSES)}
     assert {"lobe_mapping", "split", "source"} <= set(spec)
+    # MNI space is RAS: the left hemisphere (the training side) lies at x < 0; the rule must say so
+    assert (
+        "MNI x <= 0 (RAS: the left hemisphere" in spec["split"]["rule"]
+        and "MNI x > 0 (the right" in spec["split"]["rule"]
+    )
     report = validate_folder(out)
     assert report.cases == [f"aal_left_{k}" for k in range(1, 5)] and report.labelled_test_cases == ["aal_right"]
 
@@ -188,6 +193,41 @@ def test_real_route_prepare_train_evaluate_predict(aal_raw, aal_prepared, tmp_pa
     right = np.array([atlas.TransformIndexToPhysicalPoint((i, 0, 0))[0] < 0 for i in range(atlas.GetSize()[0])])
     pred = sitk.GetArrayFromImage(mask)
     assert np.mean(_lobe_dice(pred[..., right], lobes[..., right])) > 0.30
+
+    # published, the model still slices the head sagittally: voxel for voxel the checkpoint's mask
+    assert main(["publish", "--checkpoint", str(tmp_path / "run"), "-o", str(tmp_path / "published")]) == 0
+    out = tmp_path / "pred_published"
+    assert main(["predict", "-i", str(head), "--model", str(tmp_path / "published"), "-o", str(out)]) == 0
+    record = json.loads((out / "predictions.json").read_text())
+    assert record["cases"][0]["segmented_as"] == "AIR"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ch2.nii.gz"))), pred)
+
+
+@pytest.mark.slow
+def test_readme_step_by_step_commands_run_as_written(aal_raw, tmp_path, monkeypatch):
+    """The README's AAL commands, exactly as written (in a fresh folder), at a budget of 4 training iterations."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("or step by step:", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["msa2net", c] for c in ("prepare", "train", "evaluate", "predict")] + [
+        ["msa2net", "publish"],
+        ["msa2net", "predict"],
+    ]
+    monkeypatch.chdir(tmp_path)
+    budget = ["--set", "train.max_iterations=4", "--set", "model.img_size=[64, 64]"]
+    for argv in commands:
+        assert main(argv[1:] + (budget if argv[1] == "train" else [])) == 0, argv
+    summary = json.loads(Path("runs/aal/eval/summary.json").read_text())
+    assert summary["settings"]["cases"] == ["aal_right"] and summary["settings"]["checkpoint"] == "runs/aal/last.pt"
+    by_checkpoint, published = Path("runs/aal/predict"), Path("runs/aal/predict_published")
+    for folder in (by_checkpoint, published):
+        assert json.loads((folder / "predictions.json").read_text())["cases"][0]["segmented_as"] == "AIR"
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(published / "ch2.nii.gz"))),
+        sitk.GetArrayFromImage(sitk.ReadImage(str(by_checkpoint / "ch2.nii.gz"))),
+    )
 
 
 @pytest.mark.slow

@@ -287,3 +287,32 @@ def test_demo_rejects_a_bad_override_before_writing_anything(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train.epochs: expected an integer >= 1, found 0" in err and "unknown keys in 'train': ['optimiser']" in err
     assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        *([command, "--help"] for command in ("info", "phantom", "prepare", "train", "evaluate", "predict")),
+        *([command, "--help"] for command in ("publish", "export", "demo")),
+        ["evaluate", "--data", "x"],  # an argument error: --checkpoint missing
+    ],
+)
+def test_help_and_argument_errors_answer_without_loading_torch(argv: list[str]) -> None:
+    """``--help`` and argument errors must not wait seconds for torch to import."""
+    code = (
+        "import sys\nfrom msa2net.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'SimpleITK', 'timm') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:] + done.stderr[-500:]
+
+
+def test_train_help_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    from msa2net.config import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"preset ({', '.join(PRESETS)})" in text and "aal" in PRESETS

@@ -84,6 +84,7 @@ def test_evaluate_writes_the_paper_table_and_honest_metrics(data_synapse_prepare
 def _tiny_checkpoint(tmp_path, prep: Preprocessing, names: list[str], in_channels: int = 1):
     torch.manual_seed(0)
     model = msa2net.create_model("msa2net_test", num_classes=len(names), in_channels=in_channels, img_size=64)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "model.pt"
     save_checkpoint(make_checkpoint(model, "msa2net_test", prep.to_dict(), names), path)
     return path
@@ -108,7 +109,7 @@ def test_evaluate_a_3d_folder_keeps_geometry(tmp_path):
     spec = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz"}
     (root / "dataset.json").write_text(json.dumps(spec))
     ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="ct_window"), ["background", "organ"])
-    report = evaluate(ckpt, root, tmp_path / "ev", device="cpu", progress=False, save_predictions=True)
+    report = evaluate(ckpt, root, tmp_path / "ev", split="train", device="cpu", progress=False, save_predictions=True)
     assert report["n_cases"] == 1 and report["class_names"] == ["background", "organ"]
     written = sitk.ReadImage(str(tmp_path / "ev" / "predictions" / "a.nii.gz"))
     assert written.GetSpacing() == pytest.approx((0.7, 0.8, 2.5)) and written.GetOrigin() == pytest.approx((10, -5, 3))
@@ -129,7 +130,7 @@ def test_evaluate_a_2d_png_folder(tmp_path):
     spec = {"channel_names": {"0": "grey"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
     (root / "dataset.json").write_text(json.dumps(spec))
     ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="zscore"), ["background", "lesion"])
-    report = evaluate(ckpt, root, tmp_path / "ev", device="cpu", progress=False)
+    report = evaluate(ckpt, root, tmp_path / "ev", split="train", device="cpu", progress=False)
     assert report["n_cases"] == 2 and 0.0 <= report["legacy"]["mean_dice"] <= 1.0
     assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 2
 
@@ -157,3 +158,100 @@ def test_evaluate_isic_pools_pixels(data_isic_raw, tmp_path, postprocess):
     expected = pooled.compute()
     assert report["pooled"]["accuracy"] == pytest.approx(expected["accuracy"])
     assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 3
+
+
+# ---------------------------------------------------------------------------------------------- what is scored
+
+
+def _ct_folder(root, labelled_test: bool):
+    """A 3D CT dataset folder: training case ``a``, and test case ``t`` (labelled when ``labelled_test``)."""
+    import SimpleITK as sitk
+
+    label = np.zeros((3, 40, 36), np.uint8)
+    label[:, 10:25, 8:20] = 1
+    folders = [("imagesTr", "labelsTr", "a"), ("imagesTs", "labelsTs" if labelled_test else None, "t")]
+    for images, labels, case in folders:
+        for sub, name, arr in (
+            (images, f"{case}_0000.nii.gz", label.astype(np.int16) * 300 - 100),
+            (labels, f"{case}.nii.gz", label),
+        ):
+            if sub is None:
+                continue
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(sitk.GetImageFromArray(arr), str(root / sub / name))
+    spec = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    return root
+
+
+def test_without_labelled_test_cases_evaluate_refuses_or_says_they_are_training_cases(tmp_path, capsys):
+    from msa2net.cli import main
+
+    root = _ct_folder(tmp_path / "ds", labelled_test=False)
+    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="ct_window"), ["background", "organ"])
+    with pytest.raises(ValueError, match=r"no labelled test cases .*--split train"):
+        evaluate(ckpt, root, tmp_path / "refused", device="cpu", progress=False)
+    assert not (tmp_path / "refused").exists()
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(root), "--out", str(tmp_path / "x")]) == 2
+    assert "no labelled test cases" in capsys.readouterr().err
+
+    out = tmp_path / "train"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(root), "--out", str(out), "--split", "train"]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "TRAINING cases" in printed.out and "TRAINING cases" in printed.err  # the table and the warning
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["split"] == "train" and summary["settings"]["training_cases"] == ["a"]
+    assert "TRAINING cases" in summary["settings"]["warning"]
+    assert "TRAINING cases" in (out / "table.md").read_text()
+    assert "TRAINING cases" in (out / "report.html").read_text()
+
+
+def test_labelled_test_cases_are_scored_by_default_without_a_warning(tmp_path):
+    root = _ct_folder(tmp_path / "ds", labelled_test=True)
+    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="ct_window"), ["background", "organ"])
+    summary = evaluate(ckpt, root, tmp_path / "ev", device="cpu", progress=False, overlays_per_case=0, html=False)
+    assert summary["settings"]["cases"] == ["t"] and summary["settings"]["split"] == "test"
+    assert "warning" not in summary["settings"]
+    named = evaluate(ckpt, root, tmp_path / "ev2", cases=["a", "t"], progress=False, overlays_per_case=0, html=False)
+    assert named["settings"]["training_cases"] == ["a"]  # named cases are checked too
+
+
+def test_evaluate_refuses_a_model_of_another_task(tmp_path, capsys):
+    from msa2net.cli import main
+
+    root = _ct_folder(tmp_path / "ds", labelled_test=True)
+    common = {"device": "cpu", "progress": False, "overlays_per_case": 0, "html": False}
+    other_names = _tiny_checkpoint(tmp_path / "names", Preprocessing(kind="ct_window"), ["background", "tumour"])
+    with pytest.raises(ValueError, match=r"segments \['background', 'tumour'\] but the data are labelled"):
+        evaluate(other_names, root, tmp_path / "a", **common)
+    mr_model = _tiny_checkpoint(tmp_path / "mr", Preprocessing(kind="zscore"), ["background", "organ"])
+    with pytest.raises(ValueError, match=r"robust per-case min-max .* but the data are .*Hounsfield"):
+        evaluate(mr_model, root, tmp_path / "b", **common)
+    assert main(["evaluate", "--checkpoint", str(mr_model), "--data", str(root), "--out", str(tmp_path / "c")]) == 2
+    assert "--allow-mismatched-input" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")  # refused before anything was written
+    summary = evaluate(mr_model, root, tmp_path / "d", allow_mismatched_input=True, **common)
+    assert summary["settings"]["allow_mismatched_input"] is True
+    generic = _tiny_checkpoint(tmp_path / "generic", Preprocessing(kind="ct_window"), ["class_0", "class_1"])
+    evaluate(generic, root, tmp_path / "e", **common)  # placeholder names say nothing: accepted
+    three = _tiny_checkpoint(tmp_path / "three", Preprocessing(kind="ct_window"), ["background", "organ", "x"])
+    with pytest.raises(ValueError, match="segments 3 classes"):
+        evaluate(three, root, tmp_path / "f", allow_mismatched_input=True, **common)
+
+
+def test_a_run_folder_stands_for_its_best_else_last_checkpoint(tmp_path):
+    from msa2net.engine.checkpoint import CheckpointError, resolve_checkpoint_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match="neither a run folder with best.pt or last.pt"):
+        resolve_checkpoint_path(run)
+    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="ct_window"), ["background", "organ"])
+    (run / "last.pt").write_bytes(ckpt.read_bytes())
+    assert resolve_checkpoint_path(run) == run / "last.pt"
+    (run / "best.pt").write_bytes(ckpt.read_bytes())
+    assert resolve_checkpoint_path(run) == run / "best.pt"
+    root = _ct_folder(tmp_path / "ds", labelled_test=True)
+    summary = evaluate(run, root, tmp_path / "ev", device="cpu", progress=False, overlays_per_case=0, html=False)
+    assert summary["settings"]["checkpoint"] == str(run / "best.pt")

@@ -26,7 +26,13 @@ from msa2net.cli import main
 from msa2net.config import load_config
 from msa2net.data.preprocessing import CT_PREPROCESSING
 from msa2net.data.synapse import CLASS_NAMES
-from msa2net.engine.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from msa2net.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from msa2net.engine.evaluate import evaluate
 from msa2net.engine.publish import publish
 from msa2net.models import HubUnavailableError, PretrainedError
@@ -528,3 +534,62 @@ def test_published_folder_loads_alone_in_a_fresh_process(run_dir: Path, publishe
     # the engine reads a published folder wherever it takes a checkpoint
     ckpt = load_checkpoint(alone)
     assert ckpt["class_names"] == list(CLASS_NAMES) and ckpt["pretrained"]["provenance"]["selection"] == "best"
+
+
+# ---------------------------------------------------------------------------------------------- what prediction needs
+
+
+def test_publish_keeps_the_slice_orientation_so_the_folder_segments_as_its_checkpoint(
+    scan: Path, tmp_path: Path
+) -> None:
+    """A model trained on sagittal slices (axis code AIR) must re-slice an axial scan (LPS) the same way whether it
+    is given as its checkpoint or as its published folder (or a re-save of that folder)."""
+    torch.manual_seed(1)
+    model = msa2net.create_model("msa2net_test", num_classes=9, img_size=64)
+    _randomise_buffers(model, 1)
+    ckpt = make_checkpoint(model, "msa2net_test", CT_PREPROCESSING.to_dict(), CLASS_NAMES, slice_orientation="AIR")
+    save_checkpoint(ckpt, tmp_path / "model.pt")
+    folder = tmp_path / "published"
+    publish(tmp_path / "model.pt", folder)
+    assert json.loads((folder / "config.json").read_text())["slice_orientation"] == "AIR"
+    loaded = msa2net.MSA2Net.from_pretrained(folder)
+    assert loaded.pretrained_config["slice_orientation"] == "AIR"
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert json.loads((tmp_path / "resaved" / "config.json").read_text())["slice_orientation"] == "AIR"
+
+    masks = {}
+    for flag, source in [("--checkpoint", tmp_path / "model.pt"), ("--model", folder), ("--model", "resaved")]:
+        out = tmp_path / f"out_{len(masks)}"
+        path = tmp_path / source if isinstance(source, str) else source
+        assert main(["predict", "-i", str(scan), "-o", str(out), flag, str(path), "--no-html"]) == 0
+        case = json.loads((out / "predictions.json").read_text())["cases"][0]
+        assert (case["axis_code"], case["segmented_as"]) == ("LPS", "AIR")
+        masks[str(path)] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "scan.nii.gz")))
+    first, *rest = masks.values()
+    for other in rest:
+        np.testing.assert_array_equal(other, first)
+
+
+def test_a_published_folder_of_the_first_format_warns_that_it_lacks_the_orientation(
+    published: Path, tmp_path: Path
+) -> None:
+    from msa2net.engine.checkpoint import LegacyModelWarning
+
+    old = tmp_path / "old"
+    shutil.copytree(published, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["slice_orientation"]
+    config["format_version"] = 1
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.warns(LegacyModelWarning, match=r"did not record the plane .*msa2net publish --checkpoint"):
+        ckpt = load_checkpoint(old)
+    assert ckpt["slice_orientation"] is None
+    config["format_version"] = 2  # a current folder must carry the field (null for 2D models)
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"lacks the fields \['slice_orientation'\]"):
+        load_checkpoint(old)
+
+
+def test_published_files_share_one_mode(published: Path) -> None:
+    modes = {p.name: p.stat().st_mode & 0o777 for p in published.iterdir()}
+    assert len(set(modes.values())) == 1, modes

@@ -291,3 +291,16 @@ def test_summarise_labels() -> None:
         summarise_labels(np.array([0, 3]), CLASSES)
     with pytest.raises(ValueError, match="integer label map"):
         summarise_labels(np.array([0.5]), CLASSES)
+
+
+def test_a_missing_or_unusable_input_is_reported_and_the_others_segmented(
+    grey_ckpt: Path, inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    missing, notes = tmp_path / "missing.nii.gz", tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    report = predict_files(grey_ckpt, [missing, inputs["raster"], notes], tmp_path / "out", progress=False)
+    assert [path for path, _ in report.failed] == [missing, notes]
+    assert "does not exist" in report.failed[0][1] and "unsupported suffix" in report.failed[1][1]
+    assert len(report.cases) == 1 and not report.ok
+    record = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [f["input"] for f in record["failed"]] == [str(missing), str(notes)]

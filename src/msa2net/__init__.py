@@ -4,22 +4,33 @@ import msa2net
 model = msa2net.create_model("msa2net_paper", num_classes=9, in_channels=1)
 msa2net.load_official_weights(model, "best_model.pth")   # the authors' checkpoint
 labels = msa2net.predict_volume(model, volume)           # (D, H, W) numpy in, labels out
+
+Names load on first use, so that ``msa2net --help`` and argument errors answer without importing torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
-from .models import MSA2Net, create_model, list_models, load_official_weights  # noqa: E402
+from ._version import __version__
 
 __all__ = ["MSA2Net", "create_model", "list_models", "load_official_weights", "predict_volume", "__version__"]
 
+_LAZY = {
+    "MSA2Net": ".models",
+    "create_model": ".models",
+    "list_models": ".models",
+    "load_official_weights": ".models",
+    "predict_volume": ".engine.inference",
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "predict_volume":  # engine code loads on first use
-        from .engine.inference import predict_volume
-
-        return predict_volume
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'msa2net' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -182,9 +182,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.train import config_from_checkpoint, train
 
     overrides = _train_overrides(args)
-    if args.resume and args.config is None:
-        base = config_from_checkpoint(args.resume).to_dict()
+    if args.resume:
+        if args.config is not None:
+            raise ValueError(
+                f"--resume continues a run with the config recorded in its checkpoint; drop {args.config!r} (to "
+                "change a field on top of the recorded config, pass --set KEY=VALUE)"
+            )
+        resume = Path(args.resume)
+        folder = resume if resume.is_dir() else resume.parent
+        base = config_from_checkpoint(resume).to_dict()
+        base["out_dir"] = str(folder)  # where the checkpoint is now, even if the run folder was moved
         cfg = load_config(f"config of {args.resume}", overrides, base=base)
+        if overrides:
+            print(f"note: resuming with changes on top of the checkpoint's config: {', '.join(overrides)}")
     else:
         cfg = load_config(args.config or "synapse", overrides)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -193,15 +203,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.checkpoint import resolve_checkpoint_path
     from .engine.evaluate import evaluate
 
     empty: str | float = args.empty
-    out = args.out or str(Path(args.checkpoint).with_suffix("")) + "_eval"
+    checkpoint = resolve_checkpoint_path(args.checkpoint)  # a run folder: its best.pt, else last.pt
+    out = args.out or str(checkpoint.with_suffix("")) + "_eval"
     report = evaluate(
-        args.checkpoint,
+        checkpoint,
         args.data,
         out,
         cases=args.cases,
+        split=args.split,
+        allow_mismatched_input=args.allow_mismatched_input,
         device=args.device,
         batch_size=args.batch_size,
         tta=args.tta,
@@ -218,6 +232,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(report["pooled"], indent=2))
     else:
         print(Path(out, "table.md").read_text())
+    warning = report["settings"].get("warning")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"report: {out}/summary.json")
     if Path(out, "report.html").is_file() and not args.no_html:
         print(f"browse: {Path(out, 'report.html').resolve().as_uri()}")
@@ -310,8 +327,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .config import AMP_MODES
+    from ._version import __version__
+    from .config import AMP_MODES, EVALUATION_SPLITS, PRESETS
 
     parser = argparse.ArgumentParser(prog="msa2net", description="MSA2Net medical image segmentation")
     parser.add_argument("--version", action="version", version=f"msa2net {__version__}")
@@ -373,7 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train (single process, or under torchrun for DDP)")
-    p.add_argument("config", nargs="?", default=None, help="preset (synapse, isic2018, folder, demo) or YAML file")
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help=f"preset ({', '.join(PRESETS)}) or YAML file (default synapse; with --resume: the checkpoint's config)",
+    )
     p.add_argument("--data", help="data root (data.root)")
     p.add_argument("--out", help="run folder (out_dir)")
     p.add_argument("--epochs", type=_int_at_least(1), help="training epochs (train.epochs)")
@@ -388,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="ImageNet weights file for the encoder, 'hub' (download), or 'none' (no pretrained weights)",
     )
     p.add_argument("--official", help="start from an authors' MSA2Net .pth")
-    p.add_argument("--resume", help="last.pt (or its run folder) to continue exactly")
+    p.add_argument(
+        "--resume",
+        help="last.pt (or its run folder) to continue exactly, with the config it records (--set changes fields)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run's outputs in --out (default: refuse)"
     )
@@ -396,10 +421,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="legacy + millimetre metrics of a checkpoint on a labelled test set")
-    p.add_argument("--checkpoint", required=True, help="msa2net checkpoint or an authors' .pth")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run folder (its best.pt, else last.pt), msa2net checkpoint, published model folder or an authors' .pth",
+    )
     p.add_argument("--data", required=True, help="prepared Synapse folder, dataset folder or prepared ISIC folder")
-    p.add_argument("--out", help="report folder (default: next to the checkpoint)")
-    p.add_argument("--cases", nargs="+", help="evaluate only these test cases, e.g. case0001 case0002 (default: all)")
+    p.add_argument("--out", help="report folder (default: next to the checkpoint, e.g. RUN/best_eval)")
+    p.add_argument(
+        "--split",
+        choices=EVALUATION_SPLITS,
+        default="test",
+        help="test: the labelled test cases (refused when there are none); train: the training cases, which the "
+        "model has seen (the report says so). Default test",
+    )
+    p.add_argument("--cases", nargs="+", help="evaluate only these cases, e.g. case0001 case0002 (default: --split)")
+    p.add_argument(
+        "--allow-mismatched-input",
+        action="store_true",
+        help="evaluate even when the model's class names or input intensities differ from the data's",
+    )
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(
         "--batch-size",

@@ -37,6 +37,8 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SCHEDULERS: tuple[str, ...] = ("poly", "plateau", "constant")
 #: ``train.amp``: mixed precision (fp16 needs CUDA).
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
+#: What ``evaluate`` scores by default: the labelled test cases, or (asked for) the labelled training cases.
+EVALUATION_SPLITS: tuple[str, ...] = ("test", "train")
 #: ``train.lr_scaling``: the authors' batch/24 rule, or the LR as given.
 LR_SCALINGS: tuple[str, ...] = ("authors", "none")
 #: ``train.loss_weights`` keys (``train.loss=ce_dice`` only).
@@ -130,7 +132,7 @@ class TrainConfig:
     seed: int = 1234
     eval_every: int = 20
     eval_batch_size: int = 16
-    max_iterations: int | None = None  # stop early (smoke runs); the schedule still spans all epochs
+    max_iterations: int | None = None  # stop after this many iterations; the schedule spans the iterations that run
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     log_every: int = 10
     progress: bool = True

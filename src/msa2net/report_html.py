@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .report import OVERLAY_COLORS, evaluation_tables, json_safe
 
 __all__ = [

@@ -12,7 +12,8 @@ msa2net, they carry their own terms):
 The task (:func:`prepare_aal`): 9 classes, background and the 8 lobes (:data:`CLASS_NAMES`), left and right merged.
 
 Split: neighbouring slices are nearly identical, so a random slice split leaks. Slices are sagittal and the split
-is by hemisphere at the midline plane ``x = 0`` mm of MNI space: the left hemisphere with the midline slice trains
+is by hemisphere at the midline plane ``x = 0`` mm of MNI space (RAS: the left hemisphere lies at x < 0; ITK's LPS
+world coordinates, used in the code, put it at x > 0): the left hemisphere with the midline slice trains
 (cut into :data:`DEFAULT_SLABS` contiguous slabs, so that held-out validation works by case), the right hemisphere
 (one case, :data:`TEST_CASE`) is the labelled test set (``imagesTs/`` + ``labelsTs/``).
 
@@ -95,10 +96,10 @@ CASE_PREFIX = "aal_"
 HEMISPHERE_TOLERANCE = 0.05
 
 _SPLIT_RULE = (
-    "sagittal slices; the midline plane is x = 0 mm (MNI); slices centred at x >= 0 (the left hemisphere and the "
+    "sagittal slices; the midline plane is x = 0 mm; slices centred at MNI x <= 0 (RAS: the left hemisphere, and the "
     "midline slice) are the training side, cut into contiguous slabs aal_left_1 (lateral) .. aal_left_N (medial); "
-    "slices at x < 0 (the right hemisphere) are the labelled test case aal_right; lobes are merged across left and "
-    "right"
+    "slices at MNI x > 0 (the right hemisphere) are the labelled test case aal_right; lobes are merged across left "
+    "and right"
 )
 _CASE_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 

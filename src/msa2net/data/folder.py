@@ -814,7 +814,8 @@ class FolderSource(Source):
 
     Classes, channels and the intensity mapping come from ``dataset.json`` (:meth:`DatasetSpec.preprocessing`).
     Every labelled training case can train or validate. Labelled test cases (``imagesTs/`` with ``labelsTs/``) are
-    :meth:`test_ids`: ``evaluate`` scores them by default (else every labelled training case), and
+    :meth:`test_ids`: ``evaluate`` scores them by default (a folder without them is refused unless the training
+    cases are asked for, ``--split train``), and
     ``data.validation=test`` validates on them (with a note that their scores are then no clean test).
 
     The folder is validated completely once, on first use (every case read and checked); the datasets built from
@@ -864,10 +865,6 @@ class FolderSource(Source):
     def test_ids(self) -> list[str]:
         """The labelled test cases (``imagesTs/`` cases labelled in ``labelsTs/``); empty without ``labelsTs/``."""
         return list(self._validated().labelled_test_cases)
-
-    def evaluation_ids(self) -> list[str]:
-        """The labelled test cases when there are any, else every labelled training case."""
-        return self.test_ids() or self.train_ids()
 
     def training_dataset(
         self, ids: Sequence[str], transform: Callable[..., tuple[torch.Tensor, torch.Tensor]], seed: int

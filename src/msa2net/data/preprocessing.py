@@ -323,6 +323,36 @@ class Preprocessing:
             )
         return None
 
+    def describe(self) -> str:
+        """What this mapping takes as input, in words (for messages and reports)."""
+        if self.kind == "ct_window":
+            lo, hi = self.window  # type: ignore[misc]
+            return f"CT in Hounsfield units, windowed to [{lo:g}, {hi:g}] HU (ct_window)"
+        if self.kind == "rgb":
+            return "8-bit values 0..255 divided by 255 (rgb)"
+        if self.kind == "unit":
+            return "values already scaled to [0, 1] (unit)"
+        return "any intensity range, by robust per-case min-max (zscore)"
+
+    def input_difference(self, other: Preprocessing) -> str | None:
+        """Why data mapped by ``other`` are not the input this mapping was built for, or None when they are.
+
+        Only what raw intensities mean is compared (kind, CT window, channels); the model-space ``mean``/``std``
+        and ``clip_percentiles`` do not change what a file must hold.
+        """
+        def meaning(prep: Preprocessing) -> tuple[Any, ...]:
+            # "unit" data are the Synapse release: CT already windowed to the default window and scaled to [0, 1]
+            if prep.kind == "unit":
+                return ("ct_window", DEFAULT_CT_WINDOW, prep.in_channels)
+            return (prep.kind, prep.window, prep.in_channels)
+
+        if meaning(self) == meaning(other):
+            return None
+        return (
+            f"it takes {self.in_channels}-channel {self.describe()}, but the data are {other.in_channels}-channel "
+            f"{other.describe()}"
+        )
+
     def unit_input(self) -> Preprocessing:
         """The same model-space step for data already mapped by :meth:`to_unit`: a ``unit`` pass-through with this
         mapping's ``mean``/``std`` (what inference applies to :class:`~msa2net.data.source.Case` images)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -23,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
 from .._atomic import atomic_path
+from .._version import __version__
 from ..data.preprocessing import CT_PREPROCESSING
 from ..data.synapse import CLASS_NAMES as SYNAPSE_CLASS_NAMES
 from ..models import MSA2Net, create_model
@@ -43,6 +44,10 @@ HEAD_WEIGHT = "decoder.stage0.head.weight"
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable, or lacks fields; the message names the file."""
+
+
+class LegacyModelWarning(UserWarning):
+    """A model file of an older format that lacks a record prediction uses; the message says what to do."""
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -127,8 +132,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read and validate a checkpoint: ours, an authors' ``.pth``, or a ``.safetensors`` export.
 
     Args:
-        path: The file, or a published model folder (``config.json`` + ``model.safetensors``, see
-            :func:`checkpoint_from_pretrained`).
+        path: The file, a run folder (its ``best.pt``, else ``last.pt``: :func:`resolve_checkpoint_path`), or a
+            published model folder (``config.json`` + ``model.safetensors``, see :func:`checkpoint_from_pretrained`).
         map_location: Device of the loaded tensors.
 
     Returns:
@@ -140,14 +145,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             metadata disagrees with itself or its weights (see :func:`check_checkpoint`). The message names the
             file.
     """
-    path = Path(path)
+    path = resolve_checkpoint_path(path)
     if path.is_dir():
-        if (path / CONFIG_NAME).is_file():
-            return checkpoint_from_pretrained(path)
-        raise CheckpointError(
-            f"{str(path)!r} is a folder but not a published model (no {CONFIG_NAME}); pass a checkpoint file such as "
-            f"{str(path / 'best.pt')!r}, or a folder written by `msa2net publish`"
-        )
+        return checkpoint_from_pretrained(path)
     if path.suffix == ".safetensors" and path.is_file():
         ckpt = load_safetensors_checkpoint(path)
         check_checkpoint(ckpt, f"checkpoint {str(path)!r}")
@@ -176,6 +176,32 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         )
     check_checkpoint(ckpt, f"checkpoint {str(path)!r}")
     return ckpt
+
+
+#: What a run folder resolves to, in this order: the best validated epoch, else the last one (no validation).
+RUN_FOLDER_CHECKPOINTS: tuple[str, ...] = ("best.pt", "last.pt")
+
+
+def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """The file (or published folder) a model path names: a run folder gives its ``best.pt``, else ``last.pt``.
+
+    A checkpoint file and a published folder (``config.json`` inside) are returned as they are. A path that does
+    not exist is returned too (the reader names it).
+
+    Raises:
+        CheckpointError: a folder that is neither a published model nor a run folder with a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_dir() or (path / CONFIG_NAME).is_file():
+        return path
+    found = next((path / name for name in RUN_FOLDER_CHECKPOINTS if (path / name).is_file()), None)
+    if found is None:
+        raise CheckpointError(
+            f"{str(path)!r} is a folder but neither a run folder with best.pt or last.pt nor a published model (no "
+            f"{CONFIG_NAME}); pass a checkpoint file, a run folder of `msa2net train`, or a folder written by "
+            "`msa2net publish`"
+        )
+    return found
 
 
 def check_checkpoint(ckpt: Mapping[str, Any], where: str = "checkpoint") -> None:
@@ -305,6 +331,7 @@ def export_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> None
         "model_args": json.dumps(ckpt["model_args"]),
         "preprocessing": json.dumps(ckpt["preprocessing"]),
         "class_names": json.dumps(list(ckpt["class_names"])),
+        "slice_orientation": json.dumps(ckpt.get("slice_orientation")),
         "msa2net_version": __version__,
     }
     tensors = {k: v.contiguous() for k, v in ckpt["model"].items()}
@@ -332,6 +359,7 @@ def load_safetensors_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "preprocessing": json.loads(meta["preprocessing"]),
         "class_names": json.loads(meta["class_names"]),
         "config": {},
+        "slice_orientation": json.loads(meta.get("slice_orientation", "null")),
     }
 
 
@@ -375,9 +403,20 @@ def checkpoint_from_pretrained(
         "preprocessing": dict(config["preprocessing"]),
         "class_names": list(config["class_names"]),
         "config": dict((config.get("provenance") or {}).get("run_config") or {}),
+        "slice_orientation": config.get("slice_orientation"),
         "pretrained": config,
     }
     check_checkpoint(ckpt, where)
+    if "slice_orientation" not in config:
+        warnings.warn(
+            f"{where} was published by msa2net {config.get('msa2net_version') or '< 0.1'} (config.json format_version "
+            f"{config.get('format_version')}), which did not record the plane the model was trained in: volumes are "
+            "sliced along their first array axis as stored. If the model was trained on volumes of another layout "
+            "(e.g. the aal preset's sagittal slices), its masks of such volumes are wrong: publish it again from its "
+            "training checkpoint (msa2net publish --checkpoint RUN_FOLDER -o FOLDER), which records it.",
+            LegacyModelWarning,
+            stacklevel=2,
+        )
     return ckpt
 
 

@@ -6,12 +6,14 @@ import contextlib
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..config import EVALUATION_SPLITS
 from ..data.io import Geometry, write_image
 from ..data.preprocessing import Preprocessing
 from ..data.source import Case, Source, open_source
@@ -28,7 +30,7 @@ from ..report import (
     write_overlay_png,
 )
 from ..report_html import HtmlReport
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_model_source, model_from_checkpoint, resolve_checkpoint_path
 from .distributed import resolve_device
 from .inference import AmpCheck, predict_volume
 
@@ -41,6 +43,8 @@ def evaluate(
     out_dir: str | os.PathLike,
     *,
     cases: list[str] | None = None,
+    split: str = "test",
+    allow_mismatched_input: bool = False,
     device: str = "auto",
     batch_size: int = 16,
     tta: bool = False,
@@ -73,9 +77,18 @@ def evaluate(
     ISIC 2018: pixels pooled over the test split (DSC, IoU, sensitivity, specificity, accuracy), optionally
     after the opening + hole-filling post-process of that protocol.
 
-    ``data`` is any dataset folder :func:`~msa2net.data.source.open_source` recognises (``kind`` forces one); the
-    cases are ``cases``, else the source's evaluation cases (Synapse and ISIC: the test set; dataset folders:
-    every labelled case).
+    ``checkpoint`` is a checkpoint file (ours or the authors' ``.pth``), a run folder (its ``best.pt``, else
+    ``last.pt``), a published model folder or a hub repo id of one. ``data`` is any dataset folder
+    :func:`~msa2net.data.source.open_source` recognises (``kind`` forces one). The cases are ``cases``, else those of
+    ``split``: ``"test"`` (the labelled test cases: Synapse's and ISIC's test sets, a dataset folder's ``imagesTs/``
+    with ``labelsTs/``; a source without any is refused) or ``"train"`` (the labelled training cases). Scores of
+    cases the model trained on measure fit, not generalisation: when any evaluated case is a training case, the
+    summary's ``settings.warning`` says so, its table rows are labelled "TRAINING cases", and ``report.html`` shows
+    the warning on top.
+
+    The model must be one for the data's task: the class count and input channels must match, and so must the class
+    names (unless either side has only generic ``class_N`` names) and what input intensities mean (the
+    preprocessing kind and CT window); ``allow_mismatched_input`` evaluates despite the last two.
 
     ``compare_fp32`` (with ``amp``) also segments every case in float32 and records the agreement of the
     mixed-precision labels with the float32 ones in ``summary.json`` under ``settings.amp_check``
@@ -86,24 +99,38 @@ def evaluate(
         The summary dict written to ``summary.json``.
     """
     out = Path(out_dir)
-    ckpt = load_checkpoint(checkpoint)
+    if isinstance(checkpoint, (str, os.PathLike)) and Path(checkpoint).exists():
+        checkpoint = resolve_checkpoint_path(checkpoint)
+    ckpt = load_model_source(checkpoint)
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     class_names = list(ckpt["class_names"])
     source = open_source(data, kind)
-    _check_fits(source, class_names, prep, checkpoint)
+    _check_fits(source, class_names, prep, checkpoint, allow_mismatched_input)
+    ids, training = _evaluation_cases(source, cases, split)
     model = model_from_checkpoint(ckpt, resolve_device(device))
-    ids = list(cases) if cases else source.evaluation_ids()
     out.mkdir(parents=True, exist_ok=True)
-    settings = {
+    settings: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "model": ckpt["model_name"],
         "data": str(source.root),
         "kind": source.kind,
+        "split": "cases" if cases else split,
         "cases": ids,
         "tta": tta,
         "empty_policy_mm": empty,
         "nsd_tolerance_mm": nsd_tolerance_mm,
     }
+    if allow_mismatched_input:
+        settings["allow_mismatched_input"] = True
+    if training:
+        settings["training_cases"] = training
+        settings["warning"] = (
+            f"{len(training)} of the {len(ids)} evaluated cases are TRAINING cases ({', '.join(training)}): the "
+            "model has seen them, so their scores measure fit, not how it does on new data"
+        )
+        notes = [settings["warning"], *notes]
+        title = f"{title or ckpt['model_name']} (TRAINING cases)"
+        logger.warning("%s", settings["warning"])
     amp_check = AmpCheck(class_names, amp) if compare_fp32 else None
     if amp_check is not None:  # filled case by case, so complete when the summary is built
         settings["amp_check"] = amp_check.record
@@ -112,7 +139,9 @@ def evaluate(
     page = _open_html(
         out, class_names, html, f"msa2net evaluation: {title or ckpt['model_name']} on {source.root.name}"
     )
-    history, history_note, mark_epoch = _training_history(Path(checkpoint), ckpt) if page else (None, "", None)
+    history, history_note, mark_epoch = (
+        _training_history(Path(checkpoint), ckpt) if page and not isinstance(checkpoint, Mapping) else (None, "", None)
+    )
 
     def finish_html(summary: Mapping[str, Any]) -> None:
         if page is None:
@@ -259,11 +288,61 @@ def _evaluate_cases(
     return report
 
 
-def _check_fits(source: Source, class_names: list[str], prep: Preprocessing, checkpoint: Any) -> None:
+def _evaluation_cases(source: Source, cases: Sequence[str] | None, split: str) -> tuple[list[str], list[str]]:
+    """``(case ids to evaluate, those of them that are training cases)``.
+
+    Raises:
+        ValueError: an unknown ``split``, or ``split="test"`` on a source without labelled test cases.
+    """
+    if split not in EVALUATION_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(EVALUATION_SPLITS)}, got {split!r}")
+    train = source.train_ids()
+    if cases:
+        ids = source._select(cases, [*train, *source.test_ids()], "cases")
+    elif split == "train":
+        ids = list(train)
+    else:
+        ids = source.evaluation_ids()
+        if not ids:
+            raise ValueError(
+                f"{source.describe()} has no labelled test cases (a dataset folder has them when imagesTs/ comes with "
+                "labelsTs/), so there is no test set to score. Pass --split train (split='train') to score the "
+                "training cases, which the model has seen (the result says so), or --cases to name cases"
+            )
+    training = [c for c in ids if c in set(train)]
+    return ids, training
+
+
+def _generic(names: Sequence[str]) -> bool:
+    """Whether class names are placeholders (``class_0 ..``), which say nothing about the task."""
+    return all(re.fullmatch(r"class_\d+", str(n)) for n in names[1:])
+
+
+def _check_fits(
+    source: Source, class_names: list[str], prep: Preprocessing, checkpoint: Any, allow_mismatched_input: bool
+) -> None:
+    """Refuse a model of another task: class count and channels always; class names and input meaning unless
+    ``allow_mismatched_input``."""
     if len(class_names) != source.num_classes or prep.in_channels != source.in_channels:
         raise ValueError(
             f"checkpoint {checkpoint} segments {len(class_names)} classes from {prep.in_channels} channel(s) but "
             f"{source.describe()}; evaluate it on data of the task it was trained for"
+        )
+    if allow_mismatched_input:
+        return
+    problems = []
+    if [str(c) for c in class_names] != [str(c) for c in source.class_names] and not (
+        _generic(class_names) or _generic(source.class_names)
+    ):
+        problems.append(f"it segments {class_names} but the data are labelled {list(source.class_names)}")
+    differs = prep.input_difference(source.preprocessing)
+    if differs:
+        problems.append(differs)
+    if problems:
+        raise ValueError(
+            f"checkpoint {checkpoint} is not a model for {source.root}: {'; and '.join(problems)}. Evaluate it on data "
+            "of the task it was trained for, or pass --allow-mismatched-input (allow_mismatched_input=True) if you "
+            "are sure the data fit"
         )
 
 

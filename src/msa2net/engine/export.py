@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..models import MSA2Net
 from .checkpoint import export_safetensors, load_checkpoint, model_from_checkpoint
 

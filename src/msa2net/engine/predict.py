@@ -304,7 +304,7 @@ def _segment_one(
     spacing = None if image_suffix(source) in RASTER_SUFFIXES else tuple(reversed(geometry.spacing))
     sizes = class_volumes(labels, class_names, spacing)
     keep_geometry = None if suffix == ".png" else geometry
-    shown_labels = labels  # overlays show the plane the model segmented
+    shown_labels = labels  # overlays and previews show the plane the model segmented (``image`` is in it too)
     if move is not None:
         labels = np.ascontiguousarray(move.inverse().apply(labels))
 
@@ -326,7 +326,7 @@ def _segment_one(
     preview_path = volumes_path = None
     if preview:
         preview_path = out_dir / f"{stem}_preview.png"
-        _write_preview(_display_image(prep, image), labels, spatial, class_names, preview_path)
+        _write_preview(_display_image(prep, image), shown_labels, spatial, class_names, preview_path)
         written.append(preview_path)
     if volumes:
         volumes_path = out_dir / f"{stem}_volumes.json"
@@ -513,8 +513,9 @@ def predict_files(
     Raises:
         CheckpointError: the checkpoint or folder is missing, unreadable, or lacks fields (the message names them).
         HubUnavailableError: a repo id whose files are not cached while the hub cannot be reached (within seconds).
-        FileNotFoundError: an input path does not exist.
-        ValueError: an input has an unsupported suffix or a folder holds no images; an unknown ``output_format``,
+        FileNotFoundError: the only input path does not exist (with several, a missing one is listed in
+            :attr:`PredictReport.failed` and skipped, like an unsupported file or a folder without images).
+        ValueError: no input is usable (an unsupported suffix, a folder without images); an unknown ``output_format``,
             ``amp`` or ``batch_size``; ``overlays`` or ``preview`` for a model with more classes than overlay
             colours; ``max_pixels`` (or ``MSA2NET_MAX_PIXELS``) is not a positive whole number; ``out_dir`` is an
             existing file.
@@ -527,7 +528,7 @@ def predict_files(
     pixel_limit = resolve_max_pixels(max_pixels)
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"out_dir {out_dir} exists and is not a folder; give a folder (it is created if missing)")
-    sources = list_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
+    sources, unusable = _expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
     ckpt = load_model_source(checkpoint)
     class_names = list(ckpt["class_names"])
     if (overlays or preview) and len(class_names) > len(OVERLAY_COLORS):
@@ -543,7 +544,9 @@ def predict_files(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    report = PredictReport()
+    report = PredictReport(failed=unusable)
+    for path, reason in unusable:
+        logger.warning("skipped %s: %s", path, reason)
     page: HtmlReport | None = None
     if html and len(class_names) > len(OVERLAY_COLORS):
         logger.warning(
@@ -584,6 +587,32 @@ def predict_files(
         if page is not None:
             report.html_path = page.finish(predictions=record)
     return report
+
+
+def _expand_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``(inputs found, (path, reason) of each given path that gives none)``: a missing path, an unsupported file or
+    a folder without images is reported and skipped like any other bad input, unless no input is left.
+
+    Raises:
+        FileNotFoundError, ValueError: no given path gives an input (the first error, naming every path).
+    """
+    found: dict[Path, Path] = {}
+    unusable: list[tuple[Path, str]] = []
+    errors: list[Exception] = []
+    for item in items:
+        try:
+            for path in list_inputs([item]):
+                found.setdefault(path.resolve(), path)
+        except (FileNotFoundError, ValueError) as err:
+            unusable.append((Path(item), str(err)))
+            errors.append(err)
+    if not found:
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise type(errors[0])("no input to segment: " + "; ".join(reason for _, reason in unusable))
+        raise ValueError("no input to segment: pass image files, DICOM series folders or folders of them")
+    return list(found.values()), unusable
 
 
 def _predict_all(

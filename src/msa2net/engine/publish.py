@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.pretrained import CONFIG_NAME, build_pretrained_config, file_sha256, push_folder_to_hub, save_pretrained
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
 
 __all__ = ["EVAL_SUMMARY_CANDIDATES", "PublishResult", "find_run_files", "provenance_of", "publish"]
 
@@ -62,11 +62,7 @@ def find_run_files(source: str | os.PathLike[str]) -> tuple[Path, Path | None]:
         raise CheckpointError(f"{str(path)!r} does not exist; pass a checkpoint file (RUN/best.pt) or a run folder")
     if path.is_file() or (path / CONFIG_NAME).is_file():  # a checkpoint, or a published folder (re-published)
         return path, None
-    checkpoint = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), None)
-    if checkpoint is None:
-        raise CheckpointError(
-            f"run folder {str(path)!r} holds neither best.pt nor last.pt; pass the checkpoint file itself"
-        )
+    checkpoint = resolve_checkpoint_path(path)
     summary = next((path / c for c in EVAL_SUMMARY_CANDIDATES if (path / c).is_file()), None)
     return checkpoint, summary
 
@@ -191,6 +187,7 @@ def publish(
         provenance=provenance_of(ckpt, checkpoint),
         evaluation=summary,
         license=license,
+        slice_orientation=ckpt.get("slice_orientation"),
     )
     folder = save_pretrained(model, out_dir, config=config, repo_id=push, overwrite=overwrite)
     result = PublishResult(

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-__all__ = ["RUN_OUTPUTS", "RunFolderBusy", "RunFolderLock", "prepare_run_folder"]
+__all__ = ["RUN_OUTPUTS", "RunFolderBusy", "RunFolderLock", "prepare_run_folder", "remove_run_outputs"]
 
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
 RUN_OUTPUTS: tuple[str, ...] = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png", "tensorboard")
@@ -112,12 +112,20 @@ def prepare_run_folder(folder: str | os.PathLike[str], *, resume: bool, overwrit
         return removed
     if not overwrite:
         shown = ", ".join(entries[:6]) + (" ..." if len(entries) > 6 else "")
+        last = folder / "last.pt"
+        how = f"continue that run with --resume {last}" if last.is_file() else "(no last.pt to resume from)"
         raise FileExistsError(
-            f"run folder {folder} already holds {shown}; continue that run with --resume {folder / 'last.pt'}, "
-            "replace it with --overwrite, or train into another --out"
+            f"run folder {folder} already holds {shown}; {how}, replace it with --overwrite, or train into another "
+            "--out"
         )
+    return removed + remove_run_outputs(folder)
+
+
+def remove_run_outputs(folder: str | os.PathLike[str]) -> list[str]:
+    """Remove a run's own outputs (:data:`RUN_OUTPUTS`) from ``folder``, nothing else; returns the names removed."""
+    removed = []
     for name in RUN_OUTPUTS:
-        path = folder / name
+        path = Path(folder) / name
         if path.is_dir():
             shutil.rmtree(path)
             removed.append(name)

@@ -29,7 +29,7 @@ from ..report import write_metrics_csv as _write_metrics_csv
 from . import distributed
 from .checkpoint import load_checkpoint, make_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .inference import predict_volume
-from .run_folder import RunFolderLock, prepare_run_folder
+from .run_folder import RunFolderLock, prepare_run_folder, remove_run_outputs
 
 # ---------------------------------------------------------------------------------------------- data
 
@@ -190,17 +190,32 @@ def train(cfg: Config, resume: str | os.PathLike | None = None, overwrite: bool 
                 print(f"note: removed from {cfg.out_dir}: {', '.join(removed)}")
         return _train(cfg, info, resume)
     except KeyboardInterrupt:
-        if info.is_main and (Path(cfg.out_dir) / "last.pt").is_file():
-            print(
-                f"\ninterrupted: continue with  msa2net train --resume {Path(cfg.out_dir) / 'last.pt'}  (the last "
-                "completed epoch is kept)",
-                file=sys.stderr,
-            )
+        if info.is_main:
+            _explain_interrupt(Path(cfg.out_dir))
         raise
     finally:
         if lock is not None:
             lock.release()
         distributed.cleanup()
+
+
+def _explain_interrupt(out: Path) -> None:
+    """Say what an interrupted run left: a ``last.pt`` to resume from, or, before the first epoch ended, nothing
+    worth keeping (its partial outputs are removed so that the same command starts again)."""
+    if (out / "last.pt").is_file():
+        print(
+            f"\ninterrupted: continue with  msa2net train --resume {out / 'last.pt'}  (the last completed epoch is "
+            "kept)",
+            file=sys.stderr,
+        )
+        return
+    removed = remove_run_outputs(out)
+    print(
+        "\ninterrupted before the first epoch ended: no checkpoint was written"
+        + (f"; removed the partial outputs ({', '.join(removed)}) from {out}" if removed else "")
+        + ". Run the same command again to start over.",
+        file=sys.stderr,
+    )
 
 
 class _NoLoneLastBatch(BatchSampler):
@@ -243,8 +258,8 @@ class _Run:
     amp_dtype: torch.dtype | None
     use_scaler: bool
     lr: float
+    #: iterations this run ends at: epochs x batches per epoch, or train.max_iterations when smaller
     max_iterations: int
-    stop_at: int
     # state carried by checkpoints
     iteration: int = 0
     start_epoch: int = 0
@@ -298,7 +313,9 @@ def _build(cfg: Config, info: distributed.DistInfo, ckpt: dict[str, Any] | None)
         raise ValueError(
             f"{len(sampler)} training sample(s) per process in {cfg.data.root}: too few for one batch of 2; add data"
         )
-    max_iterations = t.epochs * len(loader)
+    planned = t.epochs * len(loader)
+    # the schedule (poly) anneals over the iterations that will run: train.max_iterations when it stops earlier
+    max_iterations = min(planned, t.max_iterations) if t.max_iterations is not None else planned
 
     model = create_model(
         m.name,
@@ -333,7 +350,6 @@ def _build(cfg: Config, info: distributed.DistInfo, ckpt: dict[str, Any] | None)
         use_scaler=use_scaler,
         lr=lr,
         max_iterations=max_iterations,
-        stop_at=t.max_iterations if t.max_iterations is not None else max_iterations,
     )
     if ckpt is not None:
         _restore(run, ckpt)
@@ -442,7 +458,7 @@ def _train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
             run.writer.add_scalar("train/loss", loss.item(), run.iteration)
             run.writer.add_scalar("train/grad_norm", float(grad_norm), run.iteration)
             run.writer.add_scalar("train/lr", current_lr, run.iteration)
-        if run.iteration >= run.stop_at:
+        if run.iteration >= run.max_iterations:
             break
     totals = distributed.all_reduce_sum(torch.tensor([float(loss_sum), float(n_batches)]), info)
     return {
@@ -458,7 +474,7 @@ def _train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
 def _validate_if_due(run: _Run, epoch: int, row: dict[str, float]) -> bool:
     """Validate when due; record it in ``row`` and TensorBoard. Returns whether the best Dice improved."""
     t = run.cfg.train
-    due = (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs or run.iteration >= run.stop_at
+    due = (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs or run.iteration >= run.max_iterations
     if not (run.data.split.val and due):
         return False
     val_amp = "bf16" if run.amp_dtype == torch.bfloat16 else None
@@ -523,9 +539,14 @@ def _end_of_epoch(run: _Run, epoch: int, row: dict[str, float]) -> None:
 def _train(cfg: Config, info: distributed.DistInfo, resume: str | os.PathLike | None) -> dict[str, Any]:
     ckpt = _load_resume(resume) if resume is not None else None
     run = _build(cfg, info, ckpt)
+    if ckpt is not None and info.is_main:
+        print(
+            f"resuming {resume} after epoch {run.start_epoch} of {cfg.train.epochs} (iteration {run.iteration} of "
+            f"{run.max_iterations})"
+        )
     _start_logging(run, resumed=ckpt is not None)
     for epoch in range(run.start_epoch, cfg.train.epochs):
-        if run.iteration >= run.stop_at:
+        if run.iteration >= run.max_iterations:
             break
         row = _train_one_epoch(run, epoch)
         _end_of_epoch(run, epoch, row)

@@ -245,6 +245,7 @@ class MSA2Net(nn.Module):
         provenance: Mapping[str, Any] | None,
         evaluation: Mapping[str, Any] | None,
         license: str | None,
+        slice_orientation: str | None = None,
     ) -> dict[str, Any]:
         from .pretrained import build_pretrained_config
 
@@ -257,6 +258,7 @@ class MSA2Net(nn.Module):
             provenance=provenance if provenance is not None else old.get("provenance"),
             evaluation=evaluation if evaluation is not None else old.get("evaluation"),
             license=license or old.get("license") or "mit",
+            slice_orientation=slice_orientation or old.get("slice_orientation"),
         )
 
     def save_pretrained(
@@ -269,6 +271,7 @@ class MSA2Net(nn.Module):
         provenance: Mapping[str, Any] | None = None,
         evaluation: Mapping[str, Any] | None = None,
         license: str | None = None,
+        slice_orientation: str | None = None,
         repo_id: str | None = None,
         overwrite: bool = False,
     ) -> Path:
@@ -288,6 +291,8 @@ class MSA2Net(nn.Module):
             provenance: Where the weights come from (source checkpoint, epoch, metrics, run config).
             evaluation: ``summary.json`` of ``msa2net evaluate`` (per-case rows dropped); shown in the card.
             license: Hub licence id of the weights; default ``mit``.
+            slice_orientation: Axis code of the training volumes (e.g. ``"AIR"``), which prediction re-indexes new
+                volumes to; None: 2D data, or volumes sliced as stored.
             repo_id: The hub repo the folder is meant for (the card's usage examples).
             overwrite: Replace a non-empty ``save_directory``.
 
@@ -300,7 +305,9 @@ class MSA2Net(nn.Module):
         """
         from .pretrained import save_pretrained
 
-        config = self._pretrained_config(model_name, preprocessing, class_names, provenance, evaluation, license)
+        config = self._pretrained_config(
+            model_name, preprocessing, class_names, provenance, evaluation, license, slice_orientation
+        )
         return save_pretrained(self, save_directory, config=config, repo_id=repo_id, overwrite=overwrite)
 
     @classmethod

@@ -62,9 +62,10 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-#: ``config.json`` ``format`` field of msa2net folders, and the newest ``format_version`` this code reads.
+#: ``config.json`` ``format`` field of msa2net folders, and the newest ``format_version`` this code reads. Version 2
+#: added ``slice_orientation`` (required from then on; version 1 folders did not record it).
 FORMAT = "msa2net-pretrained"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LIBRARY_NAME = "msa2net"
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -149,6 +150,7 @@ def build_pretrained_config(
     provenance: Mapping[str, Any] | None = None,
     evaluation: Mapping[str, Any] | None = None,
     license: str = "mit",
+    slice_orientation: str | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` content for ``model``.
 
@@ -164,6 +166,9 @@ def build_pretrained_config(
         evaluation: An evaluation summary (``summary.json`` of ``msa2net evaluate``) without per-case rows; stored
             as given, shown by the model card.
         license: The weights' licence, a hub licence id (``mit``, ``apache-2.0``, ``cc-by-nc-4.0``, ``other``, ...).
+        slice_orientation: The axis code of the volumes the model was trained on (e.g. ``"AIR"``: sagittal slices;
+            see :mod:`msa2net.data.orientation`), which prediction re-indexes new volumes to; None for 2D data or
+            when unknown (volumes are then sliced as stored).
 
     Returns:
         A JSON-ready dict (see the module docstring for its keys).
@@ -172,7 +177,7 @@ def build_pretrained_config(
         PretrainedError: the number of class names differs from the model's classes, or the preprocessing's
             ``in_channels`` from the model's.
     """
-    from .. import __version__
+    from .._version import __version__
     from .msa2net import registered_name
 
     names = [str(c) for c in class_names] if class_names is not None else None
@@ -199,6 +204,7 @@ def build_pretrained_config(
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
         "preprocessing": prep,
         "class_names": names,
+        "slice_orientation": None if slice_orientation is None else str(slice_orientation),
         "license": str(license),
         "provenance": dict(provenance or {}),
         "evaluation": dict(evaluation) if evaluation is not None else None,
@@ -223,7 +229,8 @@ def _check_config(config: Any, where: str) -> dict[str, Any]:
             f"{where} has format_version {version!r}; this msa2net reads versions up to {FORMAT_VERSION}: upgrade "
             "msa2net (pip install -U msa2net)"
         )
-    missing = [k for k in ("model_args", "class_names") if k not in config]
+    required = ("model_args", "class_names") + (("slice_orientation",) if version >= 2 else ())
+    missing = [k for k in required if k not in config]
     if missing:
         raise PretrainedError(f"{where} lacks the fields {missing}; re-publish the model with msa2net")
     args = config["model_args"]
@@ -247,8 +254,8 @@ def _replace_folder(staging: Path, target: Path, overwrite: bool) -> None:
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
             raise PretrainedError(
-                f"output folder {target} exists and is not empty; choose a new folder, or pass --overwrite "
-                "(overwrite=True) to replace it"
+                f"output folder {target} exists and is not empty; choose a new folder, or replace it (--overwrite on "
+                "the command line, overwrite=True in Python)"
             )
         trash = target.parent / f".trash-{uuid.uuid4().hex[:12]}-{target.name}"
         os.replace(target, trash)
@@ -308,8 +315,8 @@ def save_pretrained(
         raise PretrainedError(f"{target} exists and is not a folder; choose another output folder")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise PretrainedError(
-            f"output folder {target} exists and is not empty; choose a new folder, or pass --overwrite "
-            "(overwrite=True) to replace it"
+            f"output folder {target} exists and is not empty; choose a new folder, or replace it (--overwrite on the "
+            "command line, overwrite=True in Python)"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".tmp-{uuid.uuid4().hex[:12]}-{target.name}"
@@ -322,6 +329,10 @@ def save_pretrained(
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         text = json.dumps(json_safe(cfg), indent=2, allow_nan=False)  # NaN figures become null
         (staging / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
+        # safetensors writes through a private temporary file (mode 0600); give it the mode of the other files
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging / WEIGHTS_NAME, 0o666 & ~umask)
         if card is not False:
             if card is True:
                 text = build_model_card(cfg, repo_id=repo_id)

@@ -340,6 +340,7 @@ class Preprocessing:
         Only what raw intensities mean is compared (kind, CT window, channels); the model-space ``mean``/``std``
         and ``clip_percentiles`` do not change what a file must hold.
         """
+
         def meaning(prep: Preprocessing) -> tuple[Any, ...]:
             # "unit" data are the Synapse release: CT already windowed to the default window and scaled to [0, 1]
             if prep.kind == "unit":

@@ -474,7 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-i", "--input", action="append", metavar="PATH", help="an input (repeatable; same as the positional inputs)"
     )
     weights = p.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--checkpoint", help="msa2net checkpoint or an authors' .pth")
+    weights.add_argument(
+        "--checkpoint",
+        help="run folder (its best.pt, else last.pt), msa2net checkpoint, published folder, or an authors' .pth",
+    )
     weights.add_argument(
         "--model",
         metavar="DIR_OR_REPO",
@@ -532,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="RUN/best.pt, a run folder (best.pt and eval/summary.json inside), or an authors' .pth",
+        help="a run folder (its best.pt, else last.pt, and eval/summary.json), RUN/best.pt, or an authors' .pth",
     )
     p.add_argument("--eval", help="summary.json of `msa2net evaluate` for the card (default: the run folder's)")
     p.add_argument("-o", "--out", required=True, help="output folder (new or empty)")
@@ -543,7 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("export", help="TorchScript and ONNX export, checked against eager PyTorch")
-    p.add_argument("--checkpoint", required=True, help="msa2net checkpoint or an authors' .pth")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run folder (its best.pt, else last.pt), msa2net checkpoint, published folder, or an authors' .pth",
+    )
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument(
         "--formats",

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import urllib.parse
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+from .hub import HubUnreachable, check_hub, hub_endpoint
 from .weights_io import WeightsFileError, key_mismatch_report, read_weights_file, unwrap_state_dict
-
-HUB_PROBE_TIMEOUT_S = 4.0
 
 
 class EncoderWeightsError(RuntimeError):
@@ -123,36 +119,16 @@ class MaxViTEncoder(nn.Module):
             cached = try_to_load_from_cache(hub, filename)
             if isinstance(cached, str):
                 return Path(cached)
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        if offline or not _reachable(endpoint, HUB_PROBE_TIMEOUT_S):
-            raise EncoderWeightsError(
-                f"cannot reach {endpoint} to download the encoder weights {hub} "
-                f"({'HF_HUB_OFFLINE is set' if offline else 'offline?'}). Download model.safetensors from "
-                f"{endpoint}/{hub} (or the authors' maxvit_rmlp_small_rw_224_sw-6ef0ae4f.pth for the official "
-                "encoder) on a machine with internet, copy it here and pass --pretrained-encoder PATH "
-                "(pretrained_encoder=PATH in Python)."
-            )
         try:
-            return Path(hf_hub_download(hub, "model.safetensors"))
+            endpoint = check_hub()
+        except HubUnreachable as why:
+            raise EncoderWeightsError(
+                f"cannot reach {hub_endpoint()} to download the encoder weights {hub} ({why}). Download "
+                f"model.safetensors from {hub_endpoint()}/{hub} (or the authors' "
+                "maxvit_rmlp_small_rw_224_sw-6ef0ae4f.pth for the official encoder) on a machine with internet, copy "
+                "it here and pass --pretrained-encoder PATH (pretrained_encoder=PATH in Python)."
+            ) from None
+        try:
+            return Path(hf_hub_download(hub, "model.safetensors", endpoint=endpoint))
         except Exception as exc:  # network errors of several libraries
             raise EncoderWeightsError(f"downloading {hub} from the hub failed: {exc}") from exc
-
-
-def _reachable(url: str, timeout: float) -> bool:
-    """Whether a TCP connection to the URL's host opens within ``timeout`` seconds (DNS included)."""
-    parsed = urllib.parse.urlparse(url)
-    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo ignores timeouts; bound it here
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])

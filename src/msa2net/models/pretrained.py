@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .encoder import HUB_PROBE_TIMEOUT_S, _reachable
+from .hub import HubUnreachable, check_hub, hub_endpoint
 from .weights_io import WeightsFileError, key_mismatch_report, read_weights_file
 
 if TYPE_CHECKING:
@@ -84,15 +84,6 @@ class HubUnavailableError(PretrainedError):
 # ---------------------------------------------------------------------------------------------- hub helpers
 
 
-def hub_endpoint() -> str:
-    """The hub's URL: ``HF_ENDPOINT`` read now (not at import), default ``https://huggingface.co``."""
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
 def is_repo_id(text: str) -> bool:
     """Whether ``text`` has the form of a hub model repo id, ``owner/name``, and not of a weights file name.
 
@@ -113,20 +104,18 @@ def _download_instructions(repo_id: str, endpoint: str, revision: str | None) ->
 
 
 def _check_hub_reachable(repo_id: str, action: str, revision: str | None = None) -> str:
-    """The endpoint, after checking it can be reached within :data:`HUB_PROBE_TIMEOUT_S` seconds.
+    """The endpoint, after checking it can be reached within :data:`msa2net.models.hub.HUB_PROBE_TIMEOUT_S` seconds.
 
     Raises:
         HubUnavailableError: ``HF_HUB_OFFLINE`` is set or no TCP connection to the endpoint opened in time.
     """
-    endpoint = hub_endpoint()
-    offline = _hub_offline()
-    if offline or not _reachable(endpoint, HUB_PROBE_TIMEOUT_S):
-        why = "HF_HUB_OFFLINE is set" if offline else f"no connection within {HUB_PROBE_TIMEOUT_S:g} s: offline?"
+    try:
+        return check_hub()
+    except HubUnreachable as why:
         raise HubUnavailableError(
-            f"cannot {action} {repo_id!r}: the Hugging Face hub at {endpoint} cannot be reached ({why}). "
-            + (_download_instructions(repo_id, endpoint, revision) if action == "download" else "")
-        )
-    return endpoint
+            f"cannot {action} {repo_id!r}: the Hugging Face hub at {hub_endpoint()} cannot be reached ({why}). "
+            + (_download_instructions(repo_id, hub_endpoint(), revision) if action == "download" else "")
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- config.json

@@ -446,7 +446,7 @@ def _add_test_cases(root: Path, cases=("case_t",), labelled=("case_t",)) -> dict
 
 
 def test_labelled_test_cases_are_checked_listed_and_evaluated_first(tmp_path):
-    from msa2net.data.source import open_source
+    from msa2net.data.registry import open_source
 
     _make_3d(tmp_path)
     test = _add_test_cases(tmp_path)
@@ -470,7 +470,7 @@ def test_labelled_test_cases_are_checked_listed_and_evaluated_first(tmp_path):
 
 
 def test_without_labels_ts_test_images_stay_unlabelled(tmp_path):
-    from msa2net.data.source import open_source
+    from msa2net.data.registry import open_source
 
     _make_3d(tmp_path)
     _add_test_cases(tmp_path)
@@ -501,7 +501,7 @@ def test_folder_source_validates_once(tmp_path, monkeypatch):
     """Training and validation reuse the source's report: each case is read once to validate the folder, once to
     preload a training case, and once per validation round."""
     import msa2net.data.folder as folder_module
-    from msa2net.data.source import open_source
+    from msa2net.data.registry import open_source
 
     _make_3d(tmp_path, cases=("case_a", "case_b", "case_c"), depths=(2, 2, 2))
     _add_test_cases(tmp_path)

@@ -12,7 +12,7 @@ import pytest
 
 from msa2net._progress import progress_enabled
 from msa2net.config import load_config
-from msa2net.data.source import open_source
+from msa2net.data.registry import open_source
 from msa2net.engine import train as train_module
 from msa2net.engine.run_folder import RunFolderBusy, RunFolderLock, prepare_run_folder
 from msa2net.engine.train import train

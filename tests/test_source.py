@@ -17,7 +17,8 @@ from msa2net.data import source as source_module
 from msa2net.data.io import read_image
 from msa2net.data.isic import IMAGE_DIR, prepare_isic2018
 from msa2net.data.preprocessing import Preprocessing
-from msa2net.data.source import Case, EpochSeededDataset, Source, open_source, register_source, source_kinds
+from msa2net.data.registry import open_source, source_kinds
+from msa2net.data.source import Case, EpochSeededDataset, Source, register_source
 from msa2net.data.transforms import build_transform
 
 # ---------------------------------------------------------------------------------------------- fixtures

@@ -559,7 +559,7 @@ def _loss_names() -> tuple[str, ...]:
 
 
 def _data_kinds() -> tuple[str, ...]:
-    from .data.source import source_kinds
+    from .data.registry import source_kinds
 
     return source_kinds()
 
@@ -572,7 +572,7 @@ def _validation_modes() -> tuple[str, ...]:
 
 def _source_option(name: str) -> tuple[str, ...]:
     """The values a kind-specific data option takes (e.g. Synapse's ``labels``), from the sources that have it."""
-    from .data.source import source_option_choices
+    from .data.registry import source_option_choices
 
     return source_option_choices(name)
 

@@ -18,18 +18,17 @@ Representation contract: :attr:`Case.image` and the images a training dataset ha
 step (:meth:`Preprocessing.normalize`) is applied by the training transform and by inference with the same
 :class:`Preprocessing`, so training and prediction normalise identically.
 
-Adding a dataset kind is one subclass registered with :func:`register_source`; :func:`open_source` finds it by
-``kind`` or by :meth:`Source.detect`.
+Adding a dataset kind is one subclass registered with :func:`register_source`;
+:func:`msa2net.data.registry.open_source` finds it by ``kind`` or by :meth:`Source.detect`.
 """
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -44,10 +43,8 @@ __all__ = [
     "EpochSeededDataset",
     "Source",
     "Split",
-    "open_source",
     "register_source",
-    "source_kinds",
-    "source_option_choices",
+    "registered_sources",
     "split_cases",
 ]
 
@@ -273,78 +270,13 @@ _REGISTRY: dict[str, type[Source]] = {}
 
 
 def register_source(cls: type[Source]) -> type[Source]:
-    """Class decorator: make a :class:`Source` subclass known to :func:`open_source` under ``cls.kind``."""
+    """Class decorator: make a :class:`Source` subclass known to :func:`msa2net.data.registry.open_source` under ``cls.kind``."""
     if not getattr(cls, "kind", None):
         raise ValueError(f"{cls.__name__} must set the class attribute 'kind'")
     _REGISTRY[cls.kind] = cls
     return cls
 
 
-def _load_builtin() -> None:
-    # Importing the modules registers their sources.
-    from . import folder, isic, synapse  # noqa: F401
-
-
-_BUILTIN_ORDER = ("synapse", "isic2018", "folder")
-
-
-def source_kinds() -> tuple[str, ...]:
-    """Registered dataset kinds: the built-in ones first, then others in registration order."""
-    _load_builtin()
-    return tuple(
-        sorted(_REGISTRY, key=lambda k: _BUILTIN_ORDER.index(k) if k in _BUILTIN_ORDER else len(_BUILTIN_ORDER))
-    )
-
-
-def source_option_choices(name: str) -> tuple[str, ...]:
-    """The allowed values of the kind-specific option ``name`` over every registered kind (empty if none has it)."""
-    _load_builtin()
-    values: list[str] = []
-    for kind in source_kinds():
-        values += [v for v in _REGISTRY[kind].OPTIONS.get(name, ()) if v not in values]
-    return tuple(values)
-
-
-def open_source(
-    root: str | os.PathLike[str], kind: str | None = None, options: Mapping[str, Any] | None = None
-) -> Source:
-    """Open a prepared dataset folder as a :class:`Source`.
-
-    Args:
-        root: The folder.
-        kind: A registered kind (:func:`source_kinds`), or None to detect it from the folder's files.
-        options: Kind-specific options (e.g. Synapse's ``labels`` and ``intensity``); None values mean the kind's
-            default. A non-None option the kind does not have is an error.
-
-    Raises:
-        FileNotFoundError: ``root`` does not exist.
-        ValueError: unknown kind, a folder that no kind (or several) recognises, or an option the kind lacks.
-    """
-    _load_builtin()
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"data folder {str(root)!r} does not exist (data.root / --data)")
-    if kind is None:
-        found = [name for name in source_kinds() if _REGISTRY[name].detect(root)]
-        if len(found) != 1:
-            what = "no known dataset layout" if not found else f"the layouts of several kinds ({', '.join(found)})"
-            raise ValueError(
-                f"{str(root)!r} has {what}: expected a prepared Synapse folder (train_npz/ or test_vol_h5/ with "
-                "lists_Synapse/), a dataset folder (dataset.json, imagesTr/, labelsTr/) or a prepared ISIC 2018 folder "
-                "(train.npz, val.npz, test.npz); prepare the raw data with msa2net prepare, or set data.kind"
-            )
-        kind = found[0]
-    if kind not in _REGISTRY:
-        raise ValueError(f"unknown data.kind {kind!r}; choose one of {', '.join(source_kinds())}")
-    cls = _REGISTRY[kind]
-    given = {k: v for k, v in (options or {}).items() if v is not None}
-    foreign = sorted(set(given) - set(cls.OPTIONS))
-    if foreign:
-        raise ValueError(
-            f"data.{foreign[0]} does not apply to {kind} data ({root}); it takes "
-            + (", ".join(f"data.{k}" for k in cls.OPTIONS) or "no kind-specific options")
-        )
-    for name, value in given.items():
-        if value not in cls.OPTIONS[name]:
-            raise ValueError(f"data.{name} must be one of {', '.join(cls.OPTIONS[name])}, got {value!r}")
-    return cls(root, **given)  # type: ignore[call-arg]
+def registered_sources() -> dict[str, type[Source]]:
+    """The kinds registered so far, by name (:mod:`msa2net.data.registry` registers the built-in ones)."""
+    return dict(_REGISTRY)

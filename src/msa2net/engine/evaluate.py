@@ -16,7 +16,8 @@ import numpy as np
 from ..config import EVALUATION_SPLITS
 from ..data.io import Geometry, write_image
 from ..data.preprocessing import Preprocessing
-from ..data.source import Case, Source, open_source
+from ..data.registry import open_source
+from ..data.source import Case, Source
 from ..metrics import legacy_case_scores
 from ..report import (
     OVERLAY_COLORS,
@@ -79,7 +80,7 @@ def evaluate(
 
     ``checkpoint`` is a checkpoint file (ours or the authors' ``.pth``), a run folder (its ``best.pt``, else
     ``last.pt``), a published model folder or a hub repo id of one. ``data`` is any dataset folder
-    :func:`~msa2net.data.source.open_source` recognises (``kind`` forces one). The cases are ``cases``, else those of
+    :func:`~msa2net.data.registry.open_source` recognises (``kind`` forces one). The cases are ``cases``, else those of
     ``split``: ``"test"`` (the labelled test cases: Synapse's and ISIC's test sets, a dataset folder's ``imagesTs/``
     with ``labelsTs/``; a source without any is refused) or ``"train"`` (the labelled training cases). Scores of
     cases the model trained on measure fit, not generalisation: when any evaluated case is a training case, the

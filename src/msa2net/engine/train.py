@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .._progress import progress_enabled
 from ..config import Config, config_from_dict, validate_config
-from ..data.source import EpochSeededDataset, Source, Split, open_source
+from ..data.registry import open_source
+from ..data.source import EpochSeededDataset, Source, Split
 from ..data.transforms import build_transform
 from ..losses import build_loss
 from ..metrics import dice

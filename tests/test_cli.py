@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -316,3 +317,30 @@ def test_train_help_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> No
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"preset ({', '.join(PRESETS)})" in text and "aal" in PRESETS
+
+
+@pytest.mark.parametrize(
+    ("load", "command", "preset", "expected"),
+    [
+        (2.0, "train", None, "PASSIVE"),  # another busy process: waiting threads must not spin
+        (0.1, "train", None, None),  # idle: OpenMP's default (spinning is the fastest alone)
+        (2.0, "train", "ACTIVE", "ACTIVE"),  # the user's choice is kept
+        (2.0, "info", None, None),  # no compute
+    ],
+)
+def test_wait_policy_follows_the_load_before_torch_is_loaded(load, command, preset, expected) -> None:
+    code = (
+        "import os, sys\n"
+        f"os.getloadavg = lambda: ({load}, {load}, {load})\n"
+        "from msa2net.cli import _wait_policy_for_shared_cpus\n"
+        f"note = _wait_policy_for_shared_cpus({command!r})\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(repr(os.environ.get('OMP_WAIT_POLICY')), bool(note))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    policy, noted = done.stdout.split()
+    assert policy == repr(expected) and noted == str(expected == "PASSIVE" and preset is None)

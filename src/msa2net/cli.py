@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -570,9 +571,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands whose work is torch compute on the CPU (train steps, forward passes).
+_COMPUTE_COMMANDS = frozenset({"train", "evaluate", "predict", "demo", "export"})
+#: 1-minute load average (other processes, before msa2net starts) from which the CPU counts as shared.
+BUSY_LOAD = 0.75
+
+
+def _wait_policy_for_shared_cpus(command: str) -> str | None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` when other processes already keep the CPU busy; returns a note saying so.
+
+    OpenMP threads that finish early spin while they wait (the default, active policy), which costs nothing on idle
+    cores but takes cycles from every other process on shared ones: two msa2net trainings on 2 cores each ran 3.9x
+    slower than alone instead of 2x, and 1.9x with PASSIVE, which however costs about 13 % alone
+    (``benchmarks/bench_contention.py``). So the policy is chosen here, before torch is imported (OpenMP reads it
+    once, at load): PASSIVE when the load average already shows another busy process, else OpenMP's default. An
+    ``OMP_WAIT_POLICY`` the user set is kept, and nothing is done once torch is loaded (e.g. inside Python).
+    """
+    if command not in _COMPUTE_COMMANDS or "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+        return None
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on this platform
+        return None
+    if load < BUSY_LOAD:
+        return None
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return (
+        f"note: other processes keep the CPU busy (load average {load:.1f} on {cores} core(s)), so msa2net runs with "
+        "OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning, which shares the cores far better). "
+        "Set OMP_WAIT_POLICY yourself to choose (ACTIVE spins), or give each process fewer threads "
+        "(OMP_NUM_THREADS=1)."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    note = _wait_policy_for_shared_cpus(args.command)
+    if note:
+        print(note, file=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, RuntimeError) as exc:

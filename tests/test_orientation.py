@@ -40,6 +40,13 @@ def test_axis_codes_of_known_layouts():
         axis_code(Geometry.identity(2))
 
 
+def test_index_axes_sharing_a_world_axis_have_no_code():
+    """SimpleITK names a code even here; axis_code refuses instead of guessing."""
+    clash = Geometry((1, 1, 1), (0, 0, 0), (1, 0.9, 0, 0, 0.44, 0, 0, 0, 1))  # a sheared grid: x and y near world x
+    with pytest.raises(ValueError, match="three distinct world axes"):
+        axis_code(clash)
+
+
 @pytest.mark.parametrize("target", ["AIR", "LPS", "SLA", "IRP"])
 def test_reindexing_keeps_every_voxel_at_its_world_position(target):
     rng = np.random.default_rng(0)

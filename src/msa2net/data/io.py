@@ -1,7 +1,7 @@
 """Image reading and writing that carries the physical geometry (spacing, origin, direction) along.
 
-Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``), MetaImage (``.mha``, ``.mhd``), DICOM series (a folder),
-and 2D rasters (PNG, JPEG, BMP, TIFF).
+Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``), MetaImage (``.mha``, ``.mhd``), DICOM series (a folder,
+read by :mod:`msa2net.data.dicom`), and 2D rasters (PNG, JPEG, BMP, TIFF).
 
 Axis conventions (the same as SimpleITK's ``GetArrayFromImage``):
 
@@ -18,18 +18,20 @@ this array equals nibabel's transposed by ``(2, 1, 0)``).
 Every writer here is atomic: it writes to a hidden temporary file in the target folder and renames it into place, so
 an interrupted process never leaves a half-written file under the final name. Every reader refuses a file that holds
 less data than its header declares (a cut download or copy) instead of reading missing voxels as zeros, and refuses
-rasters above a pixel limit (decompression bombs); see :func:`read_image`.
+rasters above a pixel limit (decompression bombs); see :func:`read_image`. NIfTI files and DICOM series are also read
+by nibabel and pydicom for that check, because SimpleITK reads them without noticing the cut.
 """
 
 from __future__ import annotations
 
-import bz2
+import gzip
 import os
+import re
 import shutil
 import struct
 import uuid
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -167,10 +169,6 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return not p.name.startswith(".") and image_suffix(p) is not None and p.is_file()
 
 
-def _dicom_series_ids(folder: Path) -> tuple[str, ...]:
-    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-
-
 def is_dicom_folder(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a folder holding a DICOM series.
 
@@ -185,7 +183,7 @@ def is_dicom_folder(path: str | os.PathLike[str]) -> bool:
         return True
     if not files or any(image_suffix(p) is not None for p in files):
         return False
-    return len(_dicom_series_ids(folder)) > 0
+    return len(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))) > 0
 
 
 def list_inputs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -234,78 +232,18 @@ def list_inputs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
     return unique
 
 
-def _check_dicom_folder(folder: Path, series: list[Path]) -> None:
-    """Refuse a series with a truncated file, including one GDCM left out of the series.
-
-    GDCM silently drops a DICOM file it cannot parse from the series, so a cut slice would make the volume one slice
-    shorter (with a wrong slice spacing) instead of an error. Every file of the series and every other file in the
-    folder with a DICOM suffix or the ``DICM`` marker is checked; complete non-image DICOM objects left out by GDCM
-    (reports, presentation states) are fine.
-    """
-    members = {p.resolve() for p in series}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name.upper() == "DICOMDIR" or not path.is_file():
-            continue
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(128)
-                marked = handle.read(4) == b"DICM"
-            if path.resolve() not in members and not marked:
-                if path.name.lower().endswith(DICOM_SUFFIXES):
-                    raise _truncated(
-                        path,
-                        f"it holds {path.stat().st_size} bytes and no DICOM header, so the series in {folder} would "
-                        "be read without it",
-                    )
-                continue
-            _check_dicom_file(path)
-        except PermissionError as err:
-            raise ImageReadError(f"cannot read {path}: permission denied ({err}); make the file readable") from err
-
-
-def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
-    series = _dicom_series_ids(folder)
-    if not series:
-        raise ImageReadError(
-            f"cannot read {folder}: no DICOM series found in this folder; pass a folder of DICOM files"
-        )
-    if len(series) > 1:
-        counts = [len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series]
-        listing = ", ".join(f"{sid} ({n} files)" for sid, n in zip(series, counts))
-        raise ImageReadError(
-            f"cannot read {folder}: it holds {len(series)} DICOM series ({listing}); "
-            f"move each series into its own folder and pass that folder"
-        )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
-    _check_dicom_folder(folder, [Path(name) for name in files])
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        image = reader.Execute()
-    except RuntimeError as err:
-        raise ImageReadError(f"cannot read DICOM series in {folder}: {_first_line(err)}") from err
-    return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    # SimpleITK puts the useful part ("Could not create IO object ...", "... is not a valid NIfTI") last.
-    return lines[-1] if lines else type(err).__name__
-
-
 # ---------------------------------------------------------------------------------------------------------------------
-# Completeness checks: a file must hold all the data its header declares
+# Completeness checks, only where the reading libraries let a damaged file through
 # ---------------------------------------------------------------------------------------------------------------------
 #
-# ITK zero-fills the missing voxels of a truncated NIfTI (gzip or not) without an error, and Pillow accepts a PNG whose
-# end chunk is missing. So every format is checked here before it is decoded: the header is parsed, the data it
-# declares is counted (compressed streams are decompressed chunk by chunk, never held in memory at once), and a file
-# that holds less, or whose compressed stream stops before its end marker, is refused.
+# SimpleITK refuses cut NRRD and MetaImage data, and Pillow cut PNG, JPEG, BMP and TIFF pixel data while
+# ImageFile.LOAD_TRUNCATED_IMAGES is off. Each check below names the library behaviour it covers.
 
-_CHUNK = 1 << 22  # bytes per read, and most bytes one decompression step may produce
+_CHUNK = 1 << 22  # bytes per read of a stream that is only checked
 _REDO = "re-export or re-download it"
 _GZIP_MAGIC = b"\x1f\x8b"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk that ends every PNG: no data, hence a fixed CRC
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -320,314 +258,78 @@ def _corrupt(path: Path, detail: str) -> ImageReadError:
     return ImageReadError(f"cannot read {path}: the file is corrupt: {detail}; {_REDO}")
 
 
-@dataclass(frozen=True)
-class _Decoded:
-    """Outcome of decompressing a stream: bytes produced, whether the end marker was reached, decoder error."""
-
-    length: int
-    complete: bool
-    error: str | None = None
-
-
-class _Inflater:
-    """One gzip/zlib (``"deflate"``) or bzip2 stream, decompressed in steps of at most :data:`_CHUNK` bytes."""
-
-    def __init__(self, codec: str) -> None:
-        self.bzip2 = codec == "bzip2"
-        # 32 + 15: accept a gzip or a zlib header (MetaImage writes zlib, NRRD and NIfTI gzip)
-        self.obj: Any = bz2.BZ2Decompressor() if self.bzip2 else zlib.decompressobj(32 + 15)
-
-    @property
-    def eof(self) -> bool:
-        return bool(self.obj.eof)
-
-    @property
-    def unused_data(self) -> bytes:
-        return bytes(self.obj.unused_data)
-
-    def feed(self, data: bytes) -> Iterable[bytes]:
-        if self.bzip2:
-            yield self.obj.decompress(data, _CHUNK)
-            while not self.obj.eof and not self.obj.needs_input:
-                yield self.obj.decompress(b"", _CHUNK)
-            return
-        pending = data
-        while True:
-            out = self.obj.decompress(pending, _CHUNK)
-            yield out
-            pending = self.obj.unconsumed_tail
-            if self.obj.eof or (not pending and len(out) < _CHUNK):
-                return
+def _first_line(err: BaseException) -> str:
+    """The informative sentence of an exception: for SimpleITK, ITK's sentence after ``ERROR:`` without the object
+    that reports it (plus the last line of the library trace that a sentence ending in ``:`` introduces); otherwise
+    the first line. ITK's errno ``Reason:`` line is skipped: it can be stale ("No such file or directory" for a cut
+    MetaImage)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith("Reason:")]
+    found = next((i for i, line in enumerate(lines) if "ERROR: " in line), None)
+    if found is None:
+        return lines[0] if lines else type(err).__name__
+    sentence = re.sub(r"^\w+\(0x[0-9a-fA-F]+\): ", "", lines[found].split("ERROR: ", 1)[1]).rstrip(".")
+    return f"{sentence} {lines[-1]}" if sentence.endswith(":") and found < len(lines) - 1 else sentence
 
 
-def _decode_stream(handle: IO[bytes], codec: str, on_chunk: Callable[[int, bytes], None] | None = None) -> _Decoded:
-    """Decompress ``handle`` from its position to the end; ``on_chunk(position, data)`` sees every decoded chunk.
-
-    Several concatenated gzip (or bzip2) members are one stream, as for gzip itself; bytes after the last member that
-    do not start another one are ignored, as zlib does.
-    """
-    magic = b"BZh" if codec == "bzip2" else _GZIP_MAGIC
-    inflater = _Inflater(codec)
-    total = 0
-    data = b""
-    try:
-        while True:
-            if not data:
-                data = handle.read(_CHUNK)
-                if not data:
-                    break
-            if inflater.eof:
-                if len(data) < len(magic):
-                    data += handle.read(_CHUNK)
-                if not data.startswith(magic):
-                    break
-                inflater = _Inflater(codec)
-            for out in inflater.feed(data):
-                if out:
-                    if on_chunk is not None:
-                        on_chunk(total, out)
-                    total += len(out)
-            data = inflater.unused_data if inflater.eof else b""
-    except (zlib.error, OSError, EOFError, ValueError) as err:
-        return _Decoded(total, False, str(err) or type(err).__name__)
-    return _Decoded(total, inflater.eof)
-
-
-def _starts_with(path: Path, magic: bytes) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(len(magic)) == magic
-
-
-def _check_data(path: Path, source: Path, start: int, codec: str, needed: int, skip: int = 0) -> None:
-    """Refuse ``path`` when ``source`` holds fewer than ``needed`` bytes of image data.
-
-    Args:
-        path: The image file (named in the message).
-        source: The file holding the data: ``path`` itself or a data file named in its header.
-        start: Byte position in ``source`` where the (possibly compressed) data begins.
-        codec: ``"raw"``, ``"deflate"`` (gzip or zlib) or ``"bzip2"``.
-        needed: Bytes of decoded image data the header declares.
-        skip: Decoded bytes before the image data; -1 (raw only) means the data are the last ``needed`` bytes.
-    """
-    where = "the file" if source == path else f"its data file {source}"
-    with open(source, "rb") as handle:
-        if codec == "raw":
-            available = os.fstat(handle.fileno()).st_size - start - max(skip, 0)
-        else:
-            handle.seek(start)
-            decoded = _decode_stream(handle, codec)
-            if decoded.error is not None:
-                raise _corrupt(path, f"the compressed data in {where} cannot be decoded ({decoded.error})")
-            if not decoded.complete:
-                raise _truncated(
-                    path, f"the compressed data in {where} stop before their end marker (the file was cut off)"
-                )
-            available = decoded.length - max(skip, 0)
-    if available < needed:
-        raise _truncated(
-            path, f"the header declares {needed} bytes of image data but {where} holds {max(available, 0)}"
-        )
-
-
-# --- NIfTI-1 / NIfTI-2 (.nii, .nii.gz) -------------------------------------------------------------------------------
-
-_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
-
-
-@dataclass(frozen=True)
-class _NiftiHeader:
-    """Layout of a single-file NIfTI-1 (348-byte header) or NIfTI-2 (540-byte header) image."""
-
-    header_bytes: int
-    endian: str
-    datatype: int
-    vox_offset: int
-    data_bytes: int
-
-    @property
-    def end(self) -> int:
-        """Smallest complete file size (decompressed): voxel data start plus voxel data."""
-        return self.vox_offset + self.data_bytes
-
-
-def _nifti_header_size(head: bytes) -> tuple[int, str] | None:
-    """``(sizeof_hdr, endian)`` when the first 4 bytes are a NIfTI-1 (348) or NIfTI-2 (540) header size."""
-    if len(head) < 4:
-        return None
-    for endian in "<>":
-        size = struct.unpack(endian + "i", head[:4])[0]
-        if size in (348, 540):
-            return size, endian
-    return None
-
-
-def _parse_nifti_header(head: bytes) -> _NiftiHeader | None:
-    """The layout from the first 540 (or all, if fewer) bytes of a NIfTI file, or None if it is not a complete header
-    of a single-file NIfTI-1/-2 image."""
-    found = _nifti_header_size(head)
-    if found is None or len(head) < found[0]:
-        return None
-    size, endian = found
-    if size == 348:
-        if head[344:347] != b"n+1":
-            return None
-        dims = struct.unpack(endian + "8h", head[40:56])
-        datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
-        offset = struct.unpack(endian + "f", head[108:112])[0]
-    else:
-        if head[4:7] != b"n+2":
-            return None
-        datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
-        dims = struct.unpack(endian + "8q", head[16:80])
-        offset = struct.unpack(endian + "q", head[168:176])[0]
-    ndim = dims[0]
-    if not 1 <= ndim <= 7 or bitpix <= 0 or not np.isfinite(offset):
-        return None
-    count = 1
-    for d in dims[1 : ndim + 1]:
-        count *= max(int(d), 1)
-    return _NiftiHeader(size, endian, int(datatype), max(int(offset), size), count * int(bitpix) // 8)
-
-
-class _NiftiScan:
-    """Receives a NIfTI byte stream chunk by chunk: keeps the header and counts NaN/inf voxels of float data."""
-
-    def __init__(self) -> None:
-        self.head = b""
-        self.header: _NiftiHeader | None = None
-        self.parsed = False
-        self.non_finite = 0
-        self._dtype: np.dtype | None = None
-        self._carry = b""
-
-    def feed(self, position: int, data: bytes) -> None:
-        if not self.parsed:
-            self.head += data
-            if len(self.head) < 540:
-                return
-            self._parse()
-            position, data = 0, self.head
-            self.head = self.head[:540]
-        self._count(position, data)
-
-    def close(self) -> None:
-        """End of stream: parse a header shorter than 540 bytes (NIfTI-1 files can be that small)."""
-        if not self.parsed:
-            self._parse()
-            self._count(0, self.head)
-
-    def _parse(self) -> None:
-        self.parsed = True
-        self.header = _parse_nifti_header(self.head[:540])
-        if self.header is not None and self.header.datatype in _NIFTI_FLOATS:
-            self._dtype = np.dtype(self.header.endian + _NIFTI_FLOATS[self.header.datatype])
-
-    def _count(self, position: int, data: bytes) -> None:
-        if self._dtype is None or self.header is None:
-            return
-        lo = max(self.header.vox_offset, position)
-        hi = min(self.header.end, position + len(data))
-        if lo >= hi:
-            return
-        block = self._carry + data[lo - position : hi - position]
-        usable = len(block) - len(block) % self._dtype.itemsize
-        values = np.frombuffer(block[:usable], dtype=self._dtype)
-        self.non_finite += int(values.size - np.count_nonzero(np.isfinite(values)))
-        self._carry = block[usable:]
-
-
-def _check_nifti(path: Path) -> _NiftiHeader | None:
-    """Refuse a NIfTI-1/-2 file, gzip-compressed or not, that holds less than its header declares or NaN/inf floats.
-
-    ITK's NIfTI reader zero-fills missing voxels and turns NaN/inf into 0 without a word, so a cut download or a
-    damaged export would otherwise be segmented as if it were valid. Compressed files are recognised by content (a
-    ``.nii.gz`` that is not gzipped is read as it is, as ITK does) and decompressed in a streaming way; a stream that
-    stops before its end marker is refused too. Files that are not single-file NIfTI at all are left to SimpleITK.
+def _check_nifti(path: Path) -> bool:
+    """Refuse a single-file NIfTI-1/-2 image, gzipped or not, that is cut short or holds NaN/inf voxels.
 
     Returns:
-        The parsed header, or None when the file is not a single-file NIfTI-1/-2 image.
+        True for a NIfTI-2 file (which this SimpleITK cannot read). Other files are left to SimpleITK.
     """
-    scan = _NiftiScan()
-    compressed = _starts_with(path, _GZIP_MAGIC)
+    import nibabel
+
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == _GZIP_MAGIC  # by content, as ITK does: a plain file under .nii.gz is read as is
+        raw.seek(0)
+        stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if compressed else raw
+        head = stream.read(540)
+        stream.seek(0)
+        kinds = (nibabel.Nifti1Image, nibabel.Nifti2Image)
+        kind = next((k for k in kinds if k.header_class.may_contain_header(head)), None)
+        try:
+            image = kind.from_stream(stream) if kind else None
+            if image is None or image.header["magic"] not in (b"n+1", b"n+2"):
+                return False  # not a single-file NIfTI: SimpleITK names the problem
+            voxels = image.dataobj.get_unscaled()  # ITK's NIfTI reader zero-fills missing voxels; nibabel raises
+        except (nibabel.spatialimages.HeaderDataError, nibabel.filebasedimages.ImageFileError, ValueError):
+            return False
+        except OSError as err:  # nibabel: "Expected N bytes, got M bytes from ..." (an OSError without errno)
+            if err.errno is not None or isinstance(err, gzip.BadGzipFile):
+                raise
+            raise _truncated(path, _first_line(err)) from None
+        # ITK's NIfTI reader turns NaN and inf into 0; nibabel keeps them
+        if np.issubdtype(voxels.dtype, np.floating) and (bad := int(voxels.size - np.isfinite(voxels).sum())):
+            raise ImageReadError(
+                f"cannot use {path}: {bad} voxel(s) are NaN or infinite (a NIfTI reader would silently turn them "
+                "into 0); fix or re-export the image"
+            )
+        while compressed and stream.read(_CHUNK):  # nibabel stops after the voxels; gzip checks the trailer at its end
+            pass
+        return kind is nibabel.Nifti2Image
+
+
+def _header_fields(path: Path, separator: str, last: str) -> tuple[dict[str, str], int]:
+    """``key: value`` (NRRD) or ``key = value`` (MetaImage) header fields, keys in lower case, read up to a blank
+    line or the ``last`` key; and the byte position after them, where attached data start."""
+    fields: dict[str, str] = {}
     with open(path, "rb") as handle:
-        if compressed:
-            decoded = _decode_stream(handle, "deflate", scan.feed)
-            scan.close()
-            if decoded.error is not None:
-                raise _corrupt(path, f"its gzip data cannot be decoded ({decoded.error})")
-            if not decoded.complete:
-                raise _truncated(
-                    path,
-                    f"the gzip stream stops after {decoded.length} decompressed bytes, before its end marker (the "
-                    "file was cut off)",
-                )
-            available = decoded.length
-        else:
-            available = os.fstat(handle.fileno()).st_size
-            scan.feed(0, handle.read(540))
-            scan.close()
-            if scan.header is not None and scan.header.datatype in _NIFTI_FLOATS:
-                position = handle.tell()
-                while position < scan.header.end and (chunk := handle.read(_CHUNK)):
-                    scan.feed(position, chunk)
-                    position += len(chunk)
-    what = "decompressed data hold" if compressed else "file holds"
-    header = scan.header
-    if header is None:
-        found = _nifti_header_size(scan.head)
-        if len(scan.head) < 4 or (found is not None and len(scan.head) < found[0]):
-            expected = f"a {found[0]}-byte NIfTI header" if found else "a NIfTI header"
-            raise _truncated(path, f"the {what} only {len(scan.head)} bytes, less than {expected}")
-        return None  # not a single-file NIfTI: SimpleITK names the problem
-    if available < header.end:
-        raise _truncated(
-            path,
-            f"the NIfTI header declares {header.end} bytes ({header.data_bytes} bytes of voxel data from byte "
-            f"{header.vox_offset}) but the {what} only {available}",
-        )
-    if scan.non_finite:
-        raise ImageReadError(
-            f"cannot use {path}: {scan.non_finite} voxel(s) are NaN or infinite (a NIfTI reader would silently turn "
-            "them into 0); fix or re-export the image"
-        )
-    return header
+        while last not in fields and (text := handle.readline(1 << 16).decode("latin-1").strip()):
+            key, _, value = text.partition(separator)
+            fields[key.strip().lower()] = value.strip()
+        return fields, handle.tell()
 
 
-# --- NRRD (.nrrd) ----------------------------------------------------------------------------------------------------
+def _data_file(path: Path, name: str | None) -> Path | None:
+    """The single data file a detached header names (None: none named, or a list or pattern of files).
 
-# NRRD type names (every spelling the format allows) and their sizes in bytes
-_NRRD_TYPE_SIZES: dict[str, int] = {
-    name: size
-    for size, names in (
-        (1, "signed char|int8|int8_t|uchar|unsigned char|uint8|uint8_t"),
-        (
-            2,
-            "short|short int|signed short|signed short int|int16|int16_t|ushort|unsigned short|unsigned short int|"
-            "uint16|uint16_t",
-        ),
-        (4, "int|signed int|int32|int32_t|uint|unsigned int|uint32|uint32_t|float"),
-        (
-            8,
-            "longlong|long long|long long int|signed long long|signed long long int|int64|int64_t|ulonglong|"
-            "unsigned long long|unsigned long long int|uint64|uint64_t|double",
-        ),
-    )
-    for name in names.split("|")
-}
-_NRRD_CODECS = {"raw": "raw", "gzip": "deflate", "gz": "deflate", "bzip2": "bzip2", "bz2": "bzip2"}
-
-
-def _header_lines(handle: IO[bytes]) -> Iterable[str]:
-    """Text lines of a header (Latin-1, without line ends), read one at a time so the data after it are not."""
-    while line := handle.readline(1 << 20):
-        yield line.decode("latin-1").rstrip("\r\n")
-
-
-def _data_file(path: Path, name: str) -> Path | None:
-    """The single data file a detached header names, or None for file lists and patterns (not checked)."""
-    if name.upper().startswith("LIST") or len(name.split()) > 1:
+    Raises:
+        ImageReadError: the file is missing. ITK's MetaImage reader says "File cannot be read: <the header>" there,
+            not naming the data file.
+    """
+    if name is None or name.upper() in ("LOCAL", "LIST") or len(name.split()) > 1:
         return None
-    source = Path(name) if Path(name).is_absolute() else path.parent / name
+    source = path.parent / name  # an absolute name stays absolute
     if not source.is_file():
         raise ImageReadError(
             f"cannot read {path}: its data file {source}, named in the header, is missing; put it next to the header "
@@ -637,317 +339,21 @@ def _data_file(path: Path, name: str) -> Path | None:
 
 
 def _check_nrrd(path: Path) -> None:
-    """Refuse a NRRD file whose header or (raw, gzip or bzip2) data are shorter than the header declares."""
-    fields: dict[str, str] = {}
-    ended = False
-    with open(path, "rb") as handle:
-        if not handle.readline(64).startswith(b"NRRD"):
-            return  # not NRRD: SimpleITK names the problem
-        for text in _header_lines(handle):
-            if not text:
-                ended = True
-                break
-            if text.startswith("#") or ":=" in text:
-                continue
-            key, sep, value = text.partition(":")
-            if sep:
-                fields[key.strip().lower()] = value.strip()
-        data_start = handle.tell()
-    name = fields.get("data file", fields.get("datafile"))
-    if not ended and name is None:
-        raise _truncated(
-            path, "the NRRD header stops before the blank line that ends it, so the image data are missing"
-        )
-    try:
-        sizes = [int(v) for v in fields["sizes"].split()]
-        kind = " ".join(fields["type"].lower().split())
-        item = int(fields["block size"]) if kind == "block" else _NRRD_TYPE_SIZES[kind]
-        byte_skip = int(fields.get("byte skip", fields.get("byteskip", "0")))
-        line_skip = int(fields.get("line skip", fields.get("lineskip", "0")))
-        codec = _NRRD_CODECS[fields["encoding"].lower()]
-    except (KeyError, ValueError):
-        return  # a malformed header or a text encoding: SimpleITK reads or names the problem
-    if line_skip or any(s < 1 for s in sizes):
+    """Refuse a NRRD file whose gzip-encoded data (attached or detached) are cut, or whose data file is missing.
+
+    ITK's NRRD reader (teem's gzread) reads a gzip stream cut inside its last bytes (the CRC and length trailer, or
+    the final deflate byte) as complete; Python's gzip module reads the stream to its end and raises.
+    """
+    fields, start = _header_fields(path, ":", "\0")  # attached data start after the blank line ending the header
+    source = _data_file(path, fields.get("data file", fields.get("datafile")))
+    skipped_lines = fields.get("line skip", fields.get("lineskip", "0")) != "0"  # lines before the gzip stream
+    if fields.get("encoding", "").lower() not in ("gzip", "gz") or skipped_lines:
         return
-    source = path if name is None else _data_file(path, name)
-    if source is None:
-        return
-    start = data_start if name is None else 0
-    _check_data(path, source, start, codec, int(np.prod(sizes, dtype=np.int64)) * item, byte_skip)
-
-
-# --- MetaImage (.mha, .mhd) ------------------------------------------------------------------------------------------
-
-# MetaIO element sizes; MET_LONG/MET_ULONG are counted as 4 bytes (the smaller reading, never a false refusal)
-_MET_TYPE_SIZES: dict[str, int] = {
-    "MET_CHAR": 1,
-    "MET_UCHAR": 1,
-    "MET_SHORT": 2,
-    "MET_USHORT": 2,
-    "MET_INT": 4,
-    "MET_UINT": 4,
-    "MET_LONG": 4,
-    "MET_ULONG": 4,
-    "MET_LONG_LONG": 8,
-    "MET_ULONG_LONG": 8,
-    "MET_FLOAT": 4,
-    "MET_DOUBLE": 8,
-}
-
-
-def _check_metaimage(path: Path) -> None:
-    """Refuse a MetaImage (``.mha`` with local data, ``.mhd`` with a data file) holding less than it declares."""
-    fields: dict[str, str] = {}
-    with open(path, "rb") as handle:
-        for text in _header_lines(handle):
-            key, sep, value = text.partition("=")
-            if sep:
-                fields[key.strip().lower()] = value.strip()
-                if key.strip().lower() == "elementdatafile":
-                    break  # the last header line; the data follow
-        data_start = handle.tell()
-    if "elementdatafile" not in fields:
-        if {"ndims", "dimsize", "objecttype", "elementtype"} & set(fields):
-            raise _truncated(path, "the MetaImage header stops before its ElementDataFile line")
-        return  # not MetaImage: SimpleITK names the problem
-    try:
-        dims = [int(v) for v in fields["dimsize"].split()]
-        channels = int(fields.get("elementnumberofchannels", "1"))
-        item = _MET_TYPE_SIZES[fields["elementtype"].upper()]
-        header_size = int(fields.get("headersize", "0"))
-        compressed_size = int(fields.get("compresseddatasize", "0"))
-    except (KeyError, ValueError):
-        return  # malformed header: SimpleITK names the problem
-    if fields.get("binarydata", "true").lower() not in ("true", "1") or channels < 1 or any(d < 1 for d in dims):
-        return  # ASCII data are parsed by SimpleITK
-    compressed = fields.get("compresseddata", "false").lower() in ("true", "1")
-    name = fields["elementdatafile"]
-    if name.upper() == "LOCAL":
-        source, start, skip = path, data_start, 0
-    else:
-        found = _data_file(path, name)
-        if found is None:
-            return
-        source, start, skip = found, 0, header_size
-    if compressed:
-        start, skip = start + max(skip, 0), 0
-        if compressed_size > 0 and source.stat().st_size - start < compressed_size:
-            where = "the file" if source == path else f"its data file {source}"
-            raise _truncated(
-                path,
-                f"the header declares {compressed_size} bytes of compressed data but {where} holds "
-                f"{max(source.stat().st_size - start, 0)}",
-            )
-    needed = int(np.prod(dims, dtype=np.int64)) * channels * item
-    _check_data(path, source, start, "deflate" if compressed else "raw", needed, skip)
-
-
-# --- DICOM (one file per slice) -------------------------------------------------------------------------------------
-
-_DICOM_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
-_DICOM_PIXEL_TAGS = frozenset(((0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)))  # (float, double) pixel data
-_UNDEFINED = 0xFFFFFFFF
-
-
-class _DicomWalk:
-    """Walks the data elements of a little-endian DICOM file by their declared lengths, without reading values."""
-
-    def __init__(self, handle: IO[bytes], size: int, explicit: bool) -> None:
-        self.handle, self.size, self.explicit = handle, size, explicit
-        self.pixel_data = False
-
-    def read(self, position: int, count: int) -> bytes:
-        self.handle.seek(position)
-        data = self.handle.read(count)
-        if len(data) < count:
-            raise EOFError(f"the element header at byte {position}")
-        return data
-
-    def dataset(self, position: int, delimited: bool, top: bool = False) -> int:
-        """Walk elements from ``position`` to the end of the file or, when ``delimited``, to the delimiter that ends
-        the enclosing undefined-length item or sequence; returns the position after it."""
-        while position < self.size:
-            group, element = struct.unpack("<HH", self.read(position, 4))
-            if group == 0xFFFE:  # item (E000), item delimiter (E00D), sequence delimiter (E0DD): no VR
-                length = struct.unpack("<I", self.read(position + 4, 4))[0]
-                position += 8
-                if element in (0xE00D, 0xE0DD):
-                    if not delimited:
-                        raise ValueError(f"a stray delimiter at byte {position - 8}")
-                    return position
-                position = self.value(position, length, (group, element))
-                continue
-            if self.explicit:
-                vr = self.read(position + 4, 2)
-                if vr in _DICOM_LONG_VRS:
-                    length = struct.unpack("<I", self.read(position + 8, 4))[0]
-                    position += 12
-                else:
-                    length = struct.unpack("<H", self.read(position + 6, 2))[0]
-                    position += 8
-            else:
-                length = struct.unpack("<I", self.read(position + 4, 4))[0]
-                position += 8
-            if top and (group, element) in _DICOM_PIXEL_TAGS:
-                self.pixel_data = True
-            position = self.value(position, length, (group, element))
-        if delimited:
-            raise EOFError("an undefined-length sequence or item")
-        return position
-
-    def value(self, position: int, length: int, tag: tuple[int, int]) -> int:
-        if length == _UNDEFINED:  # a sequence, an item or encapsulated (compressed) pixel data: ends at a delimiter
-            return self.dataset(position, delimited=True)
-        if position + length > self.size:
-            raise EOFError(f"element ({tag[0]:04X},{tag[1]:04X}) of {length} bytes at byte {position}")
-        return position + length
-
-
-def _check_dicom_file(path: Path) -> None:
-    """Refuse a DICOM file (Part 10, little endian) whose elements run past its end or that stops before its pixel
-    data; GDCM reads such a slice with missing pixels without an error. Other encodings are left to GDCM."""
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        handle.seek(128)
-        if handle.read(4) != b"DICM":
-            return  # no Part 10 preamble: GDCM decides
-        meta = _DicomWalk(handle, size, explicit=True)
-        position, syntax = 132, ""
-        try:
-            while position + 8 <= size:  # the file meta group 0002, always explicit VR little endian
-                header = meta.read(position, 8)
-                group, element = struct.unpack("<HH", header[:4])
-                if group != 0x0002:
-                    break
-                if header[4:6] in _DICOM_LONG_VRS:
-                    start, length = position + 12, struct.unpack("<I", meta.read(position + 8, 4))[0]
-                else:
-                    start, length = position + 8, struct.unpack("<H", header[6:8])[0]
-                if element == 0x0010:  # transfer syntax UID
-                    syntax = meta.read(start, length).rstrip(b"\0 ").decode("ascii", "replace")
-                position = meta.value(start, length, (group, element))
-            if syntax in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
-                return  # big endian or deflated: GDCM decides
-            walk = _DicomWalk(handle, size, explicit=syntax != "1.2.840.10008.1.2")
-            walk.dataset(position, delimited=False, top=True)
-        except EOFError as err:
-            raise _truncated(path, f"the DICOM file stops after {size} bytes, inside {err}") from None
-        except (ValueError, struct.error):
-            return  # not the structure this walk expects: GDCM decides
-    if not walk.pixel_data:
-        raise _truncated(path, f"the DICOM file stops after {size} bytes, before its pixel data")
-
-
-def _check_volume(path: Path, suffix: str) -> _NiftiHeader | None:
-    """Refuse a volume file that is truncated or damaged (see the format checks above); returns a NIfTI header."""
-    if suffix in (".nii", ".nii.gz"):
-        return _check_nifti(path)
-    if suffix == ".nrrd":
-        _check_nrrd(path)
-    elif suffix in (".mha", ".mhd"):
-        _check_metaimage(path)
-    return None
-
-
-# --- Rasters ---------------------------------------------------------------------------------------------------------
-
-
-def _check_png(path: Path) -> None:
-    """Refuse a PNG whose chunks run past the end of the file or that stops before its IEND chunk."""
-    size = path.stat().st_size
-    position = len(_PNG_MAGIC)
-    with open(path, "rb") as handle:
-        handle.seek(position)
-        while True:
-            head = handle.read(8)
-            if len(head) < 8:
-                raise _truncated(path, f"the PNG stops after {size} bytes, before its IEND end chunk")
-            length, kind = struct.unpack(">I4s", head)
-            end = position + 12 + length  # length, type, data, CRC
-            if end > size:
-                raise _truncated(
-                    path,
-                    f"its {kind.decode('latin-1')!r} chunk at byte {position} ({length} bytes of data) runs to byte "
-                    f"{end} but the file stops after {size} bytes",
-                )
-            if kind == b"IEND":
-                return
-            position = end
-            handle.seek(position)
-
-
-_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD9)])  # TEM, RST0-7, SOI: markers without a length
-
-
-def _check_jpeg(path: Path) -> None:
-    """Refuse a JPEG whose segments run past the end of the file or that stops before its end-of-image marker."""
-    data = path.read_bytes()
-    size = len(data)
-    position = 2  # after SOI
-    while True:
-        marker = data.find(b"\xff", position)
-        # inside entropy-coded data, FF00 is an escaped FF byte, FFD0-FFD7 restart markers and FFFF fill bytes
-        while marker != -1 and marker + 1 < size and (data[marker + 1] == 0 or 0xD0 <= data[marker + 1] <= 0xD7):
-            marker = data.find(b"\xff", marker + 2)
-        while marker != -1 and marker + 1 < size and data[marker + 1] == 0xFF:
-            marker += 1
-        if marker == -1 or marker + 1 >= size:
-            raise _truncated(path, f"the JPEG stops after {size} bytes, before its end-of-image marker")
-        code = data[marker + 1]
-        if code == 0xD9:
-            return
-        if code in _JPEG_STANDALONE or code == 0:
-            position = marker + 2
-            continue
-        if marker + 4 > size:
-            raise _truncated(path, f"the JPEG stops after {size} bytes, inside the marker at byte {marker}")
-        end = marker + 2 + int.from_bytes(data[marker + 2 : marker + 4], "big")
-        if end > size:
-            raise _truncated(
-                path, f"its segment 0xFF{code:02X} at byte {marker} runs to byte {end} but the file stops after {size}"
-            )
-        position = end
-
-
-def _check_bmp(path: Path) -> None:
-    """Refuse a BMP whose pixel array, as its header declares it, runs past the end of the file."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(54)
-    if len(head) < 18:
-        raise _truncated(path, f"the file holds only {size} bytes, less than a BMP header")
-    offset, dib = struct.unpack("<II", head[10:18])
-    if dib == 12 and len(head) >= 26:  # OS/2 BITMAPCOREHEADER
-        width, height, bits = struct.unpack("<HH2xH", head[18:26])
-        compression, image_size = 0, 0
-    elif dib >= 40 and len(head) >= 54:
-        width, height, bits, compression, image_size = struct.unpack("<ii2xHII", head[18:38])
-    elif dib >= 40 or dib == 12:
-        raise _truncated(path, f"the file holds only {size} bytes, less than its {dib}-byte BMP header")
-    else:
-        return  # an unusual header: Pillow decides
-    if compression in (0, 3, 6):  # uncompressed (BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS)
-        needed = offset + (abs(width) * bits + 31) // 32 * 4 * abs(height)
-    elif image_size:
-        needed = offset + image_size
-    else:
-        return
-    if size < needed:
-        raise _truncated(path, f"the BMP header declares {needed} bytes but the file holds {size}")
-
-
-def _check_tiff(path: Path, img: Any) -> None:
-    """Refuse a TIFF whose strips or tiles, as its directory lists them, run past the end of the file."""
-    size = path.stat().st_size
-    tags = img.tag_v2
-    for offsets_tag, counts_tag in ((273, 279), (324, 325)):  # StripOffsets/-ByteCounts, TileOffsets/-ByteCounts
-        if offsets_tag in tags and counts_tag in tags:
-            offsets, counts = tags[offsets_tag], tags[counts_tag]
-            offsets = (offsets,) if isinstance(offsets, int) else tuple(offsets)
-            counts = (counts,) if isinstance(counts, int) else tuple(counts)
-            end = max((o + c for o, c in zip(offsets, counts)), default=0)
-            if end > size:
-                raise _truncated(path, f"its image data run to byte {end} but the file stops after {size}")
+    with open(source or path, "rb") as handle:
+        handle.seek(0 if source else start)
+        with gzip.GzipFile(fileobj=handle) as stream:
+            while stream.read(_CHUNK):
+                pass
 
 
 def resolve_max_pixels(max_pixels: int | None = None) -> int:
@@ -985,7 +391,7 @@ def resolve_max_pixels(max_pixels: int | None = None) -> int:
 
 
 def _open_raster(path: Path) -> Any:
-    """Check that a raster file is complete and open it lazily (header only), without Pillow's global pixel limit.
+    """Open a raster file lazily (header only), without Pillow's global pixel limit.
 
     PNG, JPEG, BMP and TIFF content is opened by its Pillow plugin directly, so that the caller's limit applies
     instead of ``PIL.Image.MAX_IMAGE_PIXELS`` (which is never changed here). Other content under a raster suffix goes
@@ -996,13 +402,13 @@ def _open_raster(path: Path) -> Any:
     with open(path, "rb") as handle:
         head = handle.read(8)
     if head.startswith(_PNG_MAGIC):
-        _check_png(path)
+        # Pillow stops reading after the pixel data, so a PNG cut inside its closing IEND chunk decodes without error
+        if _PNG_END not in path.read_bytes():
+            raise _truncated(path, f"the PNG stops after {path.stat().st_size} bytes, before the end of its IEND chunk")
         return PngImagePlugin.PngImageFile(path)
     if head.startswith(_JPEG_MAGIC):
-        _check_jpeg(path)
         return JpegImagePlugin.jpeg_factory(path)  # a multi-picture (MPO) file opens with its frames
     if head.startswith(b"BM"):
-        _check_bmp(path)
         return BmpImagePlugin.BmpImageFile(path)
     if head[:4] in _TIFF_MAGICS:
         return TiffImagePlugin.TiffImageFile(path)
@@ -1010,8 +416,11 @@ def _open_raster(path: Path) -> Any:
 
 
 def _read_raster(path: Path, max_pixels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageFile, UnidentifiedImageError
 
+    # Pillow decodes a cut PNG, JPEG, BMP or TIFF, filling in the missing pixels, while ImageFile.LOAD_TRUNCATED_IMAGES
+    # is set (any library in the process may set it), and raises "image file is truncated" otherwise
+    allow_truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with _open_raster(path) as img:
             if getattr(img, "n_frames", 1) > 1:
@@ -1029,8 +438,6 @@ def _read_raster(path: Path, max_pixels: int) -> np.ndarray:
                     f"(msa2net predict --max-pixels {pixels}) or set the environment variable "
                     f"{MAX_PIXELS_ENV}={pixels}"
                 )
-            if img.format == "TIFF":
-                _check_tiff(path, img)
             img.load()
             mode = img.mode
             if mode == "P":
@@ -1069,16 +476,19 @@ def _read_raster(path: Path, max_pixels: int) -> np.ndarray:
             f"cannot read {path}: {err.__class__.__name__}: {err}; the file is corrupt, truncated or not a "
             f"{path.suffix} image; {_REDO}"
         ) from err
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> tuple[np.ndarray, Geometry]:
     """Read an image file or a DICOM series folder.
 
-    Every file is checked against its header before it is decoded: a file that holds less data than its header
-    declares (a cut download or copy), or whose compressed stream stops early or cannot be decoded, is refused rather
-    than read with zero-filled or missing pixels. This covers NIfTI-1/-2 (``.nii``, ``.nii.gz``), NRRD (raw, gzip
-    and bzip2 encodings, attached or detached data), MetaImage (``.mha``, ``.mhd`` with its data file), PNG, JPEG,
-    BMP and TIFF, and every file of a DICOM series (little-endian encodings).
+    A file that holds less data than its header declares (a cut download or copy), or whose compressed stream stops
+    early or cannot be decoded, is refused rather than read with zero-filled or missing pixels. SimpleITK and Pillow
+    refuse most such files themselves (Pillow with ``ImageFile.LOAD_TRUNCATED_IMAGES`` off, as it is while this
+    function reads); the rest is checked here: NIfTI-1/-2 (``.nii``, ``.nii.gz``, read by nibabel first), gzip-encoded
+    NRRD data, MetaImage data files, the end of a PNG, and every Part 10 file of a DICOM series folder (read by
+    pydicom first).
 
     Args:
         path: A file with a suffix from :data:`IMAGE_SUFFIXES`, or a folder holding exactly one DICOM series.
@@ -1104,7 +514,9 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     if not p.exists():
         raise ImageReadError(f"cannot read {p}: no such file or folder; check the path")
     if p.is_dir():
-        return _read_dicom_series(p)
+        from .dicom import read_dicom_series  # here, not on top: it loads pydicom, and it imports this module
+
+        return read_dicom_series(p)
     suffix = image_suffix(p)
     if suffix is None:
         raise ImageReadError(
@@ -1114,7 +526,15 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     if suffix in RASTER_SUFFIXES:
         return _read_raster(p, resolve_max_pixels(max_pixels)), Geometry.identity(2)
     try:
-        nifti = _check_volume(p, suffix)
+        nifti2 = suffix in (".nii", ".nii.gz") and _check_nifti(p)
+        if suffix == ".nrrd":
+            _check_nrrd(p)
+        elif suffix in (".mha", ".mhd"):
+            _data_file(p, _header_fields(p, "=", "elementdatafile")[0].get("elementdatafile"))
+    except EOFError as err:  # the gzip module: the stream stops before its end marker or trailer
+        raise _truncated(p, f"its gzip stream stops early ({err})") from err
+    except (gzip.BadGzipFile, zlib.error) as err:
+        raise _corrupt(p, f"its gzip data cannot be decoded ({err})") from err
     except PermissionError as err:
         raise ImageReadError(f"cannot read {p}: permission denied ({err}); make the file readable") from err
     except OSError as err:
@@ -1122,7 +542,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as err:
-        if nifti is not None and nifti.header_bytes == 540:
+        if nifti2:
             raise ImageReadError(
                 f"cannot read {p}: it is a NIfTI-2 file, which SimpleITK {sitk.Version.VersionString()} cannot read; "
                 "save it as NIfTI-1 (most tools can, e.g. nibabel.Nifti1Image(...).to_filename)"

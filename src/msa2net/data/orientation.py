@@ -10,7 +10,8 @@ Axis codes: three letters, one per SimpleITK index axis ``(x, y, z)`` (i.e. arra
 world direction the index axis points *toward*, in the LPS world of ITK: ``L``/``R`` (left/right), ``P``/``A``
 (posterior/anterior), ``S``/``I`` (superior/inferior). The identity direction is ``"LPS"``; the MNI templates
 (direction ``diag(-1, -1, 1)``) are ``"RAS"``. An index axis is assigned the world axis its direction column is
-closest to, so slightly oblique grids get the code of the nearest axis-aligned layout.
+closest to, so slightly oblique grids get the code of the nearest axis-aligned layout; the letters are SimpleITK's
+(``DICOMOrientImageFilter.GetOrientationFromDirectionCosines``), which uses the same convention.
 
 :func:`reorientation` finds the permutation and flips that bring one layout to another; :class:`Reorientation`
 applies them to arrays (and back) and to geometries, so that every voxel keeps its physical position: a voxel's
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 
 from .io import Geometry
 
@@ -60,20 +62,14 @@ def axis_code(geometry: Geometry) -> str:
         ValueError: a 2D geometry, or a direction matrix whose columns do not map to three distinct world axes
             (degenerate or strongly oblique beyond 45 degrees in a way that makes two index axes share one).
     """
-    direction = _direction_matrix(geometry)
-    letters = []
-    for axis in range(3):
-        column = direction[:, axis]
-        world = int(np.argmax(np.abs(column)))
-        letters.append(AXIS_LETTERS[world][0 if column[world] > 0 else 1])
-    code = "".join(letters)
-    try:
-        return check_axis_code(code)
-    except ValueError:
+    nearest = np.argmax(np.abs(_direction_matrix(geometry)), axis=0)  # the world axis closest to each column
+    if sorted(nearest.tolist()) != [0, 1, 2]:
+        # ITK would still name a code here (it resolves the clash), so the clash is refused before asking it
         raise ValueError(
             f"direction {geometry.direction} does not map its index axes to three distinct world axes (nearest "
-            f"letters {code}); resample the image onto an axis-aligned grid first"
-        ) from None
+            f"world axes {''.join('xyz'[w] for w in nearest)}); resample the image onto an axis-aligned grid first"
+        )
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(geometry.direction)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataelem import RawDataElement
 
-from .io import _REDO, DICOM_SUFFIXES, Geometry, ImageReadError, _first_line, _truncated
+from .image_file import DICOM_SUFFIXES, REDO, Geometry, ImageReadError, first_line, truncated_error
 
 __all__ = ["read_dicom_series"]
 
@@ -46,7 +46,7 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
     try:
         image = reader.Execute()
     except RuntimeError as err:
-        raise ImageReadError(f"cannot read DICOM series in {folder}: {_first_line(err)}") from err
+        raise ImageReadError(f"cannot read DICOM series in {folder}: {first_line(err)}") from err
     return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
 
 
@@ -76,11 +76,11 @@ def _check_folder(folder: Path, series: list[Path]) -> None:
         except Exception as err:  # pydicom reports a damaged file meta group with many exception types
             raise ImageReadError(
                 f"cannot read {path}: the file is truncated or corrupt: pydicom cannot parse it "
-                f"({type(err).__name__}: {err}); {_REDO}"
+                f"({type(err).__name__}: {err}); {REDO}"
             ) from err
         if dataset is None:
             if path.resolve() not in members and path.name.lower().endswith(DICOM_SUFFIXES):
-                raise _truncated(
+                raise truncated_error(
                     path,
                     f"it holds {size} bytes and no DICOM header, so the series in {folder} would be read without it",
                 )
@@ -88,6 +88,8 @@ def _check_folder(folder: Path, series: list[Path]) -> None:
         for element in map(dataset.get_item, dataset.keys()):
             if isinstance(element, RawDataElement) and element.length != _UNDEFINED_LENGTH:
                 if len(element.value or b"") < element.length:
-                    raise _truncated(path, f"the DICOM file stops after {size} bytes, inside element {element.tag}")
+                    raise truncated_error(
+                        path, f"the DICOM file stops after {size} bytes, inside element {element.tag}"
+                    )
         if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
-            raise _truncated(path, f"the DICOM file stops after {size} bytes, before its pixel data")
+            raise truncated_error(path, f"the DICOM file stops after {size} bytes, before its pixel data")

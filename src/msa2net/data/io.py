@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 import shutil
 import struct
 import uuid
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,6 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .._atomic import atomic_path, write_text_atomic
+from .image_file import DICOM_SUFFIXES, REDO, Geometry, ImageReadError, first_line, truncated_error
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -67,8 +66,6 @@ VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 RASTER_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: Every single-file suffix :func:`read_image` accepts (lower case; matching is case-insensitive).
 IMAGE_SUFFIXES: tuple[str, ...] = VOLUME_SUFFIXES + RASTER_SUFFIXES
-#: Files with these suffixes mark a folder as a DICOM series folder.
-DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".ima")
 
 #: Largest raster (PNG, JPEG, BMP, TIFF) :func:`read_image` decodes by default, in pixels (width x height): Pillow's
 #: own default limit, about 89.5 megapixels (a 9459 x 9459 image). Larger files are refused before decoding, because a
@@ -76,79 +73,6 @@ DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".ima")
 DEFAULT_MAX_PIXELS: int = 89_478_485
 #: Environment variable that sets the raster pixel limit when no ``max_pixels`` argument is given.
 MAX_PIXELS_ENV: str = "MSA2NET_MAX_PIXELS"
-
-
-class ImageReadError(ValueError):
-    """A file or folder could not be read as an image; the message names the path, the reason and a fix."""
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Physical placement of an image grid, in SimpleITK (x-first) axis order.
-
-    Attributes:
-        spacing: Voxel size per index axis ``(sx, sy[, sz])``, millimetres.
-        origin: World position (mm, LPS) of the centre of the first voxel, ``(ox, oy[, oz])``.
-        direction: Row-major flattened ``ndim x ndim`` direction-cosine matrix; column ``d`` is the world direction
-            of index axis ``d`` (x, y, z).
-    """
-
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        spacing = tuple(float(v) for v in self.spacing)
-        origin = tuple(float(v) for v in self.origin)
-        direction = tuple(float(v) for v in self.direction)
-        ndim = len(spacing)
-        if ndim < 1 or len(origin) != ndim or len(direction) != ndim * ndim:
-            raise ValueError(
-                f"inconsistent geometry: spacing has {ndim} values, origin {len(origin)}, direction {len(direction)}; "
-                f"expected ndim, ndim and ndim*ndim values"
-            )
-        if any(not np.isfinite(v) or v <= 0 for v in spacing):
-            raise ValueError(f"spacing must be positive and finite, got {spacing}")
-        object.__setattr__(self, "spacing", spacing)
-        object.__setattr__(self, "origin", origin)
-        object.__setattr__(self, "direction", direction)
-
-    @property
-    def ndim(self) -> int:
-        """Number of spatial dimensions (2 or 3 in practice)."""
-        return len(self.spacing)
-
-    @classmethod
-    def identity(cls, ndim: int) -> Geometry:
-        """Unit spacing, zero origin and identity direction in ``ndim`` dimensions."""
-        return cls((1.0,) * ndim, (0.0,) * ndim, tuple(np.eye(ndim).ravel().tolist()))
-
-    @classmethod
-    def from_sitk(cls, image: sitk.Image) -> Geometry:
-        """The geometry of a SimpleITK image."""
-        return cls(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-
-    def to_sitk(self, image: sitk.Image) -> sitk.Image:
-        """Set this geometry on ``image`` in place and return it.
-
-        Raises:
-            ValueError: if the image dimension differs from :attr:`ndim`.
-        """
-        if image.GetDimension() != self.ndim:
-            raise ValueError(f"a {self.ndim}D geometry cannot be set on a {image.GetDimension()}D image")
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
-
-    def to_dict(self) -> dict[str, list[float]]:
-        """JSON-serialisable form: ``{"spacing": [...], "origin": [...], "direction": [...]}``."""
-        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Geometry:
-        """Inverse of :meth:`to_dict`."""
-        return cls(tuple(data["spacing"]), tuple(data["origin"]), tuple(data["direction"]))
 
 
 def image_suffix(path: str | os.PathLike[str]) -> str | None:
@@ -240,7 +164,6 @@ def list_inputs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 # ImageFile.LOAD_TRUNCATED_IMAGES is off. Each check below names the library behaviour it covers.
 
 _CHUNK = 1 << 22  # bytes per read of a stream that is only checked
-_REDO = "re-export or re-download it"
 _GZIP_MAGIC = b"\x1f\x8b"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk that ends every PNG: no data, hence a fixed CRC
@@ -248,27 +171,9 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _truncated(path: Path, detail: str) -> ImageReadError:
-    """The refusal of a file that ends before the data its header declares."""
-    return ImageReadError(f"cannot read {path}: the file is truncated (incomplete): {detail}; {_REDO}")
-
-
 def _corrupt(path: Path, detail: str) -> ImageReadError:
     """The refusal of a file whose content cannot be decoded."""
-    return ImageReadError(f"cannot read {path}: the file is corrupt: {detail}; {_REDO}")
-
-
-def _first_line(err: BaseException) -> str:
-    """The informative sentence of an exception: for SimpleITK, ITK's sentence after ``ERROR:`` without the object
-    that reports it (plus the last line of the library trace that a sentence ending in ``:`` introduces); otherwise
-    the first line. ITK's errno ``Reason:`` line is skipped: it can be stale ("No such file or directory" for a cut
-    MetaImage)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith("Reason:")]
-    found = next((i for i, line in enumerate(lines) if "ERROR: " in line), None)
-    if found is None:
-        return lines[0] if lines else type(err).__name__
-    sentence = re.sub(r"^\w+\(0x[0-9a-fA-F]+\): ", "", lines[found].split("ERROR: ", 1)[1]).rstrip(".")
-    return f"{sentence} {lines[-1]}" if sentence.endswith(":") and found < len(lines) - 1 else sentence
+    return ImageReadError(f"cannot read {path}: the file is corrupt: {detail}; {REDO}")
 
 
 def _check_nifti(path: Path) -> bool:
@@ -297,7 +202,7 @@ def _check_nifti(path: Path) -> bool:
         except OSError as err:  # nibabel: "Expected N bytes, got M bytes from ..." (an OSError without errno)
             if err.errno is not None or isinstance(err, gzip.BadGzipFile):
                 raise
-            raise _truncated(path, _first_line(err)) from None
+            raise truncated_error(path, first_line(err)) from None
         # ITK's NIfTI reader turns NaN and inf into 0; nibabel keeps them
         if np.issubdtype(voxels.dtype, np.floating) and (bad := int(voxels.size - np.isfinite(voxels).sum())):
             raise ImageReadError(
@@ -333,7 +238,7 @@ def _data_file(path: Path, name: str | None) -> Path | None:
     if not source.is_file():
         raise ImageReadError(
             f"cannot read {path}: its data file {source}, named in the header, is missing; put it next to the header "
-            f"or {_REDO}"
+            f"or {REDO}"
         )
     return source
 
@@ -404,7 +309,9 @@ def _open_raster(path: Path) -> Any:
     if head.startswith(_PNG_MAGIC):
         # Pillow stops reading after the pixel data, so a PNG cut inside its closing IEND chunk decodes without error
         if _PNG_END not in path.read_bytes():
-            raise _truncated(path, f"the PNG stops after {path.stat().st_size} bytes, before the end of its IEND chunk")
+            raise truncated_error(
+                path, f"the PNG stops after {path.stat().st_size} bytes, before the end of its IEND chunk"
+            )
         return PngImagePlugin.PngImageFile(path)
     if head.startswith(_JPEG_MAGIC):
         return JpegImagePlugin.jpeg_factory(path)  # a multi-picture (MPO) file opens with its frames
@@ -474,7 +381,7 @@ def _read_raster(path: Path, max_pixels: int) -> np.ndarray:
     ) as err:
         raise ImageReadError(
             f"cannot read {path}: {err.__class__.__name__}: {err}; the file is corrupt, truncated or not a "
-            f"{path.suffix} image; {_REDO}"
+            f"{path.suffix} image; {REDO}"
         ) from err
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
@@ -514,7 +421,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     if not p.exists():
         raise ImageReadError(f"cannot read {p}: no such file or folder; check the path")
     if p.is_dir():
-        from .dicom import read_dicom_series  # here, not on top: it loads pydicom, and it imports this module
+        from .dicom import read_dicom_series  # here, not on top: it loads pydicom
 
         return read_dicom_series(p)
     suffix = image_suffix(p)
@@ -532,13 +439,13 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         elif suffix in (".mha", ".mhd"):
             _data_file(p, _header_fields(p, "=", "elementdatafile")[0].get("elementdatafile"))
     except EOFError as err:  # the gzip module: the stream stops before its end marker or trailer
-        raise _truncated(p, f"its gzip stream stops early ({err})") from err
+        raise truncated_error(p, f"its gzip stream stops early ({err})") from err
     except (gzip.BadGzipFile, zlib.error) as err:
         raise _corrupt(p, f"its gzip data cannot be decoded ({err})") from err
     except PermissionError as err:
         raise ImageReadError(f"cannot read {p}: permission denied ({err}); make the file readable") from err
     except OSError as err:
-        raise ImageReadError(f"cannot read {p}: {err}; check the file and {_REDO}") from err
+        raise ImageReadError(f"cannot read {p}: {err}; check the file and {REDO}") from err
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as err:
@@ -548,7 +455,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
                 "save it as NIfTI-1 (most tools can, e.g. nibabel.Nifti1Image(...).to_filename)"
             ) from err
         raise ImageReadError(
-            f"cannot read {p}: {_first_line(err)}; the file is corrupt, truncated or not a {suffix} image; {_REDO}"
+            f"cannot read {p}: {first_line(err)}; the file is corrupt, truncated or not a {suffix} image; {REDO}"
         ) from err
     return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
 

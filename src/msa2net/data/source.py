@@ -270,7 +270,8 @@ _REGISTRY: dict[str, type[Source]] = {}
 
 
 def register_source(cls: type[Source]) -> type[Source]:
-    """Class decorator: make a :class:`Source` subclass known to :func:`msa2net.data.registry.open_source` under ``cls.kind``."""
+    """Class decorator: make a :class:`Source` subclass known to :func:`msa2net.data.registry.open_source` under
+    ``cls.kind``."""
     if not getattr(cls, "kind", None):
         raise ValueError(f"{cls.__name__} must set the class attribute 'kind'")
     _REGISTRY[cls.kind] = cls

@@ -19,6 +19,7 @@ MaxViTs give small variants of the same design. The raw reshapes of their decode
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,18 @@ from .layers import (
     unflatten,
 )
 from .masag import MASAG
+from .pretrained import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    PretrainedError,
+    build_pretrained_config,
+    push_folder_to_hub,
+    read_pretrained,
+    resolve_pretrained,
+    save_pretrained,
+    temporary_folder,
+)
+from .weights_io import key_mismatch_report
 
 VARIANTS = ("paper", "released")
 SIZE_MULTIPLE = 32
@@ -247,8 +260,6 @@ class MSA2Net(nn.Module):
         license: str | None,
         slice_orientation: str | None = None,
     ) -> dict[str, Any]:
-        from .pretrained import build_pretrained_config
-
         old = self.pretrained_config or {}
         return build_pretrained_config(
             self,
@@ -303,8 +314,6 @@ class MSA2Net(nn.Module):
             PretrainedError: a non-empty folder without ``overwrite``; class names or preprocessing that do not fit
                 the model.
         """
-        from .pretrained import save_pretrained
-
         config = self._pretrained_config(
             model_name, preprocessing, class_names, provenance, evaluation, license, slice_orientation
         )
@@ -343,19 +352,43 @@ class MSA2Net(nn.Module):
             PretrainedError: not a (complete, msa2net) folder, or weights that do not fit the described model.
             HubUnavailableError: a repo id whose files are not cached while the hub cannot be reached.
         """
-        from .pretrained import load_pretrained
-
-        model, _ = load_pretrained(
+        folder = resolve_pretrained(
             pretrained_model_name_or_path,
-            device=device,
             revision=revision,
             cache_dir=cache_dir,
             token=token,
             local_files_only=local_files_only,
         )
+        config, state = read_pretrained(folder, [f.name for f in dataclasses.fields(MSA2NetConfig)])
+        where = folder / CONFIG_NAME
+        args = dict(config["model_args"])
+        if "img_size" in args:
+            args["img_size"] = tuple(args["img_size"])
+        name = config.get("model_name")
+        try:
+            model = create_model(name, **args) if name in _REGISTRY else cls(**args)
+        except (ValueError, RuntimeError) as exc:
+            raise PretrainedError(f"{where}: cannot build {name or cls.__name__} with {args}: {exc}") from exc
         if not isinstance(model, cls):
             raise TypeError(f"{pretrained_model_name_or_path} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+        mismatch = key_mismatch_report(model.state_dict(), state)
+        if mismatch:
+            raise PretrainedError(
+                f"{folder / WEIGHTS_NAME} does not fit the model its {CONFIG_NAME} describes ({config['model_args']}):"
+                "\n" + mismatch
+            )
+        model.load_state_dict(state, strict=True)
+        if len(config["class_names"]) != model.num_classes:
+            raise PretrainedError(
+                f"{where} names {len(config['class_names'])} classes but the model has {model.num_classes}; "
+                "class_names must name every output class, background first"
+            )
+        model.pretrained_config = config
+        return model.to(device).eval()
+
+    def preset_name(self) -> str:
+        """The registered name that rebuilds this model (see :func:`registered_name`)."""
+        return registered_name(self.config)
 
     def push_to_hub(
         self,
@@ -377,8 +410,6 @@ class MSA2Net(nn.Module):
             HubUnavailableError: the hub cannot be reached (within seconds).
             RuntimeError: the hub refused the upload (permissions, token).
         """
-        from .pretrained import push_folder_to_hub, temporary_folder
-
         with temporary_folder() as tmp:
             folder = self.save_pretrained(tmp / "model", repo_id=repo_id, **save_kwargs)
             return push_folder_to_hub(

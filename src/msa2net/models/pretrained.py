@@ -21,6 +21,7 @@ This module knows nothing of training checkpoints; :mod:`msa2net.engine.publish`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,14 +29,14 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .hub import HubUnreachable, check_hub, hub_endpoint
-from .weights_io import WeightsFileError, key_mismatch_report, read_weights_file
+from .weights_io import WeightsFileError, read_weights_file
 
 if TYPE_CHECKING:
     from .msa2net import MSA2Net
@@ -52,7 +53,6 @@ __all__ = [
     "file_sha256",
     "hub_endpoint",
     "is_repo_id",
-    "load_pretrained",
     "push_folder_to_hub",
     "read_pretrained",
     "resolve_pretrained",
@@ -146,7 +146,7 @@ def build_pretrained_config(
     Args:
         model: The network.
         model_name: Registered name to rebuild it with; default the registered preset of the model's variant and
-            encoder (:func:`~msa2net.models.msa2net.registered_name`).
+            encoder (:meth:`~msa2net.models.msa2net.MSA2Net.preset_name`).
         preprocessing: A :meth:`msa2net.data.preprocessing.Preprocessing.to_dict` mapping (needed to segment image
             files; may be None for a bare network).
         class_names: One name per output class, background first; default ``class_0 .. class_{n-1}``.
@@ -167,7 +167,6 @@ def build_pretrained_config(
             ``in_channels`` from the model's.
     """
     from .._version import __version__
-    from .msa2net import registered_name
 
     names = [str(c) for c in class_names] if class_names is not None else None
     if names is None:
@@ -188,7 +187,7 @@ def build_pretrained_config(
         "format_version": FORMAT_VERSION,
         "library_name": LIBRARY_NAME,
         "msa2net_version": __version__,
-        "model_name": model_name or registered_name(model.config),
+        "model_name": model_name or model.preset_name(),
         "model_args": model.config.to_dict(),
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
         "preprocessing": prep,
@@ -200,9 +199,9 @@ def build_pretrained_config(
     }
 
 
-def _check_config(config: Any, where: str) -> dict[str, Any]:
-    """``config.json`` content checked for what :func:`read_pretrained` needs; returns it as a dict."""
-    from .msa2net import MSA2NetConfig
+def _check_config(config: Any, where: str, valid_args: Collection[str] | None = None) -> dict[str, Any]:
+    """``config.json`` content checked for what :func:`read_pretrained` needs, and ``model_args`` against
+    ``valid_args`` (the fields of the model's config) when given; returns it as a dict."""
 
     if not isinstance(config, Mapping):
         raise PretrainedError(f"{where} holds a {type(config).__name__}, not a JSON object")
@@ -223,7 +222,7 @@ def _check_config(config: Any, where: str) -> dict[str, Any]:
     if missing:
         raise PretrainedError(f"{where} lacks the fields {missing}; re-publish the model with msa2net")
     args = config["model_args"]
-    valid = {f for f in MSA2NetConfig.__dataclass_fields__}
+    valid = set(valid_args) if valid_args is not None else set(args) if isinstance(args, Mapping) else set()
     if not isinstance(args, Mapping) or set(args) - valid:
         unknown = sorted(set(args) - valid) if isinstance(args, Mapping) else args
         raise PretrainedError(
@@ -294,7 +293,11 @@ def save_pretrained(
     from safetensors.torch import save_file
 
     target = Path(save_directory)
-    cfg = _check_config(config if config is not None else build_pretrained_config(model), "the given config")
+    cfg = _check_config(
+        config if config is not None else build_pretrained_config(model),
+        "the given config",
+        [f.name for f in dataclasses.fields(model.config)],
+    )
     if dict(cfg["model_args"]) != model.config.to_dict():
         raise PretrainedError(
             f"config model_args {dict(cfg['model_args'])} do not describe this model ({model.config.to_dict()}); "
@@ -408,8 +411,11 @@ def resolve_pretrained(
 _NEEDED = (CONFIG_NAME, WEIGHTS_NAME)
 
 
-def read_pretrained(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(config, state dict)`` of a local pretrained folder, checked for format and completeness.
+def read_pretrained(
+    folder: str | os.PathLike[str], valid_args: Collection[str] | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(config, state dict)`` of a local pretrained folder, checked for format and completeness, and its
+    ``model_args`` against ``valid_args`` (the model config's fields) when given.
 
     Raises:
         PretrainedError: a file is missing or unreadable, ``config.json`` is not an msa2net config (or too new), or
@@ -427,72 +433,12 @@ def read_pretrained(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
         raw = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PretrainedError(f"cannot read {where}: {exc}; copy the folder again") from exc
-    config = _check_config(raw, where)
+    config = _check_config(raw, where, valid_args)
     try:
         state = read_weights_file(folder / WEIGHTS_NAME)
     except WeightsFileError as exc:
         raise PretrainedError(str(exc)) from exc
     return config, state
-
-
-def load_pretrained(
-    source: str | os.PathLike[str],
-    *,
-    device: str | torch.device = "cpu",
-    revision: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-) -> tuple[MSA2Net, dict[str, Any]]:
-    """Rebuild the model of a pretrained folder or hub repo and load its weights strictly.
-
-    Returns:
-        ``(model in eval mode on device, config.json content)``.
-
-    Raises:
-        PretrainedError: see :func:`resolve_pretrained` and :func:`read_pretrained`; the weights do not fit the
-            model ``config.json`` describes (missing, unexpected and mis-shaped keys listed); the class names do not
-            match the model's classes.
-        HubUnavailableError: see :func:`resolve_pretrained`.
-    """
-    folder = resolve_pretrained(
-        source, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
-    )
-    config, state = read_pretrained(folder)
-    model = build_model(config, str(folder / CONFIG_NAME))
-    mismatch = key_mismatch_report(model.state_dict(), state)
-    if mismatch:
-        raise PretrainedError(
-            f"{folder / WEIGHTS_NAME} does not fit the model its {CONFIG_NAME} describes ({config['model_args']}):\n"
-            + mismatch
-        )
-    model.load_state_dict(state, strict=True)
-    if len(config["class_names"]) != model.num_classes:
-        raise PretrainedError(
-            f"{folder / CONFIG_NAME} names {len(config['class_names'])} classes but the model has "
-            f"{model.num_classes}; class_names must name every output class, background first"
-        )
-    model.pretrained_config = config
-    return model.to(device).eval(), config
-
-
-def build_model(config: Mapping[str, Any], where: str = "config") -> MSA2Net:
-    """The (randomly initialised) network a ``config.json`` describes: ``create_model(model_name, **model_args)``
-    for a registered name, else ``MSA2Net(**model_args)``.
-
-    Raises:
-        PretrainedError: the arguments do not build a model (the message names them).
-    """
-    from .msa2net import MSA2Net, create_model, list_models
-
-    args = dict(config["model_args"])
-    if "img_size" in args:
-        args["img_size"] = tuple(args["img_size"])
-    name = config.get("model_name")
-    try:
-        return create_model(name, **args) if name in list_models() else MSA2Net(**args)
-    except (ValueError, RuntimeError) as exc:
-        raise PretrainedError(f"{where}: cannot build {name or 'MSA2Net'} with {args}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------- push

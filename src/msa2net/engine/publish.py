@@ -5,7 +5,8 @@ uploaded.
 :func:`~msa2net.engine.checkpoint.load_checkpoint` (so an authors' checkpoint goes through the converter, its variant
 detected from the keys), records where the weights come from (``provenance``) and the evaluation summary, and writes
 the folder with :func:`msa2net.models.pretrained.save_pretrained` (``config.json``, ``model.safetensors`` and the model
-card of :func:`msa2net.report.build_model_card`), atomically.
+card of :func:`msa2net.report.build_model_card`), atomically. The training data's record (``dataset``, stored
+by training) is copied into ``config.json``, where the card reads it.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ def publish(
         evaluation=summary,
         license=license,
         slice_orientation=ckpt.get("slice_orientation"),
+        dataset=ckpt.get("dataset") or (ckpt.get("pretrained") or {}).get("dataset"),
     )
     folder = save_pretrained(model, out_dir, config=config, repo_id=push, overwrite=overwrite)
     result = PublishResult(

@@ -26,8 +26,8 @@ from ..data.transforms import build_transform
 from ..losses import build_loss
 from ..metrics import dice
 from ..models import create_model, load_official_weights
-from ..report import plot_curves
-from ..report import write_metrics_csv as _write_metrics_csv
+from ..reporting.curves import plot_curves
+from ..reporting.curves import write_metrics_csv as _write_metrics_csv
 from . import distributed
 from .checkpoint import load_checkpoint, make_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .inference import predict_volume

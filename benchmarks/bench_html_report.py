@@ -29,7 +29,7 @@ from msa2net.data.preprocessing import Preprocessing
 from msa2net.data.synapse import CLASS_NAMES, TEST_CASES, prepare_synapse
 from msa2net.engine import evaluate as evaluate_module
 from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
-from msa2net.report_html import HtmlReport
+from msa2net.reporting.html import HtmlReport
 
 
 def main() -> None:

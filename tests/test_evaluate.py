@@ -138,7 +138,7 @@ def test_evaluate_a_2d_png_folder(tmp_path):
 @pytest.mark.parametrize("postprocess", [False, True])
 def test_evaluate_isic_pools_pixels(data_isic_raw, tmp_path, postprocess):
     from msa2net.data.isic import ISICDataset, prepare_isic2018
-    from msa2net.report import PooledBinaryMetrics
+    from msa2net.reporting.aggregate import PooledBinaryMetrics
 
     root = tmp_path / "isic"
     prepare_isic2018(data_isic_raw, root, size=(64, 64), progress=False)

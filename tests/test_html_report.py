@@ -24,8 +24,10 @@ from msa2net.data.preprocessing import Preprocessing
 from msa2net.data.synapse import CLASS_NAMES
 from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
 from msa2net.engine.evaluate import _training_history, evaluate
-from msa2net.report import OVERLAY_COLORS, evaluation_tables, write_metrics_csv
-from msa2net.report_html import HtmlReport, select_slices, slice_confusion
+from msa2net.reporting.curves import write_metrics_csv
+from msa2net.reporting.html import HtmlReport, select_slices, slice_confusion
+from msa2net.reporting.overlays import OVERLAY_COLORS
+from msa2net.reporting.tables import evaluation_tables
 
 NUM_CLASSES = len(CLASS_NAMES)
 #: One epoch of training: the curves must still show it.
@@ -403,7 +405,8 @@ def test_prediction_report_in_a_browser(browser, tmp_path: Path) -> None:
 def test_pooled_isic_report_in_a_browser(browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    from msa2net.report import PooledBinaryMetrics, build_isic_summary
+    from msa2net.reporting.aggregate import PooledBinaryMetrics
+    from msa2net.reporting.summary import build_isic_summary
 
     image, label, pred = _volumes(depth=9)
     label, pred = (label > 0).astype(np.int64), (pred > 0).astype(np.int64)

@@ -38,7 +38,9 @@ from msa2net.engine.publish import publish
 from msa2net.models import HubUnavailableError, PretrainedError
 from msa2net.models.official import _MASAG_NAMES, map_official_key
 from msa2net.models.pretrained import build_pretrained_config, read_pretrained
-from msa2net.report import PooledBinaryMetrics, build_isic_summary, build_model_card
+from msa2net.reporting.aggregate import PooledBinaryMetrics
+from msa2net.reporting.card import build_model_card
+from msa2net.reporting.summary import build_isic_summary
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PUBLISHED_FILES = {"config.json", "model.safetensors", "README.md"}
@@ -251,7 +253,7 @@ def test_publish_run_folder_writes_config_and_a_card_with_the_evaluation(run_dir
     assert "best checkpoint on validation: mean Dice 0.4321 at epoch 3 of 5" in card
     assert "not a medical device" in card and "For research only" in card
     assert "arXiv" in card and "2407.21640" in card and "Kolahi" in card and "BMVC" in card
-    assert "| epochs | `5` |" in card and "Synapse multi-organ abdominal CT" in card
+    assert "| epochs | 3 of 5 planned |" in card and "Synapse multi-organ abdominal CT" in card
 
 
 def test_publish_refuses_a_non_empty_folder_unless_overwrite(

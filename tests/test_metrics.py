@@ -366,6 +366,6 @@ def test_legacy_case_scores_dice_follows_the_legacy_rule_not_dice() -> None:
 def test_metrics_exports_pure_functions_only() -> None:
     assert all(callable(getattr(metrics, name)) for name in metrics.__all__ if name != "EmptyPolicy")
     for moved in ("MetricAggregator", "PooledBinaryMetrics", "json_safe", "format_paper_table", "SYNAPSE_CLASSES"):
-        assert not hasattr(metrics, moved), moved  # reporting lives in msa2net.report, class names in data
+        assert not hasattr(metrics, moved), moved  # reporting lives in msa2net.reporting, class names in data
     with pytest.raises(AttributeError, match="case_metrics"):
         metrics.case_metrics  # noqa: B018 (renamed legacy_case_scores; no alias keeps the misleading name)

@@ -1,5 +1,6 @@
-"""Tests of msa2net.report: aggregation, pooled counts, strict JSON, the evaluation tables (every figure of table.md
-equals the one in summary.json), overlays, training logs and the demo report."""
+"""Tests of msa2net.reporting (the model card aside, see test_card.py): aggregation, pooled counts, strict JSON, the
+typed summaries and their summary.json, the evaluation tables (every figure of table.md equals the one in
+summary.json), overlays, training logs and the demo report."""
 
 from __future__ import annotations
 
@@ -16,28 +17,29 @@ import pytest
 import torch
 from PIL import Image
 
+from msa2net._json import json_safe, write_json
 from msa2net.data.synapse import CLASS_NAMES
 from msa2net.metrics import binary_confusion, pooled_binary_metrics
-from msa2net.report import (
-    MISSING,
-    OVERLAY_COLORS,
-    OVERLAY_PAD,
-    SYNAPSE_COLUMNS,
-    MetricAggregator,
-    PooledBinaryMetrics,
+from msa2net.reporting.aggregate import MetricAggregator, PooledBinaryMetrics
+from msa2net.reporting.curves import plot_curves, read_metrics_csv, write_metrics_csv
+from msa2net.reporting.demo import write_demo_report
+from msa2net.reporting.overlays import OVERLAY_COLORS, OVERLAY_PAD, overlay_rgb, write_overlay_png
+from msa2net.reporting.summary import (
+    CaseSummary,
+    PooledSummary,
+    SummaryError,
+    as_summary,
     build_evaluation_summary,
     build_isic_summary,
+    read_summary,
+    summary_from_json,
+)
+from msa2net.reporting.tables import (
+    MISSING,
+    SYNAPSE_COLUMNS,
     format_evaluation_tables,
     format_paper_table,
-    json_safe,
-    overlay_rgb,
-    plot_curves,
-    read_metrics_csv,
-    write_demo_report,
     write_evaluation_report,
-    write_json,
-    write_metrics_csv,
-    write_overlay_png,
 )
 
 ORGANS = list(CLASS_NAMES[1:])
@@ -259,22 +261,94 @@ SETTINGS = {"checkpoint": "best.pt", "model": "msa2net_paper", "empty_policy_mm"
 
 
 def test_evaluation_summary_by_hand() -> None:
-    summary = build_evaluation_summary(synapse_aggregator(), CLASS_NAMES, SETTINGS, "nan")
-    mm = summary["mm"]
+    summary = CaseSummary.build(synapse_aggregator(), CLASS_NAMES, SETTINGS, "nan")
+    mm = summary.mm
     # class means over the non-failed cases: 4, 5, 6, 6 (gallbladder: case 1 only), 8, 9, 10; pancreas none
-    assert mm["mean_hd95_mm"] == pytest.approx(48 / 7)
-    assert math.isnan(mm["per_class_hd95_mm"]["pancreas"]) and mm["per_class_hd95_mm"]["gallbladder"] == 6.0
-    assert mm["per_class_failures"] == {**{o: 0 for o in ORGANS}, "gallbladder": 1, "pancreas": 2}
-    assert (mm["n_failed"], mm["n_values"]) == (3, 16)
-    assert mm["mean_hd95_mm"] == pytest.approx(summary["mean"]["hd95_mm"])
-    assert summary["legacy"]["per_class_hd95_voxels"]["spleen"] == 3.0
-    assert summary["legacy"]["mean_dice"] == pytest.approx(np.mean(list(summary["legacy"]["per_class_dice"].values())))
-    assert summary["settings"]["title"] == "msa2net_paper"  # default: the checkpoint's model name
-    titled = build_evaluation_summary(synapse_aggregator(), CLASS_NAMES, SETTINGS, "nan", title="mine")
-    assert titled["settings"]["title"] == "mine"
-    # the layout of the rest of summary.json is the aggregator's
-    assert list(summary)[:4] == ["settings", "class_names", "legacy", "mm"]
-    assert {"n_cases", "classes", "metrics", "per_class", "mean", "cases"} <= set(summary)
+    assert mm.mean_hd95_mm == pytest.approx(48 / 7)
+    assert math.isnan(mm.per_class_hd95_mm["pancreas"]) and mm.per_class_hd95_mm["gallbladder"] == 6.0
+    assert mm.per_class_failures == {**{o: 0 for o in ORGANS}, "gallbladder": 1, "pancreas": 2}
+    assert (mm.n_failed, mm.n_values) == (3, 16)
+    assert mm.mean_hd95_mm == pytest.approx(summary.mean["hd95_mm"])
+    assert summary.legacy.per_class_hd95_voxels["spleen"] == 3.0
+    assert summary.legacy.mean_dice == pytest.approx(np.mean(list(summary.legacy.per_class_dice.values())))
+    assert summary.settings["title"] == summary.title == "msa2net_paper"  # default: the checkpoint's model name
+    titled = CaseSummary.build(synapse_aggregator(), CLASS_NAMES, SETTINGS, "nan", title="mine")
+    assert titled.title == "mine"
+    # summary.json: undefined figures null, the layout of the rest is the aggregator's
+    data = summary.to_json()
+    assert data == build_evaluation_summary(synapse_aggregator(), CLASS_NAMES, SETTINGS, "nan")
+    assert data["mm"]["per_class_hd95_mm"]["pancreas"] is None
+    assert list(data)[:4] == ["settings", "class_names", "legacy", "mm"]
+    assert list(data)[4:] == ["n_cases", "classes", "metrics", "per_class", "mean", "cases"]
+
+
+#: A summary.json as msa2net 0.1.0 wrote it before summaries were typed (two classes, one failure).
+OLD_SUMMARY_JSON = """{"settings": {"model": "m", "kind": "folder", "nsd_tolerance_mm": null, "empty_policy_mm": "nan",
+"title": "m"}, "class_names": ["background", "spleen", "liver"], "legacy": {"mean_dice": 0.6000000000000001,
+"mean_hd95_voxels": 1.5, "per_class_dice": {"spleen": 0.4, "liver": 0.8}, "per_class_hd95_voxels": {"spleen": 1.0,
+"liver": 2.0}}, "mm": {"mean_hd95_mm": 4.0, "per_class_hd95_mm": {"spleen": 4.0, "liver": 4.0}, "per_class_failures":
+{"spleen": 1, "liver": 0}, "n_failed": 1, "n_values": 4, "per_class_nsd": {"spleen": null, "liver": null}, "note":
+"hd95_mm omits failures (an empty prediction or ground truth) from the means and counts them"}, "n_cases": 2,
+"classes": ["spleen", "liver"], "metrics": ["dice", "hd95", "hd95_mm"], "per_class": {"spleen": {"n_cases": 2, "mean":
+{"dice": 0.4, "hd95": 1.0, "hd95_mm": 4.0}, "n_failed": {"dice": 0, "hd95": 0, "hd95_mm": 1}}, "liver": {"n_cases": 2,
+"mean": {"dice": 0.8, "hd95": 2.0, "hd95_mm": 4.0}, "n_failed": {"dice": 0, "hd95": 0, "hd95_mm": 0}}}, "mean":
+{"dice": 0.6000000000000001, "hd95": 1.5, "hd95_mm": 4.0}, "cases": [{"case_id": "c1", "class_name": "spleen", "dice":
+0.8, "hd95": 2.0, "hd95_mm": 4.0}, {"case_id": "c1", "class_name": "liver", "dice": 0.9, "hd95": 1.0, "hd95_mm": 2.0},
+{"case_id": "c2", "class_name": "spleen", "dice": 0.0, "hd95": 0.0, "hd95_mm": null}, {"case_id": "c2", "class_name":
+"liver", "dice": 0.7, "hd95": 3.0, "hd95_mm": 6.0}]}"""
+
+
+def _old_aggregator() -> MetricAggregator:
+    """The rows :data:`OLD_SUMMARY_JSON` was built from."""
+    agg = MetricAggregator(["spleen", "liver"])
+    agg.add_case(
+        "c1",
+        {"spleen": {"dice": 0.8, "hd95": 2.0, "hd95_mm": 4.0}, "liver": {"dice": 0.9, "hd95": 1.0, "hd95_mm": 2.0}},
+    )
+    agg.add_case(
+        "c2",
+        {"spleen": {"dice": 0.0, "hd95": 0.0, "hd95_mm": NAN}, "liver": {"dice": 0.7, "hd95": 3.0, "hd95_mm": 6.0}},
+    )
+    return agg
+
+
+def test_typed_summaries_write_and_read_the_same_summary_json(tmp_path: Path) -> None:
+    old = json.loads(OLD_SUMMARY_JSON)
+    settings = {"model": "m", "kind": "folder", "nsd_tolerance_mm": None}
+    built = CaseSummary.build(_old_aggregator(), ["background", "spleen", "liver"], settings, "nan")
+    assert built.to_json() == old  # the keys and values summary.json has always had
+    assert json.dumps(built.to_json()) == json.dumps(old)  # in the same order
+    read = summary_from_json(old)
+    assert isinstance(read, CaseSummary) and read.to_json() == old and read == CaseSummary.from_json(old)
+    assert (
+        read.mm.per_class_hd95_mm == {"spleen": 4.0, "liver": 4.0} and read.per_class["spleen"].n_failed["hd95_mm"] == 1
+    )
+    # a file round trip, and config.json's form without the per-case rows
+    path = write_json(tmp_path / "summary.json", built.to_json())
+    assert read_summary(path).to_json() == old
+    light = read.without_cases().to_json()
+    assert "cases" not in light and light == {k: v for k, v in old.items() if k != "cases"}
+    assert CaseSummary.from_json(light).cases is None and CaseSummary.from_json(light).to_json() == light
+    # the table of a summary read back is the table of the summary built
+    assert format_evaluation_tables(read) == format_evaluation_tables(built)
+
+
+def test_pooled_summary_round_trip_and_dispatch(tmp_path: Path) -> None:
+    pooled = PooledBinaryMetrics(postprocess=True)
+    pooled.update(np.eye(8, dtype=bool), np.ones((8, 8), dtype=bool))
+    summary = PooledSummary.build(pooled, {"model": "m", "kind": "isic2018"}, 1)
+    data = json.loads(json.dumps(summary.to_json()))
+    assert list(data) == ["settings", "n_images", "pooled"] and data["settings"]["postprocess"] is True
+    read = summary_from_json(data)
+    assert isinstance(read, PooledSummary) and read.to_json() == data and read.postprocess and read.title == "m"
+    assert as_summary(read) is read and as_summary(data) == read
+    with pytest.raises(SummaryError, match="legacy/mm/per_class or pooled"):
+        summary_from_json({"settings": {}})
+    with pytest.raises(SummaryError, match=r"lacks \['n_images'\]"):
+        summary_from_json({"settings": {}, "pooled": {}})
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(SummaryError, match=r"bad\.json is not a summary\.json"):
+        read_summary(tmp_path / "bad.json")
 
 
 def _assert_table_matches_summary(table_text: str, summary: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _hooks
 from ._version import __version__
 
 __all__ = ["MSA2Net", "create_model", "list_models", "load_official_weights", "predict_volume", "__version__"]
@@ -24,6 +25,17 @@ _LAZY = {
     "load_official_weights": ".models",
     "predict_volume": ".engine.inference",
 }
+
+
+def _model_card(config: Any, *, repo_id: str | None = None) -> str:
+    """The model card of ``MSA2Net.save_pretrained``; its module (and the hub client) loads on the first save."""
+    from .reporting.card import build_model_card
+
+    return build_model_card(config, repo_id=repo_id)
+
+
+# models sit below reporting and never import it: the top package hands them the card builder
+_hooks.model_card_builder = _model_card
 
 
 def __getattr__(name: str) -> Any:

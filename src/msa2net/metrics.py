@@ -3,7 +3,7 @@
 Overlap (:func:`dice`), surface distances (:func:`hd95`, :func:`surface_dice`), the legacy (paper) protocol
 (:func:`legacy_case_metrics`, :func:`legacy_case_scores`) and the pooled pixel scores of the ISIC protocol
 (:func:`binary_confusion`, :func:`pooled_binary_metrics`, :func:`isic_postprocess`). Nothing here writes files,
-formats tables or accumulates state: aggregation over cases and every report live in :mod:`msa2net.report`.
+formats tables or accumulates state: aggregation over cases and every report live in :mod:`msa2net.reporting`.
 
 Conventions shared by all functions:
 
@@ -16,7 +16,7 @@ Conventions shared by all functions:
   element (6-neighbourhood in 3D, 4-neighbourhood in 2D), with everything outside the array counted
   as background, so a mask touching the array border has a surface there.
 * NaN means "undefined for this case" (for instance a distance to an empty mask under the ``"nan"``
-  policy); :class:`msa2net.report.MetricAggregator` counts NaN values as failures instead of averaging
+  policy); :class:`msa2net.reporting.aggregate.MetricAggregator` counts NaN values as failures instead of averaging
   them away silently.
 
 The Dice and HD95 definitions reproduce the legacy evaluation of the MSA2Net / TransUNet code (which

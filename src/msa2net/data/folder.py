@@ -36,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from msa2net.constants import DatasetRecord
 from msa2net.data.io import IMAGE_SUFFIXES, RASTER_SUFFIXES, Geometry, ImageReadError, read_image
 from msa2net.data.orientation import axis_code
 from msa2net.data.preprocessing import Preprocessing
@@ -94,6 +95,9 @@ class DatasetSpec:
         labels: Class name -> id, ids contiguous ``0..K-1`` with 0 the background.
         file_ending: File suffix of every image and label file, e.g. ``".nii.gz"`` or ``".png"``.
         num_training: Optional ``numTraining`` (number of labelled cases).
+        name: Optional ``name`` of the dataset (an nnU-Net field), shown by model cards.
+        description: Optional ``description`` of the dataset (an nnU-Net field), shown by model cards.
+        reference: Optional ``reference`` (where the data come from, an nnU-Net field), shown by model cards.
     """
 
     root: Path
@@ -101,6 +105,9 @@ class DatasetSpec:
     labels: dict[str, int]
     file_ending: str
     num_training: int | None = None
+    name: str | None = None
+    description: str | None = None
+    reference: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -227,7 +234,9 @@ def load_dataset_json(root: PathLike) -> DatasetSpec:
         num_training = None
     if problems:
         raise FolderValidationError(root, problems)
-    return DatasetSpec(root, channel_names, labels, file_ending, num_training)
+    # free text for model cards only: anything but a non-empty string is ignored, never an error
+    text = {k: data[k].strip() for k in ("name", "description", "reference") if isinstance(data.get(k), str)}
+    return DatasetSpec(root, channel_names, labels, file_ending, num_training, **{k: v for k, v in text.items() if v})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -843,6 +852,21 @@ class FolderSource(Source):
 
     def train_ids(self) -> list[str]:
         return list(self._validated().cases)
+
+    def dataset_record(self) -> DatasetRecord:
+        """``dataset.json``'s ``name`` (else the folder's name), ``description`` and ``reference``, with the class
+        and channel names."""
+        record: DatasetRecord = {
+            "kind": self.kind,
+            "name": self.spec.name or self.root.resolve().name,
+            "class_names": list(self.class_names),
+            "channel_names": list(self.spec.channel_names),
+        }
+        if self.spec.description:
+            record["description"] = self.spec.description
+        if self.spec.reference:
+            record["reference"] = self.spec.reference
+        return record
 
     def slice_orientation(self) -> str | None:
         """The axis code of the training volumes' headers when they all share one (None for 2D data or a mix)."""

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from msa2net._progress import progress_enabled
+from msa2net.constants import DatasetRecord, builtin_dataset
 from msa2net.data.io import atomic_path, read_image, write_text_atomic
 from msa2net.data.preprocessing import ISIC_PREPROCESSING, Preprocessing
 from msa2net.data.source import Case, EpochSeededDataset, Source, Split, register_source
@@ -299,6 +300,10 @@ class ISICSource(Source):
     @classmethod
     def detect(cls, root: Path) -> bool:
         return (root / "split.json").is_file() and any((root / f"{s}.npz").is_file() for s in SPLITS)
+
+    def dataset_record(self) -> DatasetRecord:
+        """The ISIC 2018 record of :data:`msa2net.constants.BUILTIN_DATASETS` (name, description, reference, ...)."""
+        return builtin_dataset("isic2018", self.class_names)
 
     def train_ids(self) -> list[str]:
         return ["train"]

@@ -10,6 +10,7 @@ never asks which kind it holds:
 - which cases train, validate and test (:meth:`Source.split`, :meth:`Source.test_ids`);
 - which anatomical layout its volumes have (:meth:`Source.slice_orientation`), so that prediction slices new
   files in the plane the model was trained on;
+- what a model card says about it (:meth:`Source.dataset_record`: name, description, classes, channels);
 - the slice-wise training dataset (:meth:`Source.training_dataset`) and whole labelled cases for validation and
   evaluation (:meth:`Source.cases`), as :class:`Case` records.
 
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..constants import DatasetRecord
 from .io import Geometry
 from .preprocessing import Preprocessing
 
@@ -216,6 +218,16 @@ class Source(ABC):
     def describe(self) -> str:
         """One line for logs."""
         return f"{self.kind} data at {self.root} ({self.num_classes} classes, {self.in_channels} channel(s))"
+
+    def dataset_record(self) -> DatasetRecord:
+        """What a model card says about this dataset, as a small JSON-able record
+        (:class:`~msa2net.constants.DatasetRecord`: kind, name, description, reference, class and channel names, ...).
+        Training stores it in checkpoints and ``publish`` copies it into ``config.json``.
+
+        This base record holds the kind, the folder's name as the name and the class names; kinds that know more
+        (a public dataset's description and reference, a dataset folder's ``dataset.json``) override it.
+        """
+        return {"kind": self.kind, "name": self.root.resolve().name, "class_names": list(self.class_names)}
 
     def _select(self, ids: Sequence[str], available: Sequence[str], what: str) -> list[str]:
         chosen = [self.normalize_id(c) for c in ids]

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from msa2net._progress import progress_enabled
+from msa2net.constants import SYNAPSE_CLASS_NAMES, DatasetRecord, builtin_dataset
 from msa2net.data.io import Geometry, ImageReadError, atomic_path, read_image, write_text_atomic
 from msa2net.data.preprocessing import CT_PREPROCESSING, Preprocessing
 from msa2net.data.source import Case, EpochSeededDataset, Source, register_source
@@ -73,9 +74,7 @@ BTCV_TO_SYNAPSE: dict[int, int] = {
     0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 0, 6: 5, 7: 6, 8: 7, 9: 0, 10: 0, 11: 8, 12: 0, 13: 0,
 }  # fmt: skip
 #: Class names by Synapse class id (the paper's table columns are classes 1..8 in this order).
-CLASS_NAMES: tuple[str, ...] = (
-    "background", "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas",
-)  # fmt: skip
+CLASS_NAMES: tuple[str, ...] = SYNAPSE_CLASS_NAMES
 #: ``labels=`` choices: stored ids are the 8 Synapse classes, or 14-class BTCV ids to be mapped.
 LABEL_MODES: tuple[str, ...] = ("synapse8", "btcv14")
 #: ``intensity=`` choices: values outside [0, 1] are an error, or are clipped.
@@ -687,6 +686,10 @@ class SynapseSource(Source):
     @classmethod
     def detect(cls, root: Path) -> bool:
         return (root / "lists_Synapse").is_dir() and ((root / "train_npz").is_dir() or (root / "test_vol_h5").is_dir())
+
+    def dataset_record(self) -> DatasetRecord:
+        """The Synapse record of :data:`msa2net.constants.BUILTIN_DATASETS` (name, description, reference, ...)."""
+        return builtin_dataset("synapse", self.class_names, ["CT"])
 
     def normalize_id(self, case: str) -> str:
         return case_name(case)

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_path
+from .._json import write_json
 from ..config import load_config
-from ..report import write_demo_report, write_json
+from ..reporting.demo import write_demo_report
 
 #: 2 test cases (the official split) and 8 training cases, one of which validates
 DEMO_CASES = ("0001", "0002", "0005", "0006", "0007", "0009", "0010", "0021", "0023", "0024")

@@ -13,24 +13,19 @@ from typing import Any
 
 import numpy as np
 
+from .._json import write_json
 from ..config import EVALUATION_SPLITS
 from ..data.io import Geometry, write_image
 from ..data.preprocessing import Preprocessing
 from ..data.registry import open_source
 from ..data.source import Case, Source
 from ..metrics import legacy_case_scores
-from ..report import (
-    OVERLAY_COLORS,
-    MetricAggregator,
-    PooledBinaryMetrics,
-    build_evaluation_summary,
-    build_isic_summary,
-    read_metrics_csv,
-    write_evaluation_report,
-    write_json,
-    write_overlay_png,
-)
-from ..report_html import HtmlReport
+from ..reporting.aggregate import MetricAggregator, PooledBinaryMetrics
+from ..reporting.curves import read_metrics_csv
+from ..reporting.html import HtmlReport
+from ..reporting.overlays import OVERLAY_COLORS, write_overlay_png
+from ..reporting.summary import build_evaluation_summary, build_isic_summary
+from ..reporting.tables import write_evaluation_report
 from .checkpoint import load_model_source, model_from_checkpoint, resolve_checkpoint_path
 from .distributed import resolve_device
 from .inference import AmpCheck, predict_volume
@@ -69,7 +64,7 @@ def evaluate(
     policy (``"nan"``: a missed or hallucinated organ is a failure, counted, not a 0) and normalised surface Dice
     at ``nsd_tolerance_mm``. Writes ``summary.json``, ``per_case.csv``, ``table.md``, optional NIfTI predictions
     (``predictions/``, in the source geometry where known), overlay PNGs (``overlays/``) and, with ``html``,
-    ``report.html`` (:class:`~msa2net.report_html.HtmlReport`: the tables, a per-case table, a slice browser per
+    ``report.html`` (:class:`~msa2net.reporting.html.HtmlReport`: the tables, a per-case table, a slice browser per
     case and the training curves; each case is encoded into it as it is evaluated). ``notes`` are paragraphs shown
     at the top of ``report.html``. The curves come from ``metrics.csv`` beside the checkpoint (its run folder) when
     it agrees with the history recorded in the checkpoint, else from that history; a checkpoint without one has no
@@ -97,7 +92,7 @@ def evaluate(
     reported scores stay those of the mixed-precision run.
 
     Returns:
-        The summary dict written to ``summary.json``.
+        The content of ``summary.json`` (undefined figures None; see :mod:`msa2net.reporting.summary`).
     """
     out = Path(out_dir)
     if isinstance(checkpoint, (str, os.PathLike)) and Path(checkpoint).exists():

@@ -40,8 +40,8 @@ from ..data.io import (
 from ..data.orientation import axis_code, check_axis_code, reorientation
 from ..data.preprocessing import Preprocessing
 from ..models import MSA2Net
-from ..report import OVERLAY_COLORS, write_overlay_png
-from ..report_html import HtmlReport
+from ..reporting.html import HtmlReport
+from ..reporting.overlays import OVERLAY_COLORS, write_overlay_png
 from .checkpoint import load_model_source, model_from_checkpoint
 from .distributed import resolve_device
 from .inference import predict_image, predict_volume
@@ -458,7 +458,7 @@ def predict_files(
     (the middle slice when there is none) for volumes. ``out_dir/predictions.json`` records the run, per-input class
     voxel counts and sizes (:func:`class_volumes`) and the failures. With ``html``, ``out_dir/report.html`` shows
     every segmented input in a slice browser (image and predicted mask; no ground truth, no scores; see
-    :class:`~msa2net.report_html.HtmlReport`), with the class voxel counts of ``predictions.json``; it is skipped,
+    :class:`~msa2net.reporting.html.HtmlReport`), with the class voxel counts of ``predictions.json``; it is skipped,
     with a warning, for models with more classes than overlay colours. Every file is written atomically.
 
     Per input ``<stem>`` (the mask's name without suffix), on request:

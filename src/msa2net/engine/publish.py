@@ -5,12 +5,12 @@ uploaded.
 :func:`~msa2net.engine.checkpoint.load_checkpoint` (so an authors' checkpoint goes through the converter, its variant
 detected from the keys), records where the weights come from (``provenance``) and the evaluation summary, and writes
 the folder with :func:`msa2net.models.pretrained.save_pretrained` (``config.json``, ``model.safetensors`` and the model
-card of :func:`msa2net.report.build_model_card`), atomically.
+card of :func:`msa2net.reporting.card.build_model_card`), atomically. The training data's record (``dataset``, stored
+by training) is copied into ``config.json``, where the card reads it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..models.pretrained import CONFIG_NAME, build_pretrained_config, file_sha256, push_folder_to_hub, save_pretrained
+from ..reporting.card import build_model_card
+from ..reporting.summary import CaseSummary, SummaryError, read_summary
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
 
 __all__ = ["EVAL_SUMMARY_CANDIDATES", "PublishResult", "find_run_files", "provenance_of", "publish"]
@@ -106,22 +108,17 @@ def provenance_of(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
 def _read_summary(path: Path, class_names: list[str]) -> dict[str, Any]:
     """An evaluation ``summary.json`` without its per-case rows, checked against the model's classes."""
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read evaluation summary {path}: {exc}") from exc
-    if not isinstance(summary, dict) or not ({"legacy", "mm", "per_class"} <= set(summary) or "pooled" in summary):
-        raise ValueError(
-            f"{path} is not a summary.json of `msa2net evaluate` (expected legacy/mm/per_class or pooled figures); "
-            "pass the summary.json that evaluate wrote"
-        )
-    names = summary.get("class_names")
-    if names is not None and list(names) != class_names:
-        raise ValueError(
-            f"{path} evaluates the classes {names} but the checkpoint segments {class_names}; pass the summary of an "
-            "evaluation of this checkpoint"
-        )
-    summary.pop("cases", None)
-    return summary
+        summary = read_summary(path)
+    except SummaryError as exc:
+        raise ValueError(f"{exc}; pass the summary.json that evaluate wrote") from exc
+    if isinstance(summary, CaseSummary):  # pooled summaries name no classes
+        if list(summary.class_names) != class_names:
+            raise ValueError(
+                f"{path} evaluates the classes {summary.class_names} but the checkpoint segments {class_names}; pass "
+                "the summary of an evaluation of this checkpoint"
+            )
+        summary = summary.without_cases()
+    return summary.to_json()
 
 
 def publish(
@@ -188,8 +185,10 @@ def publish(
         evaluation=summary,
         license=license,
         slice_orientation=ckpt.get("slice_orientation"),
+        dataset=ckpt.get("dataset") or (ckpt.get("pretrained") or {}).get("dataset"),
     )
-    folder = save_pretrained(model, out_dir, config=config, repo_id=push, overwrite=overwrite)
+    card = build_model_card(config, repo_id=push)
+    folder = save_pretrained(model, out_dir, config=config, card=card, repo_id=push, overwrite=overwrite)
     result = PublishResult(
         folder=folder,
         files=sorted(p for p in folder.iterdir() if p.is_file()),

@@ -19,14 +19,15 @@ from tqdm.auto import tqdm
 
 from .._progress import progress_enabled
 from ..config import Config, config_from_dict, validate_config
+from ..constants import builtin_dataset
 from ..data.registry import open_source
 from ..data.source import EpochSeededDataset, Source, Split
 from ..data.transforms import build_transform
 from ..losses import build_loss
 from ..metrics import dice
 from ..models import create_model, load_official_weights
-from ..report import plot_curves
-from ..report import write_metrics_csv as _write_metrics_csv
+from ..reporting.curves import plot_curves
+from ..reporting.curves import write_metrics_csv as _write_metrics_csv
 from . import distributed
 from .checkpoint import load_checkpoint, make_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .inference import predict_volume
@@ -44,6 +45,8 @@ class TrainingData:
     train: EpochSeededDataset
     #: axis code of the training volumes (:meth:`Source.slice_orientation`), stored in checkpoints
     slice_orientation: str | None = None
+    #: what model cards say about the data (:meth:`Source.dataset_record`), stored in checkpoints as ``dataset``
+    dataset_record: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_classes(cfg: Config, source: Source) -> None:
@@ -73,7 +76,10 @@ def build_training_data(cfg: Config) -> TrainingData:
     )
     transform = build_transform(d.augment, tuple(cfg.model.img_size), source.preprocessing)
     dataset = source.training_dataset(split.train, transform, cfg.train.seed)
-    return TrainingData(source, split, dataset, source.slice_orientation())
+    # the demo trains on the phantom prepared as Synapse data: its model card must not claim the real scans
+    demo = cfg.preset == "demo"
+    record = builtin_dataset("synapse_phantom", source.class_names) if demo else source.dataset_record()
+    return TrainingData(source, split, dataset, source.slice_orientation(), dict(record))
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -528,6 +534,7 @@ def _end_of_epoch(run: _Run, epoch: int, row: dict[str, float]) -> None:
             world_size=info.world_size,
             skipped_steps=run.skipped_steps,
             slice_orientation=run.data.slice_orientation,
+            dataset=run.data.dataset_record,
         )
         if improved:
             save_checkpoint(state, run.out / "best.pt")

@@ -270,6 +270,7 @@ class MSA2Net(nn.Module):
             evaluation=evaluation if evaluation is not None else old.get("evaluation"),
             license=license or old.get("license") or "mit",
             slice_orientation=slice_orientation or old.get("slice_orientation"),
+            dataset=old.get("dataset"),  # the training data do not change with a re-save
         )
 
     def save_pretrained(

@@ -1,16 +1,16 @@
 """The HTML report: one self-contained ``report.html`` per evaluation, demo or prediction run.
 
-Part of :mod:`msa2net.report` (which holds the tables, colours and summaries it prints). The page needs no network
-and no server: the slices are embedded as ``data:`` URIs, the page script and style are inline
-(``report_template.html``, shipped with the package), so it opens from disk (``file://``) in any current browser.
+The page needs no network and no server: the slices are embedded as ``data:`` URIs, the page script and style are
+inline (``report_template.html``, shipped with the package), so it opens from disk (``file://``) in any current
+browser.
 
-What it shows, for an evaluation: the summary tables of :func:`msa2net.report.evaluation_tables` (the paper's
-layout, millimetres, failure counts; every figure read from the evaluation summary), a sortable per-case, per-class
-table (worst Dice first), training curves when the run's history is known, and one slice browser per case: image,
-ground truth and prediction side by side or as one switchable overlay, a slider and arrow keys, an opacity control,
-a legend with the class colours of the PNG overlays (:data:`msa2net.report.OVERLAY_COLORS`), and jumps to the slices
-where a chosen class disagrees most (false-positive + false-negative pixels). For a prediction run: the input slices
-and predicted masks, with jumps to the slices where a class covers the most pixels.
+What it shows, for an evaluation: the summary tables of :func:`msa2net.reporting.tables.evaluation_tables` (the
+paper's layout, millimetres, failure counts; every figure read from the evaluation summary), a sortable per-case,
+per-class table (worst Dice first), training curves when the run's history is known, and one slice browser per case:
+image, ground truth and prediction side by side or as one switchable overlay, a slider and arrow keys, an opacity
+control, a legend with the class colours of the PNG overlays (:data:`msa2net.reporting.overlays.OVERLAY_COLORS`),
+and jumps to the slices where a chosen class disagrees most (false-positive + false-negative pixels). For a
+prediction run: the input slices and predicted masks, with jumps to the slices where a class covers the most pixels.
 
 Size: each case keeps every slice with ground-truth or predicted foreground and every ``stride``-th other slice (at
 most ``max_slices``); slices are downsampled to at most ``max_side`` pixels (box filter for the image, nearest
@@ -39,8 +39,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._version import __version__
-from .report import OVERLAY_COLORS, evaluation_tables, json_safe
+from .._json import json_safe
+from .._version import __version__
+from .overlays import OVERLAY_COLORS
+from .summary import CaseSummary, PooledSummary, Summary, as_summary
+from .tables import evaluation_tables
 
 __all__ = [
     "BACKGROUND_STRIDE",
@@ -83,7 +86,7 @@ def _json_for_script(data: object) -> str:
 
 def _template() -> tuple[str, str]:
     """The page template split at the place where case data go: ``(head, tail)``."""
-    text = resources.files("msa2net").joinpath("report_template.html").read_text(encoding="utf-8")
+    text = resources.files("msa2net.reporting").joinpath("report_template.html").read_text(encoding="utf-8")
     head, tail = text.split(_CASES_MARKER)
     return head, tail
 
@@ -407,7 +410,7 @@ class HtmlReport:
     def finish(
         self,
         *,
-        evaluation: Mapping[str, Any] | None = None,
+        evaluation: Summary | Mapping[str, Any] | None = None,
         predictions: Mapping[str, Any] | None = None,
         history: Sequence[Mapping[str, float]] | None = None,
         history_note: str = "",
@@ -417,8 +420,8 @@ class HtmlReport:
         """Write the page around the cases and move it into place.
 
         Args:
-            evaluation: The evaluation summary: a :func:`msa2net.report.build_evaluation_summary` dict (tables and
-                per-case rows are read from it) or a :func:`msa2net.report.build_isic_summary` dict (pooled scores).
+            evaluation: The evaluation summary (:mod:`msa2net.reporting.summary`, typed or its JSON content):
+                per-case (tables and per-case rows are read from it) or pooled (the pooled scores).
             predictions: For ``kind="prediction"``: the ``predictions.json`` record of
                 :func:`msa2net.engine.predict.predict_files` (its ``cases`` give the per-input table).
             history: Training history rows (``epoch``, ``train_loss``, ``lr``, ``val_mean_dice``,
@@ -431,12 +434,13 @@ class HtmlReport:
             The written ``report.html``.
 
         Raises:
-            ValueError: the report was already finished or aborted.
+            ValueError: the report was already finished or aborted, or ``evaluation`` is no evaluation summary.
         """
         if self._file is None:
             raise ValueError("the report is finished or aborted")
         started = time.perf_counter()
-        page = self._page(evaluation, predictions, history, history_note, mark_epoch, notes)
+        summary = as_summary(evaluation) if evaluation is not None else None
+        page = self._page(summary, predictions, history, history_note, mark_epoch, notes)
         self._file.write(self._tail.replace("__PAGE__", _json_for_script(page)))
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -451,7 +455,7 @@ class HtmlReport:
 
     def _page(
         self,
-        evaluation: Mapping[str, Any] | None,
+        evaluation: Summary | None,
         predictions: Mapping[str, Any] | None,
         history: Sequence[Mapping[str, float]] | None,
         history_note: str,
@@ -476,26 +480,26 @@ class HtmlReport:
             "method": self._method(),
         }
         means: dict[str, float] = {}
-        if evaluation is not None and "legacy" in evaluation:
-            page["settings"] = _settings_rows(evaluation.get("settings", {}))
+        if isinstance(evaluation, CaseSummary):
+            page["settings"] = _settings_rows(evaluation.settings)
             page["subtitle"] = (
-                f"{int(evaluation['n_cases'])} case(s), {len(self.class_names) - 1} classes; msa2net {__version__}"
+                f"{int(evaluation.n_cases)} case(s), {len(self.class_names) - 1} classes; msa2net {__version__}"
             )
             page["summary_heading"] = "Summary (from summary.json)"
             page["tables_html"] = "".join(_table_html(*t) for t in evaluation_tables(evaluation))
             page["case_columns"], page["case_rows"] = _case_table(evaluation, self.class_names)
             means = _case_means(evaluation)
             page["cases_heading"] = "Cases, worst mean Dice first"
-        elif evaluation is not None and "pooled" in evaluation:
-            page["settings"] = _settings_rows(evaluation.get("settings", {}))
-            page["subtitle"] = f"{int(evaluation['n_images'])} image(s), pixels pooled; msa2net {__version__}"
+        elif isinstance(evaluation, PooledSummary):
+            page["settings"] = _settings_rows(evaluation.settings)
+            page["subtitle"] = f"{int(evaluation.n_images)} image(s), pixels pooled; msa2net {__version__}"
             page["summary_heading"] = "Pooled scores (from summary.json)"
-            pooled = evaluation["pooled"]
+            pooled = evaluation.pooled
             header = ["Metric", *(str(k) for k in pooled)]
             row = ["percent", *(_percent(v) for v in pooled.values())]
             page["tables_html"] = _table_html(
                 "Scores of the pixels of every test image pooled (ISIC protocol), in percent"
-                + (", after opening and hole filling" if evaluation["settings"].get("postprocess") else "")
+                + (", after opening and hole filling" if evaluation.postprocess else "")
                 + ".",
                 header,
                 [row],
@@ -611,10 +615,10 @@ def _settings_rows(settings: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _case_table(summary: Mapping[str, Any], class_names: Sequence[str]) -> tuple[list[dict], list[dict]]:
-    """Columns and rows of the per-case, per-class table, straight from ``summary["cases"]``."""
+def _case_table(summary: CaseSummary, class_names: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    """Columns and rows of the per-case, per-class table, straight from ``summary.cases``."""
     ids = {name: i for i, name in enumerate(class_names)}
-    metrics = [str(m) for m in summary.get("metrics", [])]
+    metrics = [str(m) for m in summary.metrics]
     columns: list[dict[str, Any]] = [
         {"key": "case_id", "label": "Case", "kind": "text"},
         {"key": "class_name", "label": "Class", "kind": "text"},
@@ -630,17 +634,17 @@ def _case_table(summary: Mapping[str, Any], class_names: Sequence[str]) -> tuple
         if metric in _FLAG_COLUMNS:
             columns.append({"key": metric, "label": _FLAG_COLUMNS[metric], "kind": "flag", "ascending": False})
     rows = []
-    for row in summary.get("cases", []):
+    for row in summary.cases or []:
         entry = {k: row.get(k) for k in ("case_id", "class_name", *metrics)}
         entry["class_id"] = ids.get(str(row.get("class_name")))
         rows.append(entry)
     return columns, json_safe(rows)  # type: ignore[return-value]
 
 
-def _case_means(summary: Mapping[str, Any]) -> dict[str, float]:
-    """Mean legacy Dice over the classes of each case (undefined values left out), from ``summary["cases"]``."""
+def _case_means(summary: CaseSummary) -> dict[str, float]:
+    """Mean legacy Dice over the classes of each case (undefined values left out), from ``summary.cases``."""
     values: dict[str, list[float]] = {}
-    for row in summary.get("cases", []):
+    for row in summary.cases or []:
         dice = row.get("dice")
         values.setdefault(str(row["case_id"]), [])
         if dice is not None and not math.isnan(float(dice)):

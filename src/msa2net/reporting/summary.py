@@ -1,0 +1,364 @@
+"""Evaluation summaries, typed: what ``summary.json`` holds, for per-case scores or pooled scores.
+
+Two kinds of evaluation exist, and each has its class:
+
+- :class:`CaseSummary` (Synapse, dataset folders): per case and class, the paper's legacy protocol (Dice, HD95 in
+  voxels) and the honest figures (HD95 in mm with failures counted, NSD), with class means;
+- :class:`PooledSummary` (ISIC 2018): the pixels of every test image pooled into one confusion, and its scores.
+
+``to_json`` gives exactly the content of ``summary.json`` (strict JSON: an undefined figure is ``null``) and
+``from_json`` reads it back, also from a published ``config.json`` whose ``evaluation`` lacks the per-case rows;
+``from_json(s.to_json()).to_json() == s.to_json()``. :func:`summary_from_json` is the one place that tells the two
+kinds apart; everything else dispatches on the class.
+
+In memory a figure (:data:`Figure`) is a float, NaN or None when undefined; :func:`number` reads either as NaN.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._json import json_safe
+from .aggregate import MetricAggregator, PooledBinaryMetrics, mean_omit_nan
+
+__all__ = [
+    "CaseSummary",
+    "ClassTotals",
+    "Figure",
+    "LegacyFigures",
+    "MillimetreFigures",
+    "PooledSummary",
+    "Summary",
+    "SummaryError",
+    "as_summary",
+    "build_evaluation_summary",
+    "build_isic_summary",
+    "number",
+    "read_summary",
+    "summary_from_json",
+]
+
+#: A reported figure: a float, or NaN / None (JSON ``null``) when undefined.
+Figure = float | None
+
+_MM_NOTE = "hd95_mm omits failures (an empty prediction or ground truth) from the means and counts them"
+
+
+class SummaryError(ValueError):
+    """Data that is not an evaluation summary of ``msa2net evaluate``; the message says what is missing."""
+
+
+def number(value: object) -> float:
+    """A summary figure as a float: ``None`` (JSON null) becomes NaN."""
+    return float("nan") if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _require(data: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise SummaryError(f"{where} lacks {missing}")
+
+
+def _settings_title(settings: Mapping[str, Any]) -> str:
+    """Row label of the tables: ``settings.title``, else the checkpoint's model name."""
+    return str(settings.get("title") or settings.get("model", "model"))
+
+
+@dataclass
+class LegacyFigures:
+    """The paper's legacy protocol: Dice and HD95 in voxels (a miss scores 0); means are plain means over classes."""
+
+    mean_dice: Figure
+    mean_hd95_voxels: Figure
+    per_class_dice: dict[str, Figure]
+    per_class_hd95_voxels: dict[str, Figure]
+
+
+@dataclass
+class MillimetreFigures:
+    """HD95 in millimetres with failures (an empty prediction or ground truth) left out of the means and counted,
+    and the normalised surface Dice.
+
+    Attributes:
+        mean_hd95_mm: Mean over classes of the class means (classes without a value left out); None when none has.
+        per_class_failures: Failures per class, out of that class's ``n_cases``.
+        n_failed: Failures in all, out of ``n_values``.
+        per_class_nsd: Mean NSD per class; None where it was not computed.
+    """
+
+    mean_hd95_mm: Figure
+    per_class_hd95_mm: dict[str, Figure]
+    per_class_failures: dict[str, int]
+    n_failed: int
+    n_values: int
+    per_class_nsd: dict[str, Figure]
+    note: str = _MM_NOTE
+
+
+@dataclass
+class ClassTotals:
+    """One class over the cases: how many cases have it, the metric means (NaN omitted) and the NaN counts."""
+
+    n_cases: int
+    mean: dict[str, Figure]
+    n_failed: dict[str, int]
+
+
+@dataclass
+class CaseSummary:
+    """An evaluation scored per case (see the module docstring); the fields are the keys of ``summary.json``.
+
+    Attributes:
+        settings: What was evaluated and how (checkpoint, model, data, kind, cases, tta, ``empty_policy_mm``,
+            ``nsd_tolerance_mm``, ``title``, ...); an open mapping, kept as written.
+        class_names: All class names, background first; classes 1.. are reported.
+        legacy: The legacy protocol's figures.
+        mm: The millimetre figures.
+        n_cases, classes, metrics, per_class, mean: The totals of :meth:`MetricAggregator.summary`.
+        cases: The per-case rows (``case_id``, ``class_name``, metric values); None when left out (a published
+            ``config.json`` keeps the figures only).
+    """
+
+    settings: dict[str, Any]
+    class_names: list[str]
+    legacy: LegacyFigures
+    mm: MillimetreFigures
+    n_cases: int
+    classes: list[str]
+    metrics: list[str]
+    per_class: dict[str, ClassTotals]
+    mean: dict[str, Figure]
+    cases: list[dict[str, Any]] | None = None
+
+    @property
+    def title(self) -> str:
+        """Row label of the tables: ``settings.title``, else the checkpoint's model name."""
+        return _settings_title(self.settings)
+
+    @property
+    def foreground(self) -> list[str]:
+        """The reported classes: ``class_names[1:]``."""
+        return [str(c) for c in self.class_names[1:]]
+
+    @classmethod
+    def build(
+        cls,
+        aggregator: MetricAggregator,
+        class_names: Sequence[str],
+        settings: Mapping[str, Any],
+        empty: str | float,
+        title: str | None = None,
+    ) -> CaseSummary:
+        """The summary of an aggregator filled with :func:`msa2net.metrics.legacy_case_scores` rows of every case.
+
+        Args:
+            aggregator: The per-case rows.
+            class_names: All class names, background first; classes 1.. are reported.
+            settings: What was evaluated and how; stored under ``settings``.
+            empty: The empty-mask policy ``hd95_mm`` was computed with (stored as ``settings.empty_policy_mm``).
+            title: Row label of the tables (stored as ``settings.title``); default ``settings["model"]``.
+
+        Returns:
+            Legacy means are plain means over classes. ``mm.mean_hd95_mm`` is the mean over classes of the class
+            means, computed as the aggregator's ``mean``: class means omit failures (NaN ``hd95_mm``), classes
+            without any value are left out, None when no class has one. ``mm.per_class_failures`` and
+            ``mm.n_failed`` count the omitted values, out of ``per_class[c].n_cases`` and ``mm.n_values``.
+
+        Raises:
+            ValueError: the aggregator holds no rows for a reported class.
+        """
+        totals = aggregator.summary()
+        foreground = [str(c) for c in class_names[1:]]
+        per_class: Mapping[str, Any] = totals["per_class"]  # type: ignore[assignment]
+        unknown = [c for c in foreground if c not in per_class]
+        if unknown:
+            raise ValueError(f"the aggregator holds no rows for classes {unknown}")
+
+        def means(metric: str) -> dict[str, Figure]:
+            return {c: per_class[c]["mean"].get(metric) for c in foreground}
+
+        legacy_dice, legacy_hd, mm_hd = means("dice"), means("hd95"), means("hd95_mm")
+        failed = {c: int(per_class[c]["n_failed"].get("hd95_mm", 0)) for c in foreground}
+        mean_mm = mean_omit_nan([number(v) for v in mm_hd.values()])
+        return cls(
+            settings={**settings, "empty_policy_mm": empty, "title": title or str(settings.get("model", "model"))},
+            class_names=[str(c) for c in class_names],
+            legacy=LegacyFigures(
+                mean_dice=float(np.mean([number(v) for v in legacy_dice.values()])),
+                mean_hd95_voxels=float(np.mean([number(v) for v in legacy_hd.values()])),
+                per_class_dice=legacy_dice,
+                per_class_hd95_voxels=legacy_hd,
+            ),
+            mm=MillimetreFigures(
+                mean_hd95_mm=None if math.isnan(mean_mm) else mean_mm,
+                per_class_hd95_mm=mm_hd,
+                per_class_failures=failed,
+                n_failed=sum(failed.values()),
+                n_values=sum(int(per_class[c]["n_cases"]) for c in foreground),
+                per_class_nsd=means("nsd"),
+            ),
+            n_cases=int(totals["n_cases"]),  # type: ignore[call-overload]
+            classes=list(totals["classes"]),  # type: ignore[call-overload]
+            metrics=list(totals["metrics"]),  # type: ignore[call-overload]
+            per_class={name: ClassTotals(**values) for name, values in per_class.items()},
+            mean=dict(totals["mean"]),  # type: ignore[call-overload]
+            cases=list(totals["cases"]),  # type: ignore[call-overload]
+        )
+
+    def without_cases(self) -> CaseSummary:
+        """A copy without the per-case rows (what a published ``config.json`` keeps)."""
+        return dataclasses.replace(self, cases=None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of ``summary.json``: the fields in order, undefined figures ``null``, no ``cases`` key when
+        the rows were left out."""
+        data: dict[str, Any] = json_safe(dataclasses.asdict(self))  # type: ignore[assignment]
+        if self.cases is None:
+            del data["cases"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CaseSummary:
+        """Read :meth:`to_json` content back (also without ``cases``); values are kept as written (copied).
+
+        Raises:
+            SummaryError: a required key is missing.
+        """
+        _require(data, [f.name for f in dataclasses.fields(cls) if f.name != "cases"], "the summary")
+        data = copy.deepcopy(dict(data))  # the summary owns its figures: editing it leaves the caller's data alone
+        legacy, mm = data["legacy"], data["mm"]
+        _require(legacy, ("mean_dice", "mean_hd95_voxels", "per_class_dice", "per_class_hd95_voxels"), "legacy")
+        _require(mm, ("mean_hd95_mm", "per_class_hd95_mm", "per_class_failures", "n_failed", "n_values"), "mm")
+        cases = data.get("cases")
+        mm_fields = {f.name: mm[f.name] for f in dataclasses.fields(MillimetreFigures) if f.name in mm}
+        mm_fields.setdefault("per_class_nsd", {})  # NSD off: absent from hand-made summaries
+        return cls(
+            settings=dict(data["settings"] or {}),
+            class_names=list(data["class_names"]),
+            legacy=LegacyFigures(**{f.name: legacy[f.name] for f in dataclasses.fields(LegacyFigures)}),
+            mm=MillimetreFigures(**mm_fields),
+            n_cases=data["n_cases"],
+            classes=list(data["classes"]),
+            metrics=list(data["metrics"]),
+            per_class={
+                str(name): ClassTotals(n_cases=t["n_cases"], mean=dict(t["mean"]), n_failed=dict(t["n_failed"]))
+                for name, t in data["per_class"].items()
+            },
+            mean=dict(data["mean"]),
+            cases=[dict(row) for row in cases] if cases is not None else None,
+        )
+
+
+@dataclass
+class PooledSummary:
+    """An evaluation whose pixels are pooled over every test image (the ISIC 2018 protocol).
+
+    Attributes:
+        settings: What was evaluated and how, with ``postprocess`` (whether the opening + hole-filling
+            post-process ran); an open mapping, kept as written.
+        n_images: Number of test images pooled.
+        pooled: The scores of the pooled confusion (``dsc``, ``iou``, ``sensitivity``, ``specificity``,
+            ``accuracy``), as fractions.
+    """
+
+    settings: dict[str, Any]
+    n_images: int
+    pooled: dict[str, Figure]
+
+    @property
+    def title(self) -> str:
+        """Row label of the tables: ``settings.title``, else the checkpoint's model name."""
+        return _settings_title(self.settings)
+
+    @property
+    def postprocess(self) -> bool:
+        """Whether the predictions were post-processed (opening + hole filling) before counting."""
+        return bool(self.settings.get("postprocess"))
+
+    @classmethod
+    def build(cls, pooled: PooledBinaryMetrics, settings: Mapping[str, Any], n_images: int) -> PooledSummary:
+        """The summary of pooled counts; ``settings`` gains ``postprocess`` from ``pooled``."""
+        return cls({**settings, "postprocess": pooled.postprocess}, int(n_images), pooled.compute())
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of ``summary.json``: ``{"settings", "n_images", "pooled"}``."""
+        return json_safe(dataclasses.asdict(self))  # type: ignore[return-value]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PooledSummary:
+        """Read :meth:`to_json` content back; values are kept as written (copied).
+
+        Raises:
+            SummaryError: a required key is missing.
+        """
+        _require(data, ("settings", "n_images", "pooled"), "the pooled summary")
+        data = copy.deepcopy(dict(data))
+        return cls(dict(data["settings"] or {}), data["n_images"], dict(data["pooled"]))
+
+
+#: Either kind of evaluation summary.
+Summary = CaseSummary | PooledSummary
+
+
+def summary_from_json(data: Mapping[str, Any]) -> Summary:
+    """The typed summary of ``summary.json`` content: pooled scores (``pooled``) or per-case ones
+    (``legacy``/``mm``/``per_class``).
+
+    Raises:
+        SummaryError: neither kind, or a required key is missing.
+    """
+    if not isinstance(data, Mapping):
+        raise SummaryError(f"an evaluation summary is a JSON object, not a {type(data).__name__}")
+    if "pooled" in data:
+        return PooledSummary.from_json(data)
+    if {"legacy", "mm", "per_class"} <= set(data):
+        return CaseSummary.from_json(data)
+    raise SummaryError("expected legacy/mm/per_class or pooled figures")
+
+
+def as_summary(value: Summary | Mapping[str, Any]) -> Summary:
+    """``value`` itself when typed, else :func:`summary_from_json` of it."""
+    return value if isinstance(value, (CaseSummary, PooledSummary)) else summary_from_json(value)
+
+
+def read_summary(path: str | os.PathLike[str]) -> Summary:
+    """The typed summary of a ``summary.json`` file.
+
+    Raises:
+        SummaryError: the file cannot be read, is not JSON, or is not an evaluation summary; the message names it.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SummaryError(f"cannot read evaluation summary {path}: {exc}") from exc
+    try:
+        return summary_from_json(data)
+    except SummaryError as exc:
+        raise SummaryError(f"{path} is not a summary.json of `msa2net evaluate` ({exc})") from exc
+
+
+def build_evaluation_summary(
+    aggregator: MetricAggregator,
+    class_names: Sequence[str],
+    settings: Mapping[str, Any],
+    empty: str | float,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """The ``summary.json`` content of :meth:`CaseSummary.build` (undefined figures ``null``)."""
+    return CaseSummary.build(aggregator, class_names, settings, empty, title).to_json()
+
+
+def build_isic_summary(pooled: PooledBinaryMetrics, settings: Mapping[str, Any], n_images: int) -> dict[str, Any]:
+    """The ``summary.json`` content of :meth:`PooledSummary.build`: ``{"settings": {..., "postprocess"},
+    "n_images", "pooled": scores}``."""
+    return PooledSummary.build(pooled, settings, n_images).to_json()

@@ -292,11 +292,15 @@ def _evaluation_cases(source: Source, cases: Sequence[str] | None, split: str) -
     """
     if split not in EVALUATION_SPLITS:
         raise ValueError(f"split must be one of {', '.join(EVALUATION_SPLITS)}, got {split!r}")
-    train = source.train_ids()
+    if split == "train" and not cases:
+        train = source.train_ids()
+        return list(train), list(train)
+    try:
+        train = source.train_ids()
+    except (FileNotFoundError, ValueError):  # a prepared folder holding only the test cases
+        train = []
     if cases:
         ids = source._select(cases, [*train, *source.test_ids()], "cases")
-    elif split == "train":
-        ids = list(train)
     else:
         ids = source.evaluation_ids()
         if not ids:

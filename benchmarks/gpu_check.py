@@ -328,12 +328,13 @@ def check_torchrun_resume(settings: Settings, device: torch.device) -> dict[str,
     ]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     out: dict[str, Any] = {}
-    for label, extra in (
-        ("first", ["--set", "train.max_iterations=1"]),
-        ("resumed", ["--set", "train.max_iterations=2", "--resume", str(run / "last.pt")]),
+    resume = ["-m", "msa2net.cli", "train", "--resume", str(run / "last.pt"), "--device", device.type]
+    for label, args in (
+        ("first", [*common, "--set", "train.max_iterations=1"]),
+        ("resumed", [*resume, "--set", "train.max_iterations=2"]),  # the rest comes from the checkpoint's config
     ):
         start = time.perf_counter()
-        done = torchrun([*common, *extra], settings.subprocess_timeout_s, env)
+        done = torchrun(args, settings.subprocess_timeout_s, env)
         if done.returncode != 0:
             raise RuntimeError(f"{label} run: torchrun exited with {done.returncode}: {done.stderr[-2000:]}")
         result = last_json(done.stdout)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-EMPTY_POLICIES: tuple[str, ...] = ("nan", "legacy", "diagonal")
+from .constants import EMPTY_POLICIES
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -75,6 +75,11 @@ def _device(text: str) -> str:
     if not device_is_valid(text):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N (N a GPU index) or mps, got {text!r}")
     return text
+
+
+def _amp(mode: str | None) -> str | None:
+    """``--amp`` of evaluate and predict -> their ``amp`` argument (float32 is None)."""
+    return None if mode in (None, "none") else mode
 
 
 def _case_number(text: str) -> str:
@@ -220,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         tta=args.tta,
-        amp=args.amp,
+        amp=_amp(args.amp),
         empty=empty,
         nsd_tolerance_mm=args.nsd_tolerance,
         save_predictions=args.save_predictions,
@@ -256,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         tta=args.tta,
-        amp=args.amp,
+        amp=_amp(args.amp),
         overlays=args.overlays,
         output_format=args.format,
         split=args.split,
@@ -450,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="slices per step: per forward pass on a GPU; on a CPU one slice per pass, two at once (default 16)",
     )
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision inference (default: float32)")
+    p.add_argument("--amp", choices=AMP_MODES, help="mixed-precision inference: none (float32, default), bf16, fp16")
     p.add_argument(
         "--amp-check", action="store_true", help="with --amp: also run float32 and record the agreement in summary.json"
     )
@@ -507,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="slices per step: per forward pass on a GPU; on a CPU one slice per pass, two at once (default 8)",
     )
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision inference (default: float32)")
+    p.add_argument("--amp", choices=AMP_MODES, help="mixed-precision inference: none (float32, default), bf16, fp16")
     p.add_argument(
         "--max-pixels",
         type=_int_at_least(1),
@@ -580,11 +585,13 @@ BUSY_LOAD = 0.75
 def _wait_policy_for_shared_cpus(command: str) -> str | None:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` when other processes already keep the CPU busy; returns a note saying so.
 
-    OpenMP threads that finish early spin while they wait (the default, active policy), which costs nothing on idle
-    cores but takes cycles from every other process on shared ones: two msa2net trainings on 2 cores each ran 3.9x
-    slower than alone instead of 2x, and 1.9x with PASSIVE, which however costs about 13 % alone
-    (``benchmarks/bench_contention.py``). So the policy is chosen here, before torch is imported (OpenMP reads it
-    once, at load): PASSIVE when the load average already shows another busy process, else OpenMP's default. An
+    OpenMP threads that finish early spin while they wait (the default, active policy): the fastest alone, but the
+    spinning takes the cores from every other process. Measured on 2 cores (``benchmarks/bench_contention.py``:
+    ``msa2net_paper`` training steps, batch 2 at 224, 2 threads per process, 3 interleaved rounds; JSON in
+    ``benchmarks/results/bench_contention_paper_b2_2core.json``): alone 1.52 s a step, PASSIVE alone 1.28x slower
+    (1.24-1.30); two processes at once 9.2x slower than alone each (7.2-10.7) with the default, 2.10x (2.09-2.13,
+    a fair share) with PASSIVE. So the policy is chosen here, before torch is imported (OpenMP reads it once, at
+    load): PASSIVE when the load average already shows another busy process, else OpenMP's default. An
     ``OMP_WAIT_POLICY`` the user set is kept, and nothing is done once torch is loaded (e.g. inside Python).
     """
     if command not in _COMPUTE_COMMANDS or "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:

@@ -23,24 +23,30 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from ._atomic import write_text_atomic
+from .constants import ValidationMode
 
 #: Built-in presets, the YAML files in ``msa2net/configs``.
 PRESETS: tuple[str, ...] = ("synapse", "isic2018", "folder", "demo", "aal")
 #: ``train.optimizer``.
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
-#: ``train.scheduler``: poly per iteration, reduce-on-plateau per evaluation, or a constant LR.
-SCHEDULERS: tuple[str, ...] = ("poly", "plateau", "constant")
-#: ``train.amp``: mixed precision (fp16 needs CUDA).
-AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
+Optimizer = Literal["sgd", "adamw"]
+#: ``train.scheduler``: poly per iteration, reduce-on-plateau per evaluation (on validation Dice), or a constant LR.
+Scheduler = Literal["poly", "plateau", "constant"]
+#: ``train.amp`` and ``--amp``: mixed precision (fp16 needs CUDA, with a gradient scaler); none is float32.
+AmpMode = Literal["none", "bf16", "fp16"]
+#: ``train.lr_scaling``: the authors' rule (lr * batch / 24 when the batch is a multiple of 5), or the LR as given.
+LrScaling = Literal["authors", "none"]
 #: What ``evaluate`` scores by default: the labelled test cases, or (asked for) the labelled training cases.
-EVALUATION_SPLITS: tuple[str, ...] = ("test", "train")
-#: ``train.lr_scaling``: the authors' batch/24 rule, or the LR as given.
-LR_SCALINGS: tuple[str, ...] = ("authors", "none")
+EvaluationSplit = Literal["test", "train"]
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+SCHEDULERS: tuple[str, ...] = typing.get_args(Scheduler)
+AMP_MODES: tuple[str, ...] = typing.get_args(AmpMode)
+LR_SCALINGS: tuple[str, ...] = typing.get_args(LrScaling)
+EVALUATION_SPLITS: tuple[str, ...] = typing.get_args(EvaluationSplit)
 #: ``train.loss_weights`` keys (``train.loss=ce_dice`` only).
 LOSS_WEIGHT_KEYS: tuple[str, ...] = ("ce", "dice")
 
@@ -76,15 +82,91 @@ class ConfigError(ValueError):
         return f"{text}\n{self.hint}" if self.hint else text
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """What a well-typed value must also satisfy: ``expected()`` says it in words (type included)."""
+
+    expected: Callable[[], str]
+    ok: Callable[[Any], bool]
+
+
+def _int_min(lo: int) -> _Rule:
+    return _Rule(lambda: f"an integer >= {lo}", lambda v: v >= lo)
+
+
+def _number(text: str, ok: Callable[[float], bool]) -> _Rule:
+    return _Rule(lambda: f"a number {text}", ok)
+
+
+def _one_of(names: Callable[[], Sequence[str]], fold_case: bool = False) -> _Rule:
+    return _Rule(lambda: "one of " + ", ".join(names()), lambda v: (v.lower() if fold_case else v) in names())
+
+
+def _model_names() -> tuple[str, ...]:
+    from .models import list_models
+
+    return tuple(list_models())
+
+
+def _recipes() -> tuple[str, ...]:
+    from .data.transforms import RECIPES
+
+    return tuple(RECIPES)
+
+
+def _loss_names() -> tuple[str, ...]:
+    from .losses import LOSS_NAMES
+
+    return tuple(LOSS_NAMES)
+
+
+def _data_kinds() -> tuple[str, ...]:
+    from .data.registry import source_kinds
+
+    return source_kinds()
+
+
+def _source_option(name: str) -> tuple[str, ...]:
+    """The values a kind-specific data option takes (e.g. Synapse's ``labels``), from the sources that have it."""
+    from .data.registry import source_option_choices
+
+    return source_option_choices(name)
+
+
+def _img_size_ok(v: list[int]) -> bool:
+    return len(v) == 2 and all(s > 0 and s % _SIZE_MULTIPLE == 0 for s in v)
+
+
+def _loss_weights_ok(v: dict[str, float]) -> bool:
+    return set(v) <= set(LOSS_WEIGHT_KEYS) and all(w >= 0 for w in v.values())
+
+
+def _option(default: Any = dataclasses.MISSING, rule: _Rule | None = None, *, factory: Any = None) -> Any:
+    """A config field whose value must also satisfy ``rule`` (kept in the field's metadata: it moves with the field)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+_IMG_SIZE = _Rule(
+    lambda: f"a list of two positive multiples of {_SIZE_MULTIPLE} (height, width), e.g. [224, 224]", _img_size_ok
+)
+_LOSS_WEIGHTS = _Rule(
+    lambda: "a mapping with keys ce and/or dice to numbers >= 0, e.g. {ce: 0.4, dice: 0.6}", _loss_weights_ok
+)
+_SEED = _Rule(lambda: "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
+_DEVICE = _Rule(lambda: _DEVICE_TEXT, lambda v: device_is_valid(v))
+
+
 @dataclass
 class ModelConfig:
     """``model:``: which network, its size and starting weights. ``num_classes`` / ``in_channels`` None: taken from the
     dataset (when given, the data layer checks them against it)."""
 
-    name: str = "msa2net_paper"
-    num_classes: int | None = None  # None: from the dataset; when given, >= 2 (background included)
-    in_channels: int | None = None  # None: from the dataset
-    img_size: list[int] = field(default_factory=lambda: [224, 224])
+    name: str = _option("msa2net_paper", _one_of(_model_names))
+    num_classes: int | None = _option(None, _int_min(2))  # background included
+    in_channels: int | None = _option(None, _int_min(1))
+    img_size: list[int] = _option(rule=_IMG_SIZE, factory=lambda: [224, 224])
     pretrained_encoder: str | None = None  # local weights file or "hub"; "none" (any case) is read as None
     official_checkpoint: str | None = None  # start from an authors' .pth (fine-tuning)
 
@@ -92,49 +174,56 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """``data:``: where the data are and how they are split and augmented. ``kind`` None: detected from the folder;
-    ``labels`` / ``intensity`` (Synapse only) None: that dataset's default."""
+    the kind-specific options (``labels`` / ``intensity``: Synapse) None: that kind's default."""
 
-    kind: str | None = None  # synapse | isic2018 | folder; None: detect from the folder
+    kind: str | None = _option(None, _one_of(_data_kinds))
     root: str = "data/Synapse"
     # held_out: cases held out of the training set; test: the test set doubles as validation (the
     # authors' practice; results on it are then not a clean test); none: no validation
-    validation: str = "held_out"
-    val_fraction: float = 0.2
+    validation: ValidationMode = "held_out"
+    val_fraction: float = _option(0.2, _number("in [0, 1)", lambda v: 0 <= v < 1))
     val_cases: list[str] | None = None
     train_cases: list[str] | None = None
-    labels: str | None = None  # Synapse only: synapse8 | btcv14; None: the dataset's default
-    intensity: str | None = None  # Synapse only: strict | clip; None: the dataset's default
-    augment: str = "msa2net"  # msa2net | transunet | flip | none
-    num_workers: int = 2
+    labels: str | None = _option(None, _one_of(lambda: _source_option("labels")))
+    intensity: str | None = _option(None, _one_of(lambda: _source_option("intensity")))
+    augment: str = _option("msa2net", _one_of(_recipes))
+    num_workers: int = _option(2, _int_min(0))
+
+    def source_options(self) -> dict[str, Any]:
+        """The kind-specific options (every option a registered dataset kind declares), by name."""
+        from .data.registry import source_option_names
+
+        return {name: getattr(self, name) for name in source_option_names()}
 
 
 @dataclass
 class TrainConfig:
     """``train:``: optimisation, schedule, precision, evaluation cadence and device."""
 
-    epochs: int = 700
-    batch_size: int = 20  # global, over all processes
-    loss: str = "boundary_dou"  # boundary_dou | ce | dice | ce_dice
-    loss_weights: dict[str, float] | None = None
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.05
-    lr_scaling: str = "authors"  # authors: lr * batch / 24 when batch % 5 == 0; none
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    scheduler: str = "poly"  # poly (per iteration) | plateau (per evaluation, on validation Dice) | constant
-    poly_power: float = 0.9
-    plateau_factor: float = 0.5
-    plateau_patience: int = 10
-    amp: str = "none"  # none | bf16 | fp16 (CUDA, with a gradient scaler)
+    epochs: int = _option(700, _int_min(1))
+    batch_size: int = _option(20, _int_min(1))  # global, over all processes
+    loss: str = _option("boundary_dou", _one_of(_loss_names, fold_case=True))
+    loss_weights: dict[str, float] | None = _option(None, _LOSS_WEIGHTS)
+    optimizer: Optimizer = "sgd"
+    lr: float = _option(0.05, _number("> 0", lambda v: v > 0))
+    lr_scaling: LrScaling = "authors"
+    momentum: float = _option(0.9, _number("in [0, 1)", lambda v: 0 <= v < 1))
+    weight_decay: float = _option(1e-4, _number(">= 0", lambda v: v >= 0))
+    scheduler: Scheduler = "poly"
+    poly_power: float = _option(0.9, _number(">= 0", lambda v: v >= 0))
+    plateau_factor: float = _option(0.5, _number("in (0, 1)", lambda v: 0 < v < 1))
+    plateau_patience: int = _option(10, _int_min(0))
+    amp: AmpMode = "none"
     channels_last: bool = False
-    grad_clip: float | None = None
+    grad_clip: float | None = _option(None, _number("> 0", lambda v: v > 0))
     sync_bn: bool = False  # CUDA + DDP only
-    seed: int = 1234
-    eval_every: int = 20
-    eval_batch_size: int = 16
-    max_iterations: int | None = None  # stop after this many iterations; the schedule spans the iterations that run
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    log_every: int = 10
+    seed: int = _option(1234, _SEED)
+    eval_every: int = _option(20, _int_min(1))
+    eval_batch_size: int = _option(16, _int_min(1))
+    # stop after this many iterations; the schedule spans the iterations that run
+    max_iterations: int | None = _option(None, _int_min(1))
+    device: str = _option("auto", _DEVICE)
+    log_every: int = _option(10, _int_min(1))
     progress: bool = True
 
 
@@ -457,6 +546,8 @@ def _type_ok(value: Any, tp: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if tp is str:
         return isinstance(value, str)
+    if origin is Literal:
+        return isinstance(value, str) and value in typing.get_args(tp)
     if origin is list:
         (item,) = typing.get_args(tp)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
@@ -475,6 +566,8 @@ def _type_text(tp: Any) -> str:
         args = sorted(typing.get_args(tp), key=lambda a: a is type(None))
         return " or ".join(_type_text(a) for a in args)
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(typing.get_args(tp))
     if origin is list:
         return f"a list of {_PLURALS[typing.get_args(tp)[0]]}"
     if origin is dict:
@@ -520,115 +613,8 @@ def _first_bad_item(value: Any, tp: Any) -> str:
     return ""
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """What a well-typed value must also satisfy: ``expected()`` says it in words (type included)."""
-
-    expected: Callable[[], str]
-    ok: Callable[[Any], bool]
-
-
-def _int_min(lo: int) -> _Rule:
-    return _Rule(lambda: f"an integer >= {lo}", lambda v: v >= lo)
-
-
-def _number(text: str, ok: Callable[[float], bool]) -> _Rule:
-    return _Rule(lambda: f"a number {text}", ok)
-
-
-def _one_of(names: Callable[[], Sequence[str]], fold_case: bool = False) -> _Rule:
-    return _Rule(lambda: "one of " + ", ".join(names()), lambda v: (v.lower() if fold_case else v) in names())
-
-
-def _model_names() -> tuple[str, ...]:
-    from .models import list_models
-
-    return tuple(list_models())
-
-
-def _recipes() -> tuple[str, ...]:
-    from .data.transforms import RECIPES
-
-    return tuple(RECIPES)
-
-
-def _loss_names() -> tuple[str, ...]:
-    from .losses import LOSS_NAMES
-
-    return tuple(LOSS_NAMES)
-
-
-def _data_kinds() -> tuple[str, ...]:
-    from .data.registry import source_kinds
-
-    return source_kinds()
-
-
-def _validation_modes() -> tuple[str, ...]:
-    from .data.source import VALIDATION_MODES
-
-    return VALIDATION_MODES
-
-
-def _source_option(name: str) -> tuple[str, ...]:
-    """The values a kind-specific data option takes (e.g. Synapse's ``labels``), from the sources that have it."""
-    from .data.registry import source_option_choices
-
-    return source_option_choices(name)
-
-
-def _img_size_ok(v: list[int]) -> bool:
-    return len(v) == 2 and all(s > 0 and s % _SIZE_MULTIPLE == 0 for s in v)
-
-
-def _loss_weights_ok(v: dict[str, float]) -> bool:
-    return set(v) <= set(LOSS_WEIGHT_KEYS) and all(w >= 0 for w in v.values())
-
-
-_RULES: dict[str, _Rule] = {
-    "model.name": _one_of(_model_names),
-    "model.num_classes": _int_min(2),
-    "model.in_channels": _int_min(1),
-    "model.img_size": _Rule(
-        lambda: f"a list of two positive multiples of {_SIZE_MULTIPLE} (height, width), e.g. [224, 224]",
-        _img_size_ok,
-    ),
-    "data.kind": _one_of(_data_kinds),
-    "data.validation": _one_of(_validation_modes),
-    "data.val_fraction": _number("in [0, 1)", lambda v: 0 <= v < 1),
-    "data.labels": _one_of(lambda: _source_option("labels")),
-    "data.intensity": _one_of(lambda: _source_option("intensity")),
-    "data.augment": _one_of(_recipes),
-    "data.num_workers": _int_min(0),
-    "train.epochs": _int_min(1),
-    "train.batch_size": _int_min(1),
-    "train.loss": _one_of(_loss_names, fold_case=True),
-    "train.loss_weights": _Rule(
-        lambda: "a mapping with keys ce and/or dice to numbers >= 0, e.g. {ce: 0.4, dice: 0.6}", _loss_weights_ok
-    ),
-    "train.optimizer": _one_of(lambda: OPTIMIZERS),
-    "train.lr": _number("> 0", lambda v: v > 0),
-    "train.lr_scaling": _one_of(lambda: LR_SCALINGS),
-    "train.momentum": _number("in [0, 1)", lambda v: 0 <= v < 1),
-    "train.weight_decay": _number(">= 0", lambda v: v >= 0),
-    "train.scheduler": _one_of(lambda: SCHEDULERS),
-    "train.poly_power": _number(">= 0", lambda v: v >= 0),
-    "train.plateau_factor": _number("in (0, 1)", lambda v: 0 < v < 1),
-    "train.plateau_patience": _int_min(0),
-    "train.amp": _one_of(lambda: AMP_MODES),
-    "train.grad_clip": _number("> 0", lambda v: v > 0),
-    "train.seed": _Rule(lambda: "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32),
-    "train.eval_every": _int_min(1),
-    "train.eval_batch_size": _int_min(1),
-    "train.max_iterations": _int_min(1),
-    "train.device": _Rule(lambda: _DEVICE_TEXT, device_is_valid),
-    "train.log_every": _int_min(1),
-}
-
-
-def _check(option: str, value: Any, tp: Any) -> str | None:
-    """The problem of one option's value, or None."""
-    rule = _RULES.get(option)
+def _check(option: str, value: Any, tp: Any, rule: _Rule | None = None) -> str | None:
+    """The problem of one option's value (annotation ``tp``, extra ``rule``), or None."""
     optional = _is_union(tp) and type(None) in typing.get_args(tp)
     if rule is None:
         expected = _type_text(tp)
@@ -644,7 +630,8 @@ def _check(option: str, value: Any, tp: Any) -> str | None:
 def config_problems(cfg: Config) -> list[str]:
     """Every problem of a built ``cfg``, one line each (empty: valid).
 
-    Checks each field's type against its annotation, its allowed values or range (see the module's ``_RULES``),
+    Checks each field's type against its annotation (``Literal`` choices included), its allowed values or range (the
+    rule in the field's metadata, see :func:`_option`),
     and the cross-field rules: ``train.amp=fp16`` needs a CUDA (or auto) device, ``train.loss_weights`` only go with
     ``train.loss=ce_dice``.
     """
@@ -664,7 +651,7 @@ def config_problems(cfg: Config) -> list[str]:
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
             option = f"{section}.{f.name}"
-            problem = _check(option, getattr(obj, f.name), hints[f.name])
+            problem = _check(option, getattr(obj, f.name), hints[f.name], f.metadata.get("rule"))
             if problem:
                 problems.append(problem)
                 bad.add(option)

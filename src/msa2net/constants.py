@@ -10,9 +10,23 @@ A dataset record is a small JSON-able dict (:class:`DatasetRecord`); every key i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypedDict
+from typing import Literal, TypedDict, get_args
 
-__all__ = ["BUILTIN_DATASETS", "SYNAPSE_CLASS_NAMES", "DatasetRecord", "builtin_dataset"]
+__all__ = [
+    "BUILTIN_DATASETS",
+    "EMPTY_POLICIES",
+    "SYNAPSE_CLASS_NAMES",
+    "VALIDATION_MODES",
+    "DatasetRecord",
+    "ValidationMode",
+    "builtin_dataset",
+]
+
+#: ``data.validation``: held-out training cases, the test cases (the authors' practice), or none.
+ValidationMode = Literal["held_out", "test", "none"]
+VALIDATION_MODES: tuple[str, ...] = get_args(ValidationMode)
+#: HD95-in-mm policies for an empty prediction or ground truth (``evaluate --empty``; a number of mm also goes).
+EMPTY_POLICIES: tuple[str, ...] = ("nan", "legacy", "diagonal")
 
 #: Class names by Synapse class id (the paper's table columns are classes 1..8 in this order).
 SYNAPSE_CLASS_NAMES: tuple[str, ...] = (

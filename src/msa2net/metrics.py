@@ -41,6 +41,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from .constants import EMPTY_POLICIES
+
 __all__ = [
     "EmptyPolicy",
     "binary_confusion",
@@ -57,8 +59,6 @@ __all__ = [
 
 #: An empty-mask policy of :func:`hd95`: ``"legacy"``, ``"nan"``, ``"diagonal"`` or a non-negative distance.
 EmptyPolicy = str | float
-
-_EMPTY_POLICIES = ("legacy", "nan", "diagonal")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,11 +103,11 @@ def _normalize_spacing(spacing: float | Sequence[float] | None, ndim: int) -> tu
 
 def _check_empty_policy(empty: EmptyPolicy) -> None:
     if isinstance(empty, str):
-        if empty not in _EMPTY_POLICIES:
-            raise ValueError(f"empty must be one of {_EMPTY_POLICIES} or a non-negative number, found {empty!r}")
+        if empty not in EMPTY_POLICIES:
+            raise ValueError(f"empty must be one of {EMPTY_POLICIES} or a non-negative number, found {empty!r}")
         return
     if isinstance(empty, bool) or not isinstance(empty, (int, float, np.integer, np.floating)):
-        raise ValueError(f"empty must be one of {_EMPTY_POLICIES} or a non-negative number, found {empty!r}")
+        raise ValueError(f"empty must be one of {EMPTY_POLICIES} or a non-negative number, found {empty!r}")
     if math.isnan(float(empty)) or float(empty) < 0:
         raise ValueError(f"an empty-mask penalty must be a non-negative number (e.g. the diagonal), found {empty!r}")
 

@@ -18,7 +18,7 @@ from .isic import ISICSource
 from .source import Source, registered_sources
 from .synapse import SynapseSource
 
-__all__ = ["open_source", "source_kinds", "source_option_choices"]
+__all__ = ["open_source", "source_kinds", "source_option_choices", "source_option_names"]
 
 _BUILTIN_ORDER = tuple(cls.kind for cls in (SynapseSource, ISICSource, FolderSource))
 
@@ -27,6 +27,12 @@ def source_kinds() -> tuple[str, ...]:
     """Registered dataset kinds: the built-in ones first, then others in registration order."""
     kinds = registered_sources()
     return tuple(sorted(kinds, key=lambda k: _BUILTIN_ORDER.index(k) if k in _BUILTIN_ORDER else len(_BUILTIN_ORDER)))
+
+
+def source_option_names() -> tuple[str, ...]:
+    """The kind-specific options of every registered kind (e.g. Synapse's ``labels`` and ``intensity``)."""
+    kinds = registered_sources()
+    return tuple(dict.fromkeys(name for kind in source_kinds() for name in kinds[kind].OPTIONS))
 
 
 def source_option_choices(name: str) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..constants import DatasetRecord
+from ..constants import VALIDATION_MODES, DatasetRecord
 from .io import Geometry
 from .preprocessing import Preprocessing
 
@@ -49,9 +49,6 @@ __all__ = [
     "registered_sources",
     "split_cases",
 ]
-
-#: ``data.validation`` choices: held-out training cases, the test cases (the authors' practice), or none.
-VALIDATION_MODES: tuple[str, ...] = ("held_out", "test", "none")
 
 
 @dataclass

@@ -69,7 +69,7 @@ def build_training_data(cfg: Config) -> TrainingData:
     ``cfg.model.num_classes`` / ``in_channels`` are filled from the data when unset (see :func:`resolve_classes`).
     """
     d = cfg.data
-    source = open_source(d.root, d.kind, {"labels": d.labels, "intensity": d.intensity})
+    source = open_source(d.root, d.kind, d.source_options())
     resolve_classes(cfg, source)
     split = source.split(
         d.validation, val_fraction=d.val_fraction, val_cases=d.val_cases, train_cases=d.train_cases, seed=cfg.train.seed

@@ -5,8 +5,7 @@ with MedPy (:mod:`legacy_reference`), on one phantom CT case (``make_synapse_pha
 layout ``evaluate`` reads), in interleaved rounds (A, B, A, B, ...) so that a busy machine slows both alike:
 
 * ``predict``: ``predict_volume`` at the ``evaluate`` default of 16 slices per step, one slice per step, and the
-  authors' loop (with ``--diagnostics`` also one forward stream instead of ``CPU_FORWARD_STREAMS``, and no resize
-  thread); labels must be identical to the authors'.
+  authors' loop; labels must be identical to the authors'.
 * ``metrics``: the full metric set of ``evaluate`` (``legacy_case_scores``: legacy Dice/HD95, HD95 in mm, NSD at
   2 mm; default threads and one thread) against MedPy's ``dc``/``hd95`` per class (the authors' set), on realistic
   masks (the label map perturbed: organs grown or shrunk, shifted, a few false-positive blobs) and noisy ones (an
@@ -176,33 +175,19 @@ def bench_predict(
     model: msa2net.MSA2Net, case: Case, prep: Preprocessing, args: argparse.Namespace, log: Callable[[str], None]
 ) -> dict:
 
-    def ours(batch: int, overlap: bool = True, streams: int | None = None) -> Callable[[], np.ndarray]:
-        def run() -> np.ndarray:
-            saved = inference.CPU_FORWARD_STREAMS
-            inference.CPU_FORWARD_STREAMS = streams or saved
-            try:
-                return inference.predict_volume(
-                    model, case.image, preprocessing=prep, batch_size=batch, overlap=overlap
-                )
-            finally:
-                inference.CPU_FORWARD_STREAMS = saved
-
-        return run
+    def ours(batch: int) -> Callable[[], np.ndarray]:
+        return lambda: inference.predict_volume(model, case.image, preprocessing=prep, batch_size=batch)
 
     variants = {
         "authors_one_slice": lambda: legacy_reference.legacy_single_volume_labels(model, case.image, model.img_size),
         "ours_batched": ours(args.batch),
         "ours_one_slice": ours(1),
     }
-    if args.diagnostics:
-        variants["ours_batched_one_stream"] = ours(args.batch, streams=1)
-        variants["ours_batched_no_resize_thread"] = ours(args.batch, overlap=False)
     times, labels = interleaved(variants, args.rounds, log, "predict/")
     cpu = {name: CPU_TIMES["predict/" + name] for name in times}
     reference = labels["authors_one_slice"]
     out = {
         "batch_size": args.batch,
-        "cpu_forward_streams": inference.CPU_FORWARD_STREAMS,
         "times": {name: summary(t, cpu[name]) for name, t in times.items()},
         "speedup_vs_authors": ratio(times["authors_one_slice"], times["ours_batched"]),
         "speedup_vs_authors_cpu_time": ratio(cpu["authors_one_slice"], cpu["ours_batched"]),
@@ -211,13 +196,6 @@ def bench_predict(
         "identical_labels": {name: bool(np.array_equal(value, reference)) for name, value in labels.items()},
         "_model_times": {"authors": times["authors_one_slice"], "ours": times["ours_batched"]},
     }
-    if args.diagnostics:
-        for key, name in (
-            ("one_stream_vs_batched", "ours_batched_one_stream"),
-            ("no_resize_thread_vs_batched", "ours_batched_no_resize_thread"),
-        ):
-            out[key] = ratio(times[name], times["ours_batched"])
-            out[key + "_cpu_time"] = ratio(cpu[name], cpu["ours_batched"])
     return out
 
 
@@ -308,11 +286,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=16, help="slices per step of ours (evaluate's default, 16)")
     parser.add_argument("--workers", type=int, default=None, help="metric threads (default: usable cores, max 4)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    parser.add_argument(
-        "--diagnostics",
-        action="store_true",
-        help="predict also with one forward stream and without the resize thread",
-    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads for both sides (default: torch's own)"
     )

@@ -248,60 +248,30 @@ def tiny_model():
     return msa2net.create_model("msa2net_test", num_classes=9, img_size=64).eval()
 
 
-@pytest.mark.parametrize("overlap", [True, False])
-def test_chunked_overlapped_inference_is_the_one_slice_procedure(tiny_model, overlap: bool) -> None:
-    import threading
-
+def test_stepped_inference_is_the_one_slice_procedure(tiny_model) -> None:
     from msa2net.engine import inference
 
     rng = np.random.default_rng(1)
     volume = np.clip(rng.normal(0.5, 0.2, (7, 90, 100)), 0, 1).astype(np.float32)
     expected = _legacy_reference().legacy_single_volume_labels(tiny_model, volume, 64)
-    passes: list[tuple[int, str]] = []
-
-    def record(_module, args) -> None:
-        passes.append((int(args[0].shape[0]), threading.current_thread().name))
-
-    hook = tiny_model.register_forward_pre_hook(record)
+    passes: list[int] = []
+    hook = tiny_model.register_forward_pre_hook(lambda _module, args: passes.append(int(args[0].shape[0])))
     try:
         for batch in (1, 2, 3, 16):
             passes.clear()
-            labels = inference.predict_volume(tiny_model, volume, batch_size=batch, overlap=overlap)
+            labels = inference.predict_volume(tiny_model, volume, batch_size=batch)
             np.testing.assert_array_equal(labels, expected)  # bit for bit: same computation per slice
-            assert labels.dtype == np.uint8 and len(passes) == 7
-            assert {size for size, _ in passes} == {1}  # CPU: one slice per forward pass
-            threads = {name.split("_")[0] for _, name in passes}
-            if batch == 1 or inference._cpu_streams() == 1:
-                assert threads == {threading.current_thread().name.split("_")[0]}
-            else:  # the slices of a step are shared by the forward streams
-                assert threads == {"msa2net-forward"}
-        passes.clear()  # a single slice (a 2D image) starts no stream threads
-        inference.predict_volume(tiny_model, volume[:1], batch_size=16, overlap=overlap)
-        assert [name for _, name in passes] == [threading.current_thread().name]
+            assert labels.dtype == np.uint8 and passes == [1] * 7  # CPU: one slice per forward pass
     finally:
         hook.remove()
 
 
-def test_forward_streams_follow_the_usable_cores(monkeypatch) -> None:
-    from msa2net.engine import inference
-
-    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda _pid: {0}, raising=False)
-    assert inference._cpu_streams() == 1
-    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda _pid: set(range(64)), raising=False)
-    assert inference._cpu_streams() == inference.CPU_FORWARD_STREAMS == 2
-    monkeypatch.setattr(inference, "CPU_FORWARD_STREAMS", 1)
-    assert inference._cpu_streams() == 1
-
-
-def test_forward_streams_keep_autocast_and_tta(tiny_model) -> None:
-    """Autocast and inference mode are per thread: the streams enter them themselves, so bf16 with streams is
-    bf16 one slice at a time (and not float32), and so is flip TTA."""
+def test_steps_keep_autocast_and_tta(tiny_model) -> None:
+    """bf16 and flip TTA are applied to every slice whatever the step size (and under inference mode)."""
     import torch
 
     from msa2net.engine import inference
 
-    if inference._cpu_streams() < 2:
-        pytest.skip("one usable core: no forward streams")
     volume = np.clip(np.random.default_rng(2).normal(0.5, 0.2, (6, 70, 70)), 0, 1).astype(np.float32)
     modes: list[tuple[bool, bool]] = []
     hook = tiny_model.register_forward_pre_hook(
@@ -311,14 +281,14 @@ def test_forward_streams_keep_autocast_and_tta(tiny_model) -> None:
         for amp, tta in (("bf16", False), (None, True)):
             one = inference.predict_volume(tiny_model, volume, batch_size=1, amp=amp, tta=tta)
             modes.clear()
-            streamed = inference.predict_volume(tiny_model, volume, batch_size=6, amp=amp, tta=tta)
-            np.testing.assert_array_equal(streamed, one)
+            stepped = inference.predict_volume(tiny_model, volume, batch_size=6, amp=amp, tta=tta)
+            np.testing.assert_array_equal(stepped, one)
             assert set(modes) == {(amp == "bf16", True)}
     finally:
         hook.remove()
 
 
-def test_errors_of_the_helper_threads_reach_the_caller(tiny_model) -> None:
+def test_errors_of_a_step_reach_the_caller(tiny_model) -> None:
     from msa2net.data.preprocessing import Preprocessing
     from msa2net.engine import inference
 
@@ -329,7 +299,7 @@ def test_errors_of_the_helper_threads_reach_the_caller(tiny_model) -> None:
     volume = np.zeros((5, 64, 64), dtype=np.float32)
     broken_forward = tiny_model.register_forward_pre_hook(lambda _m, _a: (_ for _ in ()).throw(RuntimeError("pass")))
     try:
-        with pytest.raises(RuntimeError, match="pass"):  # an error in a forward stream
+        with pytest.raises(RuntimeError, match="pass"):  # an error in a forward pass
             inference.predict_volume(tiny_model, volume, batch_size=4)
     finally:
         broken_forward.remove()

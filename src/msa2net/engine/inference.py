@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -18,28 +15,6 @@ from ..data.preprocessing import SYNAPSE_PREPROCESSING, Preprocessing
 from ..data.transforms import resize_image, resize_label
 from ..metrics import label_agreement
 from ..models import MSA2Net
-
-#: Concurrent forward passes on a CPU, each of one slice. Every slice then goes through exactly the computation of
-#: the one-slice-at-a-time procedure (same batch size of 1, same intra-op threads, as each calling thread runs its
-#: own OpenMP team), so the labels are those of that procedure bit for bit on the same machine, while two streams
-#: fill the gaps one forward pass leaves in the cores (serial parts, small operators, Python). Measured on a 2-core
-#: x86 CPU (2 intra-op threads, ``msa2net_paper`` at 224x224) with ``python benchmarks/bench_evaluate.py --parts
-#: predict --diagnostics --slices 20 --rounds 3``: one stream took 1.085x the time of two (median; 0.80 to 1.13 over
-#: rounds): a small gain, within the noise of some rounds; on the 100-slice case of that benchmark, batches of 16
-#: were 1.21x (1.08 to 1.23) faster than one slice per step. Batched forward passes were not used on a CPU because
-#: they change the arithmetic (oneDNN picks other kernels for other batch sizes: labels then differ at near-tied
-#: voxels, 12 of 5.2 million for an untrained model), and large ones are slower there (above 32 MiB of activations
-#: glibc maps fresh pages on every pass).
-CPU_FORWARD_STREAMS = 2
-
-
-def _cpu_streams() -> int:
-    """:data:`CPU_FORWARD_STREAMS`, but no more than the cores this process may use."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(CPU_FORWARD_STREAMS, cores))
 
 
 def _batches(n: int, size: int) -> Iterator[slice]:
@@ -95,21 +70,14 @@ def predict_slices(
     return _probabilities(model, x, tta, amp).cpu().numpy()
 
 
-def _predict_labels(
-    model: MSA2Net, slices: np.ndarray, chunk: int, tta: bool, amp: str | None, streams: ThreadPoolExecutor | None
-) -> np.ndarray:
+@torch.inference_mode()
+def _predict_labels(model: MSA2Net, slices: np.ndarray, chunk: int, tta: bool, amp: str | None) -> np.ndarray:
     """argmax of :func:`predict_slices` (first maximum on ties, as ``torch.argmax`` and ``np.argmax``), computed
-    on the device in forward passes of at most ``chunk`` slices, run concurrently by ``streams`` when given:
-    (N, H, W) int64."""
+    on the device in forward passes of at most ``chunk`` slices: (N, H, W) int64."""
     device = _device_of(model)
     x = torch.from_numpy(np.ascontiguousarray(slices))
-
-    def labels_of(sl: slice) -> torch.Tensor:
-        with torch.inference_mode():  # thread-local: entered in the thread that runs the pass
-            return _probabilities(model, x[sl].to(device), tta, amp).argmax(dim=1).cpu()
-
-    parts = (streams.map if streams is not None else map)(labels_of, _batches(len(x), chunk))
-    return torch.cat(list(parts)).numpy()
+    parts = [_probabilities(model, x[sl].to(device), tta, amp).argmax(dim=1).cpu() for sl in _batches(len(x), chunk)]
+    return torch.cat(parts).numpy()
 
 
 def predict_volume(
@@ -122,35 +90,30 @@ def predict_volume(
     amp: str | None = None,
     progress: bool = False,
     desc: str = "slices",
-    overlap: bool = True,
 ) -> np.ndarray:
-    """Segment a volume slice by slice, the legacy Synapse way, in batches.
+    """Segment a volume slice by slice, the legacy Synapse way.
 
     Each axial slice ``volume[z]`` is mapped to [0, 1] by ``preprocessing.to_unit`` (for the whole volume at
     once, so per-case statistics are per case), resized to the model's size with a cubic spline (order 3),
     normalised, segmented (softmax, argmax), and the label map is resized back with nearest neighbour
-    (order 0). Batching changes nothing but speed: each slice is processed independently (on a CPU the labels
-    are bit for bit those of the one-slice-at-a-time procedure; on a GPU, up to the last bits of the arithmetic).
+    (order 0). Each slice is processed independently.
 
-    Speed: on a CPU each forward pass takes one slice, and :data:`CPU_FORWARD_STREAMS` of them run at once
-    within a batch, so the labels are bit for bit those of the one-slice-at-a-time procedure on the same machine;
-    on a GPU a forward pass takes ``batch_size`` slices (faster; the labels may then differ from one slice at a
-    time at voxels where two classes tie to within float rounding). With ``overlap`` the resizing (scipy, which
-    releases the GIL) runs in a helper thread while the model computes: the next batch's slices are resized in,
-    the previous batch's labels resized out.
+    On a CPU each forward pass takes one slice, so the labels are bit for bit those of the one-slice-at-a-time
+    procedure on the same machine: a batched pass would change the arithmetic (oneDNN picks other kernels for other
+    batch sizes; labels then differed at 12 of 5.2 million voxels for an untrained model) and gained nothing
+    measurable. On a GPU a forward pass takes ``batch_size`` slices (faster; the labels may then differ from one
+    slice at a time at voxels where two classes tie to within float rounding).
 
     Args:
         model: an :class:`MSA2Net` (eval mode is set), on any device.
         volume: (D, H, W) or channels-last (D, H, W, C) raw intensities as ``preprocessing`` expects; the
             default preprocessing takes the TransUNet release's [0, 1] data.
         preprocessing: intensity mapping; default :data:`SYNAPSE_PREPROCESSING`.
-        batch_size: slices resized and segmented per step (per forward pass on a GPU; on a CPU the slices of a
-            step share the forward streams).
+        batch_size: slices resized and segmented per step (and per forward pass on a GPU).
         tta: flip test-time augmentation.
         amp: ``None``, ``"bf16"`` or ``"fp16"``.
         progress: show a progress bar.
         desc: progress bar label.
-        overlap: resize in a helper thread while the model runs (``False``: everything in the calling thread).
 
     Returns:
         (D, H, W) uint8 label map (int16 when more than 256 classes).
@@ -165,43 +128,16 @@ def predict_volume(
     depth, h, w = unit.shape[:3]
     size = model.img_size
     step = max(1, int(batch_size))
-    on_cpu = _device_of(model).type == "cpu"
-    chunk = 1 if on_cpu else step
-    streams = _cpu_streams() if on_cpu and min(step, depth) > 1 else 1  # no threads for a single slice
+    chunk = 1 if _device_of(model).type == "cpu" else step
     out = np.zeros((depth, h, w), dtype=np.uint8 if model.num_classes <= 256 else np.int16)
-
-    def resize_in(sl: slice) -> np.ndarray:
+    bar = tqdm(total=depth, desc=desc, unit="slice", disable=not progress_enabled(progress), leave=False)
+    for sl in _batches(depth, step):
         batch = np.stack([prep.normalize(resize_image(unit[z], size, order=3)) for z in range(sl.start, sl.stop)])
-        return batch[:, None] if batch.ndim == 3 else batch.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
-
-    def resize_out(sl: slice, labels: np.ndarray) -> None:
+        batch = batch[:, None] if batch.ndim == 3 else batch.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
+        labels = _predict_labels(model, batch, chunk, tta, amp)
         for i, z in enumerate(range(sl.start, sl.stop)):
             out[z] = resize_label(labels[i].astype(out.dtype), (h, w))
-
-    steps = list(_batches(depth, step))
-    bar = tqdm(total=depth, desc=desc, unit="slice", disable=not progress_enabled(progress), leave=False)
-    with ExitStack() as stack:
-        forward = None
-        if streams > 1:
-            forward = stack.enter_context(ThreadPoolExecutor(streams, thread_name_prefix="msa2net-forward"))
-        if not overlap:
-            for sl in steps:
-                resize_out(sl, _predict_labels(model, resize_in(sl), chunk, tta, amp, forward))
-                bar.update(sl.stop - sl.start)
-        elif steps:
-            # one helper thread, first in first out: resize in step i + 1 and resize out step i - 1 during step i
-            helper = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="msa2net-resize"))
-            pending: list[Future[None]] = []
-            upcoming = helper.submit(resize_in, steps[0])
-            for i, sl in enumerate(steps):
-                batch = upcoming.result()
-                if i + 1 < len(steps):
-                    upcoming = helper.submit(resize_in, steps[i + 1])
-                labels = _predict_labels(model, batch, chunk, tta, amp, forward)
-                pending.append(helper.submit(resize_out, sl, labels))
-                bar.update(sl.stop - sl.start)
-            for future in pending:
-                future.result()  # re-raise any error of the helper
+        bar.update(sl.stop - sl.start)
     bar.close()
     return out
 

@@ -51,7 +51,7 @@ from msa2net.data.phantom import make_synapse_phantom  # noqa: E402
 from msa2net.data.preprocessing import Preprocessing  # noqa: E402
 from msa2net.data.registry import open_source  # noqa: E402
 from msa2net.data.source import Case  # noqa: E402
-from msa2net.data.synapse import prepare_synapse  # noqa: E402
+from msa2net.data.synapse_prepare import prepare_synapse  # noqa: E402
 from msa2net.engine import inference  # noqa: E402
 from msa2net.metrics import legacy_case_scores  # noqa: E402
 

@@ -26,7 +26,8 @@ import torch
 import msa2net
 from msa2net.data.phantom import make_synapse_phantom
 from msa2net.data.preprocessing import Preprocessing
-from msa2net.data.synapse import CLASS_NAMES, TEST_CASES, prepare_synapse
+from msa2net.data.synapse import CLASS_NAMES, TEST_CASES
+from msa2net.data.synapse_prepare import prepare_synapse
 from msa2net.engine import evaluate as evaluate_module
 from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
 from msa2net.reporting.html import HtmlReport

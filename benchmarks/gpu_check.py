@@ -296,7 +296,7 @@ def collective_child(backend: str, device_name: str) -> None:
 def check_torchrun_resume(settings: Settings, device: torch.device) -> dict[str, Any]:
     """``msa2net.cli train`` under torchrun for 1 iteration, then ``--resume`` to iteration 2."""
     from msa2net.data.phantom import make_synapse_phantom
-    from msa2net.data.synapse import prepare_synapse
+    from msa2net.data.synapse_prepare import prepare_synapse
 
     root = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     make_synapse_phantom(root / "raw", cases=("0001", "0002", "0005", "0006"), seed=3, slices=(4, 5), size=64)

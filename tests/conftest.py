@@ -25,7 +25,7 @@ def data_synapse_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def data_synapse_prepared(data_synapse_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``prepare_synapse`` output of :func:`data_synapse_raw` (do not modify; copy first)."""
-    from msa2net.data.synapse import prepare_synapse
+    from msa2net.data.synapse_prepare import prepare_synapse
 
     out = tmp_path_factory.mktemp("synapse_prepared")
     prepare_synapse(data_synapse_raw, out, progress=False)

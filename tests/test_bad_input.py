@@ -31,7 +31,7 @@ from msa2net.data.io import (
 )
 from msa2net.data.phantom import make_isic_phantom, make_synapse_phantom
 from msa2net.data.preprocessing import Preprocessing
-from msa2net.data.synapse import prepare_synapse
+from msa2net.data.synapse_prepare import prepare_synapse
 from msa2net.engine import predict as predict_module
 from msa2net.engine.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from msa2net.engine.inference import predict_image, predict_volume

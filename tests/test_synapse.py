@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 from torch.utils.data import DataLoader
 
-from msa2net.data import synapse
+from msa2net.data import synapse_prepare as synapse  # the preparation module, patched below
 from msa2net.data.io import read_image
 from msa2net.data.phantom import make_synapse_phantom
 from msa2net.data.synapse import (
@@ -25,8 +25,8 @@ from msa2net.data.synapse import (
     SynapseVolumeDataset,
     available_cases,
     case_name,
-    prepare_synapse,
 )
+from msa2net.data.synapse_prepare import prepare_synapse
 
 # The label map written out independently of the package, from PROTOCOLS.md.
 SPEC_MAP = {1: 1, 2: 2, 3: 3, 4: 4, 6: 5, 7: 6, 8: 7, 11: 8}

@@ -141,7 +141,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.raw is None:
         raise ValueError(f"prepare {args.dataset} needs --raw: the folder of the downloaded raw data")
     if args.dataset == "synapse":
-        from .data.synapse import prepare_synapse
+        from .data.synapse_prepare import prepare_synapse
 
         result = prepare_synapse(args.raw, args.out, overwrite=args.overwrite)
     else:

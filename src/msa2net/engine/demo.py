@@ -36,7 +36,7 @@ def run_demo(
         "seconds": {...}}``
     """
     from ..data.phantom import make_synapse_phantom
-    from ..data.synapse import prepare_synapse
+    from ..data.synapse_prepare import prepare_synapse
     from .evaluate import evaluate
     from .predict import predict_files
     from .train import train

@@ -42,10 +42,11 @@ def data_isic_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
-    """Run the test's torch ops on one thread. On a shared machine, threads competing with other processes make
-    the small models many times slower; they gain nothing from a second thread anyway."""
+    """Run the torch ops of the module that asks for it on one thread (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``, or per test). On a shared 2-core machine, two OpenMP threads competing
+    with other processes make the small models many times slower; they gain nothing from a second thread anyway."""
     import torch
 
     threads = torch.get_num_threads()

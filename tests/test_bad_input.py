@@ -319,13 +319,7 @@ def test_invalid_pixel_limits_are_refused(bad: object, monkeypatch: pytest.Monke
         resolve_max_pixels()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    # On a shared 2-core machine, two OpenMP threads competing with other processes run the tiny model ~100x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _checkpoint(path: Path, prep: Preprocessing) -> Path:

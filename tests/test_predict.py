@@ -88,13 +88,7 @@ def _write_dicom_series(volume: np.ndarray, folder: Path, spacing: tuple, origin
     return folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    # On a shared 2-core machine, two OpenMP threads competing with other processes run the tiny model ~100x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -500,7 +500,7 @@ def test_labelled_test_case_problems_are_all_listed(tmp_path):
 def test_folder_source_validates_once(tmp_path, monkeypatch):
     """Training and validation reuse the source's report: each case is read once to validate the folder, once to
     preload a training case, and once per validation round."""
-    import msa2net.data.folder as folder_module
+    import msa2net.data.folder_check as folder_module  # where the folder check reads cases
     from msa2net.data.registry import open_source
 
     _make_3d(tmp_path, cases=("case_a", "case_b", "case_c"), depths=(2, 2, 2))

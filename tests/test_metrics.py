@@ -153,7 +153,7 @@ def test_crop_is_exact_for_small_far_apart_masks_in_a_large_volume() -> None:
     shape = (30, 64, 64)
     pred = box(shape, (2, 3, 50), (4, 5, 6))
     gt = box(shape, (20, 40, 4), (6, 3, 5))
-    pred_crop, gt_crop = metrics._joint_crop(pred, gt)
+    pred_crop, gt_crop = metrics._masks._joint_crop(pred, gt)
     # joint box: axis 0 [2, 26), axis 1 [3, 43), axis 2 [4, 56); padded by one voxel on each side
     assert pred_crop.shape == gt_crop.shape == (26, 42, 54)
     assert hd95(pred, gt, spacing=(3.0, 0.7, 0.7)) == uncropped_hd95(pred, gt, (3.0, 0.7, 0.7))

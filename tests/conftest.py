@@ -53,3 +53,29 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    """A factory of checkpoints of an untrained ``msa2net_test``: ``tiny_checkpoint(class_names, preprocessing,
+    path=None, *, seed=0, img_size=64, **training_state)`` returns the checkpoint dict, or writes it to ``path`` and
+    returns the path. ``preprocessing`` is a :class:`~msa2net.data.preprocessing.Preprocessing` (its channels are
+    the model's); the weights are those of ``torch.manual_seed(seed)``."""
+    import torch
+
+    import msa2net
+    from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
+
+    def make(class_names, preprocessing, path: Path | None = None, *, seed: int = 0, img_size: int = 64, **state):
+        torch.manual_seed(seed)
+        model = msa2net.create_model(
+            "msa2net_test", num_classes=len(class_names), in_channels=preprocessing.in_channels, img_size=img_size
+        )
+        ckpt = make_checkpoint(model, "msa2net_test", preprocessing.to_dict(), list(class_names), **state)
+        if path is None:
+            return ckpt
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(ckpt, path)
+        return Path(path)
+
+    return make

@@ -17,10 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from PIL import Image, ImageFile
 
-import msa2net
 from msa2net.data.io import (
     DEFAULT_MAX_PIXELS,
     MAX_PIXELS_ENV,
@@ -33,7 +31,7 @@ from msa2net.data.phantom import make_isic_phantom, make_synapse_phantom
 from msa2net.data.preprocessing import Preprocessing
 from msa2net.data.synapse_prepare import prepare_synapse
 from msa2net.engine import predict as predict_module
-from msa2net.engine.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from msa2net.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from msa2net.engine.inference import predict_image, predict_volume
 from msa2net.engine.predict import predict_files
 
@@ -322,21 +320,14 @@ def test_invalid_pixel_limits_are_refused(bad: object, monkeypatch: pytest.Monke
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _checkpoint(path: Path, prep: Preprocessing) -> Path:
-    torch.manual_seed(prep.in_channels)
-    model = msa2net.create_model("msa2net_test", num_classes=3, in_channels=prep.in_channels, img_size=64)
-    save_checkpoint(make_checkpoint(model, "msa2net_test", prep.to_dict(), CLASSES), path)
-    return path
+@pytest.fixture(scope="module")
+def ct_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
+    return tiny_checkpoint(CLASSES, CT, tmp_path_factory.mktemp("ckpt") / "ct.pt", seed=CT.in_channels)
 
 
 @pytest.fixture(scope="module")
-def ct_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "ct.pt", CT)
-
-
-@pytest.fixture(scope="module")
-def rgb_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "rgb.pt", RGB)
+def rgb_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
+    return tiny_checkpoint(CLASSES, RGB, tmp_path_factory.mktemp("ckpt") / "rgb.pt", seed=RGB.in_channels)
 
 
 def test_predict_skips_a_bomb_and_segments_the_files_after_it(rgb_ckpt: Path, tmp_path: Path) -> None:

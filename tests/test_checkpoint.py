@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import torch
 
-import msa2net
 from msa2net.data.preprocessing import Preprocessing
 from msa2net.engine.checkpoint import (
     MODEL_ARGS,
@@ -17,7 +16,6 @@ from msa2net.engine.checkpoint import (
     check_checkpoint,
     export_safetensors,
     load_checkpoint,
-    make_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
@@ -30,10 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def ckpt() -> dict[str, Any]:
-    torch.manual_seed(0)
-    model = msa2net.create_model("msa2net_test", num_classes=3, in_channels=1, img_size=64)
-    return make_checkpoint(model, "msa2net_test", Preprocessing(kind="ct_window").to_dict(), CLASSES)
+def ckpt(tiny_checkpoint) -> dict[str, Any]:
+    return tiny_checkpoint(CLASSES, Preprocessing(kind="ct_window"))
 
 
 def _saved(ckpt: dict[str, Any], tmp_path: Path, **changes: Any) -> Path:

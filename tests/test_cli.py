@@ -96,30 +96,22 @@ def test_demo_pipeline_end_to_end_shortened(tmp_path, capsys):
     assert f"browse: {(out / 'report.html').resolve().as_uri()}" in printed
 
 
-def test_export_command(tmp_path, capsys):
-    from msa2net import create_model
+def test_export_command(tmp_path, capsys, tiny_checkpoint):
     from msa2net.data.preprocessing import CT_PREPROCESSING
-    from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
 
-    torch.manual_seed(0)
-    model = create_model("msa2net_test", num_classes=2, img_size=64)
-    save_checkpoint(make_checkpoint(model, "msa2net_test", CT_PREPROCESSING.to_dict(), ["bg", "fg"]), tmp_path / "m.pt")
+    tiny_checkpoint(["bg", "fg"], CT_PREPROCESSING, tmp_path / "m.pt")
     assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "-o", str(tmp_path / "x")]) == 0
     out = capsys.readouterr().out
     assert "max |logits - eager| onnx" in out and "max |logits - eager| torchscript" in out
     assert {p.name for p in (tmp_path / "x").iterdir()} >= {"model.ts", "model.onnx", "model.safetensors", "model.json"}
 
 
-def test_predict_flags_reach_the_engine(tmp_path, capsys):
+def test_predict_flags_reach_the_engine(tmp_path, capsys, tiny_checkpoint):
     from PIL import Image
 
-    from msa2net import create_model
     from msa2net.data.preprocessing import CT_PREPROCESSING
-    from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
 
-    torch.manual_seed(0)
-    model = create_model("msa2net_test", num_classes=2, img_size=64)
-    save_checkpoint(make_checkpoint(model, "msa2net_test", CT_PREPROCESSING.to_dict(), ["bg", "fg"]), tmp_path / "m.pt")
+    tiny_checkpoint(["bg", "fg"], CT_PREPROCESSING, tmp_path / "m.pt")
     Image.fromarray(np.full((40, 50), 100, np.uint8)).save(tmp_path / "photo.png")
     base = ["predict", str(tmp_path / "photo.png"), "--checkpoint", str(tmp_path / "m.pt"), "--device", "cpu"]
     assert main([*base, "-o", str(tmp_path / "a")]) == 1  # an 8-bit picture is no CT scan: refused

@@ -81,16 +81,7 @@ def test_evaluate_writes_the_paper_table_and_honest_metrics(data_synapse_prepare
     assert (got["dice"], got["hd95"]) == pytest.approx(expected)
 
 
-def _tiny_checkpoint(tmp_path, prep: Preprocessing, names: list[str], in_channels: int = 1):
-    torch.manual_seed(0)
-    model = msa2net.create_model("msa2net_test", num_classes=len(names), in_channels=in_channels, img_size=64)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "model.pt"
-    save_checkpoint(make_checkpoint(model, "msa2net_test", prep.to_dict(), names), path)
-    return path
-
-
-def test_evaluate_a_3d_folder_keeps_geometry(tmp_path):
+def test_evaluate_a_3d_folder_keeps_geometry(tmp_path, tiny_checkpoint):
     import SimpleITK as sitk
 
     root = tmp_path / "ds"
@@ -108,7 +99,7 @@ def test_evaluate_a_3d_folder_keeps_geometry(tmp_path):
         sitk.WriteImage(img, str(root / sub / name))
     spec = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz"}
     (root / "dataset.json").write_text(json.dumps(spec))
-    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="ct_window"), ["background", "organ"])
+    ckpt = tiny_checkpoint(["background", "organ"], Preprocessing(kind="ct_window"), tmp_path / "model.pt")
     report = evaluate(ckpt, root, tmp_path / "ev", split="train", device="cpu", progress=False, save_predictions=True)
     assert report["n_cases"] == 1 and report["class_names"] == ["background", "organ"]
     written = sitk.ReadImage(str(tmp_path / "ev" / "predictions" / "a.nii.gz"))
@@ -116,7 +107,7 @@ def test_evaluate_a_3d_folder_keeps_geometry(tmp_path):
     assert sitk.GetArrayFromImage(written).shape == label.shape
 
 
-def test_evaluate_a_2d_png_folder(tmp_path):
+def test_evaluate_a_2d_png_folder(tmp_path, tiny_checkpoint):
     from PIL import Image
 
     root = tmp_path / "png"
@@ -129,20 +120,20 @@ def test_evaluate_a_2d_png_folder(tmp_path):
         Image.fromarray(label).save(root / "labelsTr" / f"c{i}.png")
     spec = {"channel_names": {"0": "grey"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
     (root / "dataset.json").write_text(json.dumps(spec))
-    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="zscore"), ["background", "lesion"])
+    ckpt = tiny_checkpoint(["background", "lesion"], Preprocessing(kind="zscore"), tmp_path / "model.pt")
     report = evaluate(ckpt, root, tmp_path / "ev", split="train", device="cpu", progress=False)
     assert report["n_cases"] == 2 and 0.0 <= report["legacy"]["mean_dice"] <= 1.0
     assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 2
 
 
 @pytest.mark.parametrize("postprocess", [False, True])
-def test_evaluate_isic_pools_pixels(data_isic_raw, tmp_path, postprocess):
+def test_evaluate_isic_pools_pixels(data_isic_raw, tmp_path, postprocess, tiny_checkpoint):
     from msa2net.data.isic import ISICDataset, prepare_isic2018
     from msa2net.reporting.aggregate import PooledBinaryMetrics
 
     root = tmp_path / "isic"
     prepare_isic2018(data_isic_raw, root, size=(64, 64), progress=False)
-    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="rgb", in_channels=3), ["background", "lesion"], in_channels=3)
+    ckpt = tiny_checkpoint(["background", "lesion"], Preprocessing(kind="rgb", in_channels=3), tmp_path / "model.pt")
     report = evaluate(ckpt, root, tmp_path / "ev", device="cpu", progress=False, postprocess=postprocess)
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["n_images"] == 5 and summary["settings"]["postprocess"] is postprocess
@@ -161,6 +152,9 @@ def test_evaluate_isic_pools_pixels(data_isic_raw, tmp_path, postprocess):
 
 
 # ---------------------------------------------------------------------------------------------- what is scored
+
+
+CT_WINDOW = Preprocessing(kind="ct_window")
 
 
 def _ct_folder(root, labelled_test: bool):
@@ -184,11 +178,13 @@ def _ct_folder(root, labelled_test: bool):
     return root
 
 
-def test_without_labelled_test_cases_evaluate_refuses_or_says_they_are_training_cases(tmp_path, capsys):
+def test_without_labelled_test_cases_evaluate_refuses_or_says_they_are_training_cases(
+    tmp_path, capsys, tiny_checkpoint
+):
     from msa2net.cli import main
 
     root = _ct_folder(tmp_path / "ds", labelled_test=False)
-    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="ct_window"), ["background", "organ"])
+    ckpt = tiny_checkpoint(["background", "organ"], Preprocessing(kind="ct_window"), tmp_path / "model.pt")
     with pytest.raises(ValueError, match=r"no labelled test cases .*--split train"):
         evaluate(ckpt, root, tmp_path / "refused", device="cpu", progress=False)
     assert not (tmp_path / "refused").exists()
@@ -207,9 +203,9 @@ def test_without_labelled_test_cases_evaluate_refuses_or_says_they_are_training_
     assert "TRAINING cases" in (out / "report.html").read_text()
 
 
-def test_labelled_test_cases_are_scored_by_default_without_a_warning(tmp_path):
+def test_labelled_test_cases_are_scored_by_default_without_a_warning(tmp_path, tiny_checkpoint):
     root = _ct_folder(tmp_path / "ds", labelled_test=True)
-    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="ct_window"), ["background", "organ"])
+    ckpt = tiny_checkpoint(["background", "organ"], Preprocessing(kind="ct_window"), tmp_path / "model.pt")
     summary = evaluate(ckpt, root, tmp_path / "ev", device="cpu", progress=False, overlays_per_case=0, html=False)
     assert summary["settings"]["cases"] == ["t"] and summary["settings"]["split"] == "test"
     assert "warning" not in summary["settings"]
@@ -217,15 +213,17 @@ def test_labelled_test_cases_are_scored_by_default_without_a_warning(tmp_path):
     assert named["settings"]["training_cases"] == ["a"]  # named cases are checked too
 
 
-def test_evaluate_refuses_a_model_of_another_task(tmp_path, capsys):
+def test_evaluate_refuses_a_model_of_another_task(tmp_path, capsys, tiny_checkpoint):
     from msa2net.cli import main
 
     root = _ct_folder(tmp_path / "ds", labelled_test=True)
     common = {"device": "cpu", "progress": False, "overlays_per_case": 0, "html": False}
-    other_names = _tiny_checkpoint(tmp_path / "names", Preprocessing(kind="ct_window"), ["background", "tumour"])
+    other_names = tiny_checkpoint(
+        ["background", "tumour"], Preprocessing(kind="ct_window"), tmp_path / "names" / "model.pt"
+    )
     with pytest.raises(ValueError, match=r"segments \['background', 'tumour'\] but the data are labelled"):
         evaluate(other_names, root, tmp_path / "a", **common)
-    mr_model = _tiny_checkpoint(tmp_path / "mr", Preprocessing(kind="zscore"), ["background", "organ"])
+    mr_model = tiny_checkpoint(["background", "organ"], Preprocessing(kind="zscore"), tmp_path / "mr" / "model.pt")
     with pytest.raises(ValueError, match=r"robust per-case min-max .* but the data are .*Hounsfield"):
         evaluate(mr_model, root, tmp_path / "b", **common)
     assert main(["evaluate", "--checkpoint", str(mr_model), "--data", str(root), "--out", str(tmp_path / "c")]) == 2
@@ -233,21 +231,25 @@ def test_evaluate_refuses_a_model_of_another_task(tmp_path, capsys):
     assert not any((tmp_path / d).exists() for d in "abc")  # refused before anything was written
     summary = evaluate(mr_model, root, tmp_path / "d", allow_mismatched_input=True, **common)
     assert summary["settings"]["allow_mismatched_input"] is True
-    generic = _tiny_checkpoint(tmp_path / "generic", Preprocessing(kind="ct_window"), ["class_0", "class_1"])
+    generic = tiny_checkpoint(
+        ["class_0", "class_1"], Preprocessing(kind="ct_window"), tmp_path / "generic" / "model.pt"
+    )
     evaluate(generic, root, tmp_path / "e", **common)  # placeholder names say nothing: accepted
-    three = _tiny_checkpoint(tmp_path / "three", Preprocessing(kind="ct_window"), ["background", "organ", "x"])
+    three = tiny_checkpoint(
+        ["background", "organ", "x"], Preprocessing(kind="ct_window"), tmp_path / "three" / "model.pt"
+    )
     with pytest.raises(ValueError, match="segments 3 classes"):
         evaluate(three, root, tmp_path / "f", allow_mismatched_input=True, **common)
 
 
-def test_a_run_folder_stands_for_its_best_else_last_checkpoint(tmp_path):
+def test_a_run_folder_stands_for_its_best_else_last_checkpoint(tmp_path, tiny_checkpoint):
     from msa2net.engine.checkpoint import CheckpointError, resolve_checkpoint_path
 
     run = tmp_path / "run"
     run.mkdir()
     with pytest.raises(CheckpointError, match="neither a run folder with best.pt or last.pt"):
         resolve_checkpoint_path(run)
-    ckpt = _tiny_checkpoint(tmp_path, Preprocessing(kind="ct_window"), ["background", "organ"])
+    ckpt = tiny_checkpoint(["background", "organ"], Preprocessing(kind="ct_window"), tmp_path / "model.pt")
     (run / "last.pt").write_bytes(ckpt.read_bytes())
     assert resolve_checkpoint_path(run) == run / "last.pt"
     (run / "best.pt").write_bytes(ckpt.read_bytes())

@@ -11,10 +11,9 @@ import onnxruntime
 import pytest
 import torch
 
-import msa2net
 from msa2net.data.preprocessing import Preprocessing
 from msa2net.engine import export as export_module
-from msa2net.engine.checkpoint import load_safetensors_checkpoint, make_checkpoint, model_from_checkpoint
+from msa2net.engine.checkpoint import load_safetensors_checkpoint, model_from_checkpoint
 from msa2net.engine.export import ExportError, export_model
 
 CLASSES = ["background", "a", "b"]
@@ -25,10 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def ckpt() -> dict[str, Any]:
-    torch.manual_seed(0)
-    model = msa2net.create_model("msa2net_test", num_classes=3, in_channels=1, img_size=64)
-    return make_checkpoint(model, "msa2net_test", PREP.to_dict(), CLASSES)
+def ckpt(tiny_checkpoint) -> dict[str, Any]:
+    return tiny_checkpoint(CLASSES, PREP)
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,7 @@ from msa2net.engine import predict as predict_module
 from msa2net.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
-    make_checkpoint,
     model_from_checkpoint,
-    save_checkpoint,
 )
 from msa2net.engine.inference import predict_image, predict_volume
 from msa2net.engine.predict import predict_files, summarise_labels
@@ -32,13 +30,6 @@ RGB = Preprocessing(kind="rgb", in_channels=3)
 # 30 degrees about z: a proper rotation, so NIfTI's quaternion header can store it
 _C, _S = np.cos(np.pi / 6), np.sin(np.pi / 6)
 DIRECTION = (_C, -_S, 0.0, _S, _C, 0.0, 0.0, 0.0, 1.0)
-
-
-def _checkpoint(path: Path, in_channels: int, prep: Preprocessing) -> Path:
-    torch.manual_seed(in_channels)
-    model = msa2net.create_model("msa2net_test", num_classes=3, in_channels=in_channels, img_size=64)
-    save_checkpoint(make_checkpoint(model, "msa2net_test", prep.to_dict(), CLASSES), path)
-    return path
 
 
 def _phantom(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -92,8 +83,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def grey_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "grey.pt", 1, CT)
+def grey_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
+    return tiny_checkpoint(CLASSES, CT, tmp_path_factory.mktemp("ckpt") / "grey.pt", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +148,8 @@ def test_masks_match_direct_inference_and_keep_geometry(
     np.testing.assert_allclose(dicom_geometry.origin, (-12.5, 30, 100), atol=1e-4)
 
 
-def test_rgb_model_segments_colour_and_grey_png(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path / "rgb.pt", 3, RGB)
+def test_rgb_model_segments_colour_and_grey_png(tmp_path: Path, tiny_checkpoint) -> None:
+    ckpt = tiny_checkpoint(CLASSES, RGB, tmp_path / "rgb.pt", seed=3)
     model = model_from_checkpoint(load_checkpoint(ckpt))
     rng = np.random.default_rng(5)
     colour = rng.integers(0, 256, size=(45, 70, 3), dtype=np.uint8)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from msa2net._json import json_safe, write_json
@@ -409,16 +408,13 @@ def test_table_states_the_empty_policy(empty: str | float, text: str) -> None:
     assert "NSD" not in table  # not computed
 
 
-def test_evaluate_writes_tables_that_match_its_summary(data_synapse_prepared: Path, tmp_path: Path) -> None:
-    import msa2net
+def test_evaluate_writes_tables_that_match_its_summary(
+    data_synapse_prepared: Path, tmp_path: Path, tiny_checkpoint
+) -> None:
     from msa2net.data.preprocessing import Preprocessing
-    from msa2net.engine.checkpoint import make_checkpoint, save_checkpoint
     from msa2net.engine.evaluate import evaluate
 
-    torch.manual_seed(0)
-    model = msa2net.create_model("msa2net_test", num_classes=9, img_size=64).eval()
-    path = tmp_path / "model.pt"
-    save_checkpoint(make_checkpoint(model, "msa2net_test", Preprocessing(kind="unit").to_dict(), CLASS_NAMES), path)
+    path = tiny_checkpoint(CLASS_NAMES, Preprocessing(kind="unit"), tmp_path / "model.pt")
     out = tmp_path / "eval"
     report = evaluate(path, data_synapse_prepared, out, device="cpu", progress=False, overlays_per_case=0)
     summary = json.loads((out / "summary.json").read_text())

@@ -252,3 +252,39 @@ def benchmark_module(name: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def write_liver_folder(
+    root: Path, channel: str = "CT", background: float = 0.0, contrast: float = 200.0, **dataset_json: Any
+) -> Path:
+    """A 3-case 3D dataset folder (classes background, liver, tumour; int16 images of ``background + noise +
+    contrast * label``, spacing 0.8 x 0.8 x 3 mm) whose ``dataset.json`` names ``channel`` and carries
+    ``dataset_json``; returns ``root``."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        label = np.zeros((4, 48, 40), np.uint8)
+        label[:, 10 + i : 30, 8:24] = 1
+        label[1:3, 30:40, 26:36] = 2
+        image = (rng.normal(background, 20, label.shape) + contrast * label).astype(np.int16)
+        for arr, path in (
+            (image, root / "imagesTr" / f"c{i}_0000.nii.gz"),
+            (label, root / "labelsTr" / f"c{i}.nii.gz"),
+        ):
+            img = sitk.GetImageFromArray(arr)
+            img.SetSpacing((0.8, 0.8, 3.0))
+            sitk.WriteImage(img, str(path))
+    spec = {
+        "channel_names": {"0": channel},
+        "labels": {"background": 0, "liver": 1, "tumour": 2},
+        "file_ending": ".nii.gz",
+        **dataset_json,
+    }
+    (root / "dataset.json").write_text(json.dumps(spec))
+    return root

@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import yaml
+from reference import write_liver_folder
 
 import msa2net
 from msa2net import _hooks
@@ -45,33 +45,6 @@ def _sections(card: str) -> list[str]:
     return [line[3:] for line in card.splitlines() if line.startswith("## ")]
 
 
-def _mr_folder(root: Path, **extra: Any) -> Path:
-    """A 3-case T1 MR dataset folder (robust min-max preprocessing) whose dataset.json carries ``extra``."""
-    import SimpleITK as sitk
-
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        label = np.zeros((4, 48, 40), np.uint8)
-        label[:, 10 + i : 30, 8:24] = 1
-        label[1:3, 30:40, 26:36] = 2
-        image = (rng.normal(100, 20, label.shape) + 300.0 * label).astype(np.int16)
-        for arr, path in (
-            (image, root / "imagesTr" / f"c{i}_0000.nii.gz"),
-            (label, root / "labelsTr" / f"c{i}.nii.gz"),
-        ):
-            sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
-    spec = {
-        "channel_names": {"0": "T1"},
-        "labels": {"background": 0, "liver": 1, "tumour": 2},
-        "file_ending": ".nii.gz",
-        **extra,
-    }
-    (root / "dataset.json").write_text(json.dumps(spec))
-    return root
-
-
 def _folder_config(epoch: int = 20, epochs: int = 120, **config: Any) -> dict[str, Any]:
     """config.json of a 3-class model trained ``epoch`` of ``epochs`` epochs on a dataset folder (no validation)."""
     model = msa2net.create_model("msa2net_test", num_classes=3, img_size=64)
@@ -99,7 +72,7 @@ def _folder_config(epoch: int = 20, epochs: int = 120, **config: Any) -> dict[st
 
 
 def test_sources_supply_their_dataset_records(tmp_path: Path) -> None:
-    named = FolderSource(_mr_folder(tmp_path / "named", **LIVER))
+    named = FolderSource(write_liver_folder(tmp_path / "named", "T1", 100.0, 300.0, **LIVER))
     assert named.dataset_record() == {
         "kind": "folder",
         "name": LIVER["name"],
@@ -108,7 +81,9 @@ def test_sources_supply_their_dataset_records(tmp_path: Path) -> None:
         "description": LIVER["description"],
         "reference": LIVER["reference"],
     }
-    plain = FolderSource(_mr_folder(tmp_path / "ToyLiver", name=7, description="  "))  # not text: ignored
+    plain = FolderSource(
+        write_liver_folder(tmp_path / "ToyLiver", "T1", 100.0, 300.0, name=7, description="  ")
+    )  # not text: ignored
     assert plain.dataset_record() == {
         "kind": "folder",
         "name": "ToyLiver",  # the folder's name
@@ -136,7 +111,7 @@ def test_the_demo_run_records_the_phantom_not_synapse(data_synapse_prepared: Pat
 
 
 def test_train_stores_the_record_and_publish_puts_it_on_the_card(tmp_path: Path) -> None:
-    root = _mr_folder(tmp_path / "liver", **LIVER)
+    root = write_liver_folder(tmp_path / "liver", "T1", 100.0, 300.0, **LIVER)
     overrides = [
         "model.name=msa2net_test",
         "model.img_size=[64, 64]",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference import write_liver_folder
 
 from msa2net.config import PRESETS, load_config, parse_override
 from msa2net.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -105,35 +105,9 @@ def test_train_isic_preset_path(data_isic_raw, tmp_path):
     assert ckpt["preprocessing"]["kind"] == "rgb" and ckpt["model_args"]["in_channels"] == 3
 
 
-def _folder_dataset(root: Path) -> None:
-    import SimpleITK as sitk
-
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        label = np.zeros((4, 48, 40), np.uint8)
-        label[:, 10 + i : 30, 8:24] = 1
-        label[1:3, 30:40, 26:36] = 2
-        image = (rng.normal(0, 20, label.shape) + 200.0 * label).astype(np.int16)
-        for arr, path in (
-            (image, root / "imagesTr" / f"c{i}_0000.nii.gz"),
-            (label, root / "labelsTr" / f"c{i}.nii.gz"),
-        ):
-            img = sitk.GetImageFromArray(arr)
-            img.SetSpacing((0.8, 0.8, 3.0))
-            sitk.WriteImage(img, str(path))
-    spec = {
-        "channel_names": {"0": "CT"},
-        "labels": {"background": 0, "liver": 1, "tumour": 2},
-        "file_ending": ".nii.gz",
-    }
-    (root / "dataset.json").write_text(json.dumps(spec))
-
-
 def test_train_folder_preset_path(tmp_path):
     root = tmp_path / "ds"
-    _folder_dataset(root)
+    write_liver_folder(root)
     cfg = tiny_config("folder", root, tmp_path / "run", "train.epochs=1", "data.val_fraction=0.34")
     result = train(cfg)
     assert result["epochs_done"] == 1

@@ -226,7 +226,9 @@ class Source(ABC):
         """
         return {"kind": self.kind, "name": self.root.resolve().name, "class_names": list(self.class_names)}
 
-    def _select(self, ids: Sequence[str], available: Sequence[str], what: str) -> list[str]:
+    def select(self, ids: Sequence[str], available: Sequence[str], what: str) -> list[str]:
+        """``ids`` in this source's spelling, sorted and unique, each checked to be one of ``available``
+        (``what`` names them in the error, e.g. ``"data.val_cases"``)."""
         chosen = [self.normalize_id(c) for c in ids]
         unknown = sorted(set(chosen) - set(available))
         if unknown:
@@ -257,7 +259,7 @@ class Source(ABC):
         if validation not in VALIDATION_MODES:
             raise ValueError(f"data.validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}")
         available = self.train_ids()
-        train = self._select(train_cases, available, "data.train_cases") if train_cases else list(available)
+        train = self.select(train_cases, available, "data.train_cases") if train_cases else list(available)
         if validation == "none":
             return Split(train, [])
         if validation == "test":
@@ -269,7 +271,7 @@ class Source(ABC):
             note = "validation on the TEST cases (the authors' practice): their scores are not a clean test"
             return Split(train, test, [note])
         if val_cases:
-            val = self._select(val_cases, available, "data.val_cases")
+            val = self.select(val_cases, available, "data.val_cases")
             return Split([c for c in train if c not in val], val)
         train, val = split_cases(train, val_fraction, seed)
         return Split(train, val)

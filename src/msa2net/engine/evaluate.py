@@ -300,7 +300,7 @@ def _evaluation_cases(source: Source, cases: Sequence[str] | None, split: str) -
     except (FileNotFoundError, ValueError):  # a prepared folder holding only the test cases
         train = []
     if cases:
-        ids = source._select(cases, [*train, *source.test_ids()], "cases")
+        ids = source.select(cases, [*train, *source.test_ids()], "cases")
     else:
         ids = source.evaluation_ids()
         if not ids:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .constants import EMPTY_POLICIES
+from .constants import EMPTY_POLICIES, OUTPUT_TYPES
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -271,6 +271,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         allow_mismatched_input=args.allow_mismatched_input,
         reorient=not args.no_reorient,
         html=not args.no_html,
+        output_types=args.output_type,
+        statistics=args.statistics,
+        keep_largest=args.keep_largest,
+        segment_codes=args.segment_codes,
     )
     print(f"wrote {len(report.written)} file(s) to {args.out}")
     if report.html_path is not None:
@@ -527,6 +531,33 @@ def build_parser() -> argparse.ArgumentParser:
         "for a CT model) instead of skipping them",
     )
     p.add_argument("--overlays", action="store_true", help="also write PNG overlays")
+    p.add_argument(
+        "--output-type",
+        nargs="+",
+        choices=OUTPUT_TYPES,
+        default=["nifti"],
+        help="what to write per input, several allowed: nifti (the label mask, in the input's format), probabilities "
+        "(OUT/<stem>_probabilities.npz, float16), dicom-seg (OUT/<stem>.seg.dcm, for DICOM series inputs) "
+        "(default nifti)",
+    )
+    p.add_argument(
+        "--statistics",
+        action="store_true",
+        help="write OUT/<stem>_statistics.json: per class voxels, volume in ml, mean/median/std intensity (HU for "
+        "CT) and whether the mask touches the image border",
+    )
+    p.add_argument(
+        "--keep-largest",
+        metavar="CLASSES",
+        help="keep only the largest connected component of these classes: all, or names/ids, e.g. liver,spleen "
+        "(default: as the model records, else none)",
+    )
+    p.add_argument(
+        "--segment-codes",
+        metavar="JSON",
+        help="DICOM SEG category/type codes for the model's classes: {name: {category: [scheme, value, meaning], "
+        "type: [...]}} (built in for the Synapse organs and lesions)",
+    )
     p.add_argument("--format", help="mask format for volumes: .nii.gz, .nii, .nrrd, .mha")
     p.add_argument("--no-html", action="store_true", help="do not write report.html (the slice browser)")
     p.add_argument(

@@ -27,6 +27,8 @@ ValidationMode = Literal["held_out", "test", "none"]
 VALIDATION_MODES: tuple[str, ...] = get_args(ValidationMode)
 #: HD95-in-mm policies for an empty prediction or ground truth (``evaluate --empty``; a number of mm also goes).
 EMPTY_POLICIES: tuple[str, ...] = ("nan", "legacy", "diagonal")
+#: What ``predict`` can write per input (``--output-type``): the label mask, class probabilities, a DICOM SEG.
+OUTPUT_TYPES: tuple[str, ...] = ("nifti", "probabilities", "dicom-seg")
 
 #: Class names by Synapse class id (the paper's table columns are classes 1..8 in this order).
 SYNAPSE_CLASS_NAMES: tuple[str, ...] = (

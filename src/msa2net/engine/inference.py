@@ -71,13 +71,17 @@ def predict_slices(
 
 
 @torch.inference_mode()
-def _predict_labels(model: MSA2Net, slices: np.ndarray, chunk: int, tta: bool, amp: str | None) -> np.ndarray:
+def _predict_labels(
+    model: MSA2Net, slices: np.ndarray, chunk: int, tta: bool, amp: str | None, keep: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """argmax of :func:`predict_slices` (first maximum on ties, as ``torch.argmax`` and ``np.argmax``), computed
-    on the device in forward passes of at most ``chunk`` slices: (N, H, W) int64."""
+    on the device in forward passes of at most ``chunk`` slices: (N, H, W) int64, and with ``keep`` the
+    probabilities (N, C, H, W) float32."""
     device = _device_of(model)
     x = torch.from_numpy(np.ascontiguousarray(slices))
-    parts = [_probabilities(model, x[sl].to(device), tta, amp).argmax(dim=1).cpu() for sl in _batches(len(x), chunk)]
-    return torch.cat(parts).numpy()
+    probs = [_probabilities(model, x[sl].to(device), tta, amp) for sl in _batches(len(x), chunk)]
+    labels = torch.cat([p.argmax(dim=1).cpu() for p in probs]).numpy()
+    return labels, torch.cat([p.cpu() for p in probs]).numpy() if keep else None
 
 
 def predict_volume(
@@ -90,7 +94,8 @@ def predict_volume(
     amp: str | None = None,
     progress: bool = False,
     desc: str = "slices",
-) -> np.ndarray:
+    probabilities: bool = False,
+) -> Any:
     """Segment a volume slice by slice, the legacy Synapse way.
 
     Each axial slice ``volume[z]`` is mapped to [0, 1] by ``preprocessing.to_unit`` (for the whole volume at
@@ -114,9 +119,13 @@ def predict_volume(
         amp: ``None``, ``"bf16"`` or ``"fp16"``.
         progress: show a progress bar.
         desc: progress bar label.
+        probabilities: also return the class probabilities in the volume's grid.
 
     Returns:
-        (D, H, W) uint8 label map (int16 when more than 256 classes).
+        (D, H, W) uint8 label map (int16 when more than 256 classes); with ``probabilities`` the pair ``(labels,
+        (C, D, H, W) float16 probabilities)``, resized back with the labels' nearest-neighbour mapping so that their
+        argmax is the labels (where float16 rounding makes the label's class tie with another, the label's class is
+        raised by one float16 step).
     """
     model.eval()
     _autocast_dtype(amp)
@@ -130,16 +139,31 @@ def predict_volume(
     step = max(1, int(batch_size))
     chunk = 1 if _device_of(model).type == "cpu" else step
     out = np.zeros((depth, h, w), dtype=np.uint8 if model.num_classes <= 256 else np.int16)
+    probs = np.zeros((model.num_classes, depth, h, w), dtype=np.float16) if probabilities else None
     bar = tqdm(total=depth, desc=desc, unit="slice", disable=not progress_enabled(progress), leave=False)
     for sl in _batches(depth, step):
         batch = np.stack([prep.normalize(resize_image(unit[z], size, order=3)) for z in range(sl.start, sl.stop)])
         batch = batch[:, None] if batch.ndim == 3 else batch.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
-        labels = _predict_labels(model, batch, chunk, tta, amp)
+        labels, p = _predict_labels(model, batch, chunk, tta, amp, keep=probs is not None)
         for i, z in enumerate(range(sl.start, sl.stop)):
             out[z] = resize_label(labels[i].astype(out.dtype), (h, w))
+            if probs is not None and p is not None:
+                probs[:, z] = [resize_label(channel, (h, w)) for channel in p[i]]
         bar.update(sl.stop - sl.start)
     bar.close()
-    return out
+    if probs is None:
+        return out
+    return out, _argmax_safe(probs, out)
+
+
+def _argmax_safe(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``probs`` (float16) with the labels' class raised by one float16 step where rounding made it lose the argmax
+    (a tie, first maximum wins) to another class."""
+    lost = np.argmax(probs, axis=0) != labels
+    if lost.any():
+        index = (labels[lost].astype(np.intp), *np.nonzero(lost))
+        probs[index] = np.nextafter(probs[index], np.float16(np.inf))
+    return probs
 
 
 def predict_image(

@@ -26,28 +26,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._atomic import atomic_path
 from .._progress import progress_enabled
-from ..data.io import (
-    RASTER_SUFFIXES,
-    VOLUME_SUFFIXES,
-    image_suffix,
-    list_inputs,
-    read_image,
-    resolve_max_pixels,
-    write_image,
-    write_text_atomic,
-)
-from ..data.orientation import axis_code, check_axis_code, reorientation
+from .._version import __version__
+from ..constants import OUTPUT_TYPES
+from ..data.dicom_seg import load_segment_codes, write_dicom_seg
+from ..data.io import RASTER_SUFFIXES, VOLUME_SUFFIXES, image_suffix, list_inputs, write_image, write_text_atomic
 from ..data.preprocessing import Preprocessing
-from ..models import MSA2Net
 from ..reporting.html import HtmlReport
 from ..reporting.overlays import OVERLAY_COLORS, write_overlay_png
-from .checkpoint import load_model_source, model_from_checkpoint
-from .distributed import resolve_device
-from .inference import predict_image, predict_volume
+from .distributed import cleanup, setup
+from .predictor import Prediction, PredictOptions, Predictor
 
 __all__ = [
     "MASK_SUFFIXES",
+    "OUTPUT_TYPES",
+    "OutputOptions",
     "OVERLAY_SLICES",
     "PREVIEW_MIN_SIZE",
     "PREVIEW_SLICES",
@@ -209,181 +203,6 @@ def _overlay_slices(labels: np.ndarray, count: int = OVERLAY_SLICES) -> list[int
     return sorted({int(with_fg[i]) for i in picks})
 
 
-def _input_mismatch(prep: Preprocessing, source: Path, image: np.ndarray) -> str | None:
-    """Why ``image`` (read from ``source``) does not fit ``prep`` (see :meth:`Preprocessing.input_mismatch`)."""
-    suffix = image_suffix(source) if source.is_file() else None
-    raster = suffix in RASTER_SUFFIXES
-    what = "a raster image" if raster else ("a DICOM series" if suffix is None else f"a {suffix} volume")
-    return prep.input_mismatch(image, what, raster=raster)
-
-
-def _display_image(prep: Preprocessing, image: np.ndarray) -> np.ndarray:
-    """What the model sees, in [0, 1], as a grey ``(..., H, W)`` or colour ``(..., H, W, 3)`` image for overlays."""
-    unit = prep.to_unit(image)
-    if prep.in_channels not in (1, 3):
-        unit = unit[..., 0]  # overlays draw grey or RGB; show the first channel of other layouts
-    return unit
-
-
-def _segment_one(
-    source: Path,
-    mask_path: Path,
-    model: MSA2Net,
-    prep: Preprocessing,
-    class_names: list[str],
-    *,
-    batch_size: int,
-    tta: bool,
-    amp: str | None,
-    overlays: bool,
-    progress: bool,
-    written: list[Path],
-    split_dir: Path | None = None,
-    preview: bool = False,
-    volumes: bool = False,
-    max_pixels: int | None = None,
-    allow_mismatched_input: bool = False,
-    slice_orientation: str | None = None,
-    page: HtmlReport | None = None,
-) -> dict[str, Any]:
-    """Segment one input and write its mask (and split masks, preview, volumes, overlays); returns the input's record
-    for the report.
-
-    A volume whose axis code differs from ``slice_orientation`` (the training volumes' code; None: no re-indexing)
-    is re-indexed to it before slicing, and its mask back, so the model sees the plane it was trained on. Each
-    output path is appended to ``written`` as soon as it exists, so that the caller can remove the outputs of an
-    input whose later step failed. The input is added
-    to ``page`` last, once everything else succeeded.
-    """
-    out_dir = mask_path.parent
-    suffix = image_suffix(mask_path)
-    stem = mask_path.name[: -len(suffix)] if suffix else mask_path.name
-    if mask_path.resolve() == source.resolve():
-        raise ValueError(f"the mask would overwrite the input itself; choose an out_dir other than {source.parent}")
-    image, geometry = read_image(source, max_pixels=max_pixels)
-    spatial = geometry.ndim
-    if spatial not in (2, 3) or image.ndim not in (spatial, spatial + 1):
-        raise ValueError(f"expected a 2D or 3D image, found array shape {image.shape} with a {spatial}D geometry")
-    if spatial == 2:
-        image = prep.arrange_channels(image)  # e.g. a grey raster shown and segmented as RGB by an RGB model
-    mismatch = None if allow_mismatched_input else _input_mismatch(prep, source, image)
-    if mismatch is not None:
-        raise ValueError(
-            f"{mismatch}. If you are sure it fits, pass allow_mismatched_input=True "
-            "(msa2net predict --allow-mismatched-input)"
-        )
-    code = None
-    if spatial == 3:
-        try:
-            code = axis_code(geometry)
-        except ValueError as err:
-            if slice_orientation:
-                raise ValueError(
-                    f"its layout cannot be matched to the training volumes' ({slice_orientation}): {err}; or segment "
-                    "it as stored with --no-reorient (reorient=False)"
-                ) from err
-    move = reorientation(code, slice_orientation) if code and slice_orientation else None
-    if move is not None and not move.is_identity:
-        image = np.ascontiguousarray(move.apply(image))  # the model's plane; the mask is moved back below
-    else:
-        move = None
-    if spatial == 3:
-        labels = predict_volume(
-            model,
-            image,
-            preprocessing=prep,
-            batch_size=batch_size,
-            tta=tta,
-            amp=amp,
-            progress=progress,
-            desc=source.name,
-        )
-    else:
-        labels = predict_image(model, image, preprocessing=prep, tta=tta, amp=amp)
-    counts = summarise_labels(labels, class_names)
-    spacing = None if image_suffix(source) in RASTER_SUFFIXES else tuple(reversed(geometry.spacing))
-    sizes = class_volumes(labels, class_names, spacing)
-    keep_geometry = None if suffix == ".png" else geometry
-    shown_labels = labels  # overlays and previews show the plane the model segmented (``image`` is in it too)
-    if move is not None:
-        labels = np.ascontiguousarray(move.inverse().apply(labels))
-
-    write_image(labels, keep_geometry, mask_path)
-    written.append(mask_path)
-    split_paths: list[Path] = []
-    if split_dir is not None:
-        if split_dir.resolve() == source.resolve():
-            raise ValueError(
-                f"the per-class masks would go into the input folder itself ({split_dir}); choose an out_dir other "
-                f"than {source.parent}"
-            )
-        split_dir.mkdir(parents=True, exist_ok=True)
-        for class_id, file_stem in enumerate(class_file_names(class_names), start=1):
-            path = split_dir / f"{file_stem}{suffix}"
-            write_image((labels == class_id).astype(np.uint8), keep_geometry, path)
-            written.append(path)
-            split_paths.append(path)
-    preview_path = volumes_path = None
-    if preview:
-        preview_path = out_dir / f"{stem}_preview.png"
-        _write_preview(_display_image(prep, image), shown_labels, spatial, class_names, preview_path)
-        written.append(preview_path)
-    if volumes:
-        volumes_path = out_dir / f"{stem}_volumes.json"
-        record = {
-            "input": str(source),
-            "mask": str(mask_path),
-            "shape": list(labels.shape),
-            "spacing_mm": None if spacing is None else list(geometry.spacing),  # x, y(, z) as in the file
-            "unit": ("ml" if spatial == 3 else "mm2") if spacing is not None else "pixels",
-            ("voxel_volume_mm3" if spatial == 3 else "pixel_area_mm2"): None if spacing is None else math.prod(spacing),
-            "classes": sizes,
-        }
-        write_text_atomic(volumes_path, json.dumps(record, indent=2) + "\n")
-        written.append(volumes_path)
-    overlay_paths: list[Path] = []
-    shown = _display_image(prep, image) if overlays or page is not None else None
-    if overlays:
-        if spatial == 2:
-            jobs = [(out_dir / f"{stem}_overlay.png", shown, labels, source.name)]
-        else:
-            depth = shown_labels.shape[0]
-            jobs = [
-                (
-                    out_dir / f"{stem}_overlay_z{z:03d}.png",
-                    shown[z],
-                    shown_labels[z],
-                    f"{source.name}, slice {z} (of 0-{depth - 1})",
-                )
-                for z in _overlay_slices(shown_labels)
-            ]
-        for path, shown2d, labels2d, title in jobs:
-            write_overlay_png(
-                shown2d, labels2d, path, num_classes=len(class_names), class_names=class_names, title=title
-            )
-            written.append(path)
-            overlay_paths.append(path)
-    if page is not None:
-        if spatial == 2:
-            page.add_case(source.name, shown[None], labels[None], word="image")
-        else:
-            page.add_case(source.name, shown, shown_labels, spacing=tuple(reversed(geometry.spacing)))
-    return {
-        "input": str(source),
-        "mask": str(mask_path),
-        "overlays": [str(p) for p in overlay_paths],
-        "shape": list(labels.shape),
-        "spacing": list(geometry.spacing) if suffix != ".png" else None,
-        "axis_code": code,
-        "segmented_as": slice_orientation if move is not None else code,
-        "counts": counts,
-        "sizes": sizes,
-        "split": [str(p) for p in split_paths],
-        "preview": None if preview_path is None else str(preview_path),
-        "volumes": None if volumes_path is None else str(volumes_path),
-    }
-
-
 def _write_preview(shown: np.ndarray, labels: np.ndarray, spatial: int, class_names: list[str], path: Path) -> None:
     """One PNG: the overlay of a 2D image, or of up to :data:`PREVIEW_SLICES` slices with foreground side by side,
     with the class legend below; images under :data:`PREVIEW_MIN_SIZE` pixels high are enlarged (nearest neighbour)
@@ -427,12 +246,24 @@ def predict_files(
     allow_mismatched_input: bool = False,
     reorient: bool = True,
     html: bool = True,
+    output_types: str | Sequence[str] = ("nifti",),
+    statistics: bool = False,
+    keep_largest: str | Sequence[str | int] | None = None,
+    segment_codes: str | os.PathLike[str] | None = None,
 ) -> PredictReport:
     """Segment image files and DICOM series with a model; write label masks with the input's geometry.
 
     Volumes (NIfTI, NRRD, MetaImage, DICOM series) are segmented slice by slice along the first array axis (Z) with
-    :func:`~msa2net.engine.inference.predict_volume`; 2D images (PNG, JPEG, BMP, TIFF, 2D NIfTI) with
-    :func:`~msa2net.engine.inference.predict_image`. Intensities are mapped by the checkpoint's preprocessing.
+    :class:`~msa2net.engine.predictor.Predictor` (2D images, PNG, JPEG, BMP, TIFF, 2D NIfTI, as one-slice volumes).
+    Intensities are mapped by the checkpoint's preprocessing. Under ``torchrun`` each process segments every
+    ``WORLD_SIZE``-th input (process ``RANK`` starts at input ``RANK``); rank 0 writes ``predictions.json`` for all,
+    and each process its own ``report-rank<N>.html``.
+
+    Output types (``output_types``, several at once): ``"nifti"``, the label mask named as below; ``"probabilities"``,
+    ``<stem>_probabilities.npz`` with ``probabilities`` ((C, *mask shape) float16 in the input's grid, before
+    ``keep_largest``), ``class_names`` and the SimpleITK ``spacing``, ``origin`` and ``direction``; ``"dicom-seg"``,
+    ``<stem>.seg.dcm``, a DICOM Segmentation of a DICOM series input (one segment per non-empty class; see
+    :mod:`msa2net.data.dicom_seg`; other inputs fail with the reason).
 
     Output names in ``out_dir`` (nothing is written anywhere else):
 
@@ -506,6 +337,14 @@ def predict_files(
             (see above) instead of skipping them.
         reorient: Re-index volumes to the checkpoint's ``slice_orientation`` (see above).
         html: Also write ``report.html``.
+        output_types: One or more of :data:`OUTPUT_TYPES` (see above).
+        statistics: Also write ``<stem>_statistics.json``: per class voxels, volume (ml), mean/median/std of the
+            input values (HU for CT) and whether the mask touches the image border (its volume is then a lower
+            bound); see :meth:`~msa2net.engine.predictor.Prediction.statistics`.
+        keep_largest: Keep only the largest connected component of these classes (``"all"``, names or ids); None:
+            as the model records (a published folder's ``postprocessing``), else none.
+        segment_codes: A JSON table of DICOM SEG codes for the model's classes
+            (:func:`msa2net.data.dicom_seg.load_segment_codes`).
 
     Returns:
         The :class:`PredictReport`; ``report.ok`` is False when any input failed.
@@ -520,32 +359,42 @@ def predict_files(
             colours; ``max_pixels`` (or ``MSA2NET_MAX_PIXELS``) is not a positive whole number; ``out_dir`` is an
             existing file.
     """
-    suffix_override = _normalise_format(output_format)
-    if amp not in (None, "bf16", "fp16"):
-        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    pixel_limit = resolve_max_pixels(max_pixels)
+    outputs = OutputOptions(
+        types=_output_types(output_types),
+        suffix=_normalise_format(output_format),
+        overlays=overlays,
+        split=split,
+        preview=preview,
+        volumes=volumes,
+        statistics=statistics,
+        segment_codes=None if segment_codes is None else load_segment_codes(segment_codes),
+    )
+    options = PredictOptions(
+        batch_size=batch_size,
+        tta=tta,
+        amp=amp,
+        reorient=reorient,
+        allow_mismatched_input=allow_mismatched_input,
+        max_pixels=max_pixels,
+        keep_largest=keep_largest,
+        progress=progress,
+    )
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"out_dir {out_dir} exists and is not a folder; give a folder (it is created if missing)")
     sources, unusable = _expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
-    ckpt = load_model_source(checkpoint)
-    class_names = list(ckpt["class_names"])
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+    info = setup(device if isinstance(device, str) else str(device))
+    predictor = Predictor.from_pretrained(checkpoint, device=info.device, options=options)
+    class_names = predictor.class_names
     if (overlays or preview) and len(class_names) > len(OVERLAY_COLORS):
         raise ValueError(
             f"overlays and previews draw at most {len(OVERLAY_COLORS)} classes; this model has {len(class_names)}. "
             "Run without overlays/preview and view the masks in a viewer such as ITK-SNAP or 3D Slicer"
         )
-    prep = Preprocessing.from_dict(ckpt["preprocessing"])
-    trained_code = ckpt.get("slice_orientation")
-    slice_orientation = check_axis_code(trained_code) if (reorient and trained_code) else None
-    device = resolve_device(device) if isinstance(device, str) else device
-    model = model_from_checkpoint(ckpt, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
-    report = PredictReport(failed=unusable)
-    for path, reason in unusable:
+    report = PredictReport(failed=unusable if info.is_main else [])
+    for path, reason in report.failed:
         logger.warning("skipped %s: %s", path, reason)
     page: HtmlReport | None = None
     if html and len(class_names) > len(OVERLAY_COLORS):
@@ -555,38 +404,87 @@ def predict_files(
             len(class_names),
         )
     elif html:
-        page = HtmlReport(
-            out / "report.html", class_names, title=f"msa2net predict: {ckpt['model_name']}", kind="prediction"
-        )
+        name = f"report-rank{info.rank}.html" if info.enabled else "report.html"
+        page = HtmlReport(out / name, class_names, title=f"msa2net predict: {predictor.model_name}", kind="prediction")
     with page if page is not None else contextlib.nullcontext():
-        record = _predict_all(
-            sources,
-            out,
-            model,
-            prep,
-            class_names,
-            ckpt,
-            checkpoint,
-            device,
-            report,
-            page,
-            batch_size=batch_size,
-            tta=tta,
-            amp=amp,
-            overlays=overlays,
-            progress=progress,
-            suffix_override=suffix_override,
-            split=split,
-            preview=preview,
-            volumes=volumes,
-            pixel_limit=pixel_limit,
-            allow_mismatched_input=allow_mismatched_input,
-            slice_orientation=slice_orientation,
-        )
-        report.report_path = write_text_atomic(out / "predictions.json", json.dumps(record, indent=2) + "\n")
+        _predict_all(sources[info.rank :: info.world_size], out, predictor, outputs, report, page)
+        cases, failed = report.cases, report.failed
+        if info.enabled:  # every process's records, in input order, for rank 0's predictions.json
+            gathered: list[Any] = [None] * info.world_size
+            torch.distributed.all_gather_object(gathered, (report.cases, report.failed))
+            order = {str(path): i for i, path in enumerate(sources)}
+            cases = sorted((c for part, _ in gathered for c in part), key=lambda c: order[c["input"]])
+            failed = [f for _, part in gathered for f in part]
+        record = {
+            "checkpoint": None if isinstance(checkpoint, Mapping) else str(checkpoint),
+            "published_model": "pretrained" in predictor.ckpt,
+            "model_name": predictor.model_name,
+            "model_args": predictor.ckpt["model_args"],
+            "class_names": class_names,
+            "preprocessing": predictor.preprocessing.to_dict(),
+            "device": str(info.device),
+            "processes": info.world_size,
+            "tta": options.tta,
+            "amp": options.amp,
+            "max_pixels": options.max_pixels,
+            "allow_mismatched_input": options.allow_mismatched_input,
+            "slice_orientation": predictor.slice_orientation,
+            "output_types": list(outputs.types),
+            "keep_largest": [class_names[i] for i in predictor.keep_largest],
+            "cases": cases,
+            "failed": [{"input": str(path), "reason": reason} for path, reason in failed],
+        }
+        if info.is_main:
+            report.report_path = write_text_atomic(out / "predictions.json", json.dumps(record, indent=2) + "\n")
         if page is not None:
-            report.html_path = page.finish(predictions=record)
+            report.html_path = page.finish(predictions={**record, "cases": report.cases})
+    if info.enabled and not joined:
+        cleanup()  # the group this call joined; a caller's own group stays
     return report
+
+
+def _output_types(types: str | Sequence[str]) -> tuple[str, ...]:
+    chosen = (types,) if isinstance(types, str) else tuple(types)
+    unknown = [t for t in chosen if t not in OUTPUT_TYPES]
+    if unknown or not chosen:
+        raise ValueError(f"unknown output types {unknown or list(chosen)}; choose from {', '.join(OUTPUT_TYPES)}")
+    return tuple(t for t in OUTPUT_TYPES if t in chosen)
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What :func:`predict_files` writes per input (see there)."""
+
+    types: tuple[str, ...] = ("nifti",)
+    suffix: str | None = None
+    overlays: bool = False
+    split: bool = False
+    preview: bool = False
+    volumes: bool = False
+    statistics: bool = False
+    segment_codes: Mapping[str, Any] | None = None
+
+    def names(self, out: Path, stem: str, suffix: str) -> dict[str, Path]:
+        """Every file or folder the options write for an input whose mask is ``<stem><suffix>``."""
+        wanted = {
+            "mask": "nifti" in self.types,
+            "probabilities": "probabilities" in self.types,
+            "dicom-seg": "dicom-seg" in self.types,
+            "split": self.split,
+            "preview": self.preview,
+            "volumes": self.volumes,
+            "statistics": self.statistics,
+        }
+        names = {
+            "mask": f"{stem}{suffix}",
+            "probabilities": f"{stem}_probabilities.npz",
+            "dicom-seg": f"{stem}.seg.dcm",
+            "split": stem,
+            "preview": f"{stem}_preview.png",
+            "volumes": f"{stem}_volumes.json",
+            "statistics": f"{stem}_statistics.json",
+        }
+        return {key: out / names[key] for key, on in wanted.items() if on}
 
 
 def _expand_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -616,72 +514,38 @@ def _expand_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[Path],
 
 
 def _predict_all(
-    sources: list[Path],
-    out: Path,
-    model: MSA2Net,
-    prep: Preprocessing,
-    class_names: list[str],
-    ckpt: Mapping[str, Any],
-    checkpoint: str | os.PathLike[str] | Mapping[str, Any],
-    device: torch.device,
-    report: PredictReport,
-    page: HtmlReport | None,
-    *,
-    batch_size: int,
-    tta: bool,
-    amp: str | None,
-    overlays: bool,
-    progress: bool,
-    suffix_override: str | None,
-    split: bool,
-    preview: bool,
-    volumes: bool,
-    pixel_limit: int,
-    allow_mismatched_input: bool,
-    slice_orientation: str | None,
-) -> dict[str, Any]:
-    """Segment every input into ``report`` (and ``page``); returns the ``predictions.json`` record."""
-    claimed: dict[Path, Path] = {}  # mask path -> the input whose mask it is
-    bar = tqdm(sources, desc="predict", unit="input", disable=not progress_enabled(progress))
+    sources: list[Path], out: Path, predictor: Predictor, outputs: OutputOptions, report: PredictReport, page: Any
+) -> None:
+    """Segment every input into ``report`` (and ``page``); an input's outputs are all written or none."""
+    claimed: dict[Path, Path] = {}  # output path -> the input whose output it is
+    bar = tqdm(sources, desc="predict", unit="input", disable=not progress_enabled(predictor.options.progress))
     for source in bar:
         written: list[Path] = []
         split_dir: Path | None = None
         created_split_dir = False
         try:
-            stem, suffix = _mask_name(source, suffix_override)
-            mask_path = out / f"{stem}{suffix}"
-            split_dir = out / stem if split else None
-            keys = [mask_path.resolve()]
-            keys += [] if split_dir is None else [split_dir.resolve()]
-            keys += [(out / f"{stem}_preview.png").resolve()] if preview else []
-            keys += [(out / f"{stem}_volumes.json").resolve()] if volumes else []
+            stem, suffix = _mask_name(source, outputs.suffix)
+            paths = outputs.names(out, stem, suffix)
+            keys = [p.resolve() for p in paths.values()]
             taken = [k for k in keys if k in claimed]
             if taken:
                 raise ValueError(
                     f"its output name {taken[0].name} is already used by {claimed[taken[0]]}; rename one of the inputs "
                     "or segment them into different folders"
                 )
+            if source.resolve() in keys:
+                raise ValueError(
+                    f"the mask would overwrite the input itself; choose an out_dir other than {source.parent}"
+                )
+            if "dicom-seg" in paths and not source.is_dir():
+                raise ValueError(
+                    "dicom-seg output needs a DICOM series input (a folder of the series' files): a DICOM SEG "
+                    f"references the instances it segments, and {source.name} is not DICOM; ask for nifti instead"
+                )
+            split_dir = paths.get("split")
             created_split_dir = split_dir is not None and not split_dir.exists()
-            case = _segment_one(
-                source,
-                mask_path,
-                model,
-                prep,
-                class_names,
-                batch_size=batch_size,
-                tta=tta,
-                amp=amp,
-                overlays=overlays,
-                progress=progress,
-                written=written,
-                split_dir=split_dir,
-                preview=preview,
-                volumes=volumes,
-                max_pixels=pixel_limit,
-                allow_mismatched_input=allow_mismatched_input,
-                slice_orientation=slice_orientation,
-                page=page,
-            )
+            prediction = predictor.predict(source, probabilities="probabilities" in paths)
+            case = _write_outputs(prediction, source, out / stem, paths, suffix, predictor, outputs, written, page)
         except BaseException as err:
             for path in written:  # also on Ctrl-C: an input's outputs are all there or none are
                 path.unlink(missing_ok=True)
@@ -699,20 +563,134 @@ def _predict_all(
         report.cases.append(case)
     bar.close()
 
-    record = {
-        "checkpoint": None if isinstance(checkpoint, Mapping) else str(checkpoint),
-        "published_model": "pretrained" in ckpt,
-        "model_name": ckpt["model_name"],
-        "model_args": ckpt["model_args"],
-        "class_names": class_names,
-        "preprocessing": prep.to_dict(),
-        "device": str(device),
-        "tta": tta,
-        "amp": amp,
-        "max_pixels": pixel_limit,
-        "allow_mismatched_input": allow_mismatched_input,
-        "slice_orientation": slice_orientation,
-        "cases": report.cases,
-        "failed": [{"input": str(path), "reason": reason} for path, reason in report.failed],
-    }
-    return record
+
+def _display_image(prep: Preprocessing, image: np.ndarray) -> np.ndarray:
+    """What the model sees, in [0, 1], as a grey ``(..., H, W)`` or colour ``(..., H, W, 3)`` image for overlays."""
+    unit = prep.to_unit(image)
+    if prep.in_channels not in (1, 3):
+        unit = unit[..., 0]  # overlays draw grey or RGB; show the first channel of other layouts
+    return unit
+
+
+def _write_outputs(
+    prediction: Prediction,
+    source: Path,
+    stem: Path,
+    paths: dict[str, Path],
+    suffix: str,
+    predictor: Predictor,
+    outputs: OutputOptions,
+    written: list[Path],
+    page: Any,
+) -> dict[str, Any]:
+    """Write one input's outputs (each path appended to ``written`` once it exists; ``stem``: the output folder and
+    the mask's name without suffix, for overlays); returns its record."""
+    labels, class_names, geometry = prediction.labels, prediction.class_names, prediction.geometry
+    spatial = labels.ndim
+    keep_geometry = None if suffix == ".png" else geometry
+    spacing = tuple(reversed(geometry.spacing)) if prediction.physical else None
+    sizes = class_volumes(labels, class_names, spacing)
+    if "mask" in paths:
+        write_image(labels, keep_geometry, paths["mask"])
+        written.append(paths["mask"])
+    if "probabilities" in paths:
+        probs = prediction.probabilities
+        with atomic_path(paths["probabilities"]) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, probabilities=probs, class_names=np.array(class_names), **geometry.to_dict())
+        written.append(paths["probabilities"])
+    segments = None
+    if "dicom-seg" in paths:
+        algorithm = {"name": "msa2net", "version": __version__, "source": predictor.model_name}
+        segments = write_dicom_seg(
+            labels,
+            source,
+            paths["dicom-seg"],
+            class_names,
+            colors=OVERLAY_COLORS,
+            algorithm=algorithm,
+            codes=outputs.segment_codes,
+        )
+        if segments:
+            written.append(paths["dicom-seg"])
+    split_paths: list[Path] = []
+    if "split" in paths:
+        split_dir = paths["split"]
+        if split_dir.resolve() == source.resolve():
+            raise ValueError(
+                f"the per-class masks would go into the input folder itself ({split_dir}); choose an out_dir other "
+                f"than {source.parent}"
+            )
+        split_dir.mkdir(parents=True, exist_ok=True)
+        for class_id, file_stem in enumerate(class_file_names(class_names), start=1):
+            path = split_dir / f"{file_stem}{suffix}"
+            write_image((labels == class_id).astype(np.uint8), keep_geometry, path)
+            written.append(path)
+            split_paths.append(path)
+    prep = predictor.preprocessing
+    shown_labels = prediction.in_model_plane(labels)  # overlays show the plane the model segmented
+    shown = _display_image(prep, prediction.in_model_plane(prediction.image))
+    if "preview" in paths:
+        _write_preview(shown, shown_labels, spatial, class_names, paths["preview"])
+        written.append(paths["preview"])
+    if "volumes" in paths:
+        volumes = {
+            "input": str(source),
+            "mask": str(paths.get("mask")),
+            "shape": list(labels.shape),
+            "spacing_mm": None if spacing is None else list(geometry.spacing),  # x, y(, z) as in the file
+            "unit": ("ml" if spatial == 3 else "mm2") if spacing is not None else "pixels",
+            ("voxel_volume_mm3" if spatial == 3 else "pixel_area_mm2"): None if spacing is None else math.prod(spacing),
+            "classes": sizes,
+        }
+        write_text_atomic(paths["volumes"], json.dumps(volumes, indent=2) + "\n")
+        written.append(paths["volumes"])
+    if "statistics" in paths:
+        stats = {"input": str(source), "keep_largest": [class_names[i] for i in prediction.keep_largest]}
+        stats["classes"] = prediction.statistics()
+        write_text_atomic(paths["statistics"], json.dumps(stats, indent=2) + "\n")
+        written.append(paths["statistics"])
+    overlay_paths: list[Path] = []
+    if outputs.overlays:
+        out_dir, name = stem.parent, stem.name
+        if spatial == 2:
+            jobs = [(out_dir / f"{name}_overlay.png", shown, labels, source.name)]
+        else:
+            depth = shown_labels.shape[0]
+            jobs = [
+                (
+                    out_dir / f"{name}_overlay_z{z:03d}.png",
+                    shown[z],
+                    shown_labels[z],
+                    f"{source.name}, slice {z} (of 0-{depth - 1})",
+                )
+                for z in _overlay_slices(shown_labels)
+            ]
+        for path, shown2d, labels2d, title in jobs:
+            write_overlay_png(
+                shown2d, labels2d, path, num_classes=len(class_names), class_names=class_names, title=title
+            )
+            written.append(path)
+            overlay_paths.append(path)
+    if page is not None:
+        if spatial == 2:
+            page.add_case(source.name, shown[None], labels[None], word="image")
+        else:
+            page.add_case(source.name, shown, shown_labels, spacing=tuple(reversed(geometry.spacing)))
+    return dict(
+        input=str(source),
+        mask=str(paths["mask"]) if "mask" in paths else None,
+        overlays=[str(p) for p in overlay_paths],
+        shape=list(labels.shape),
+        spacing=list(geometry.spacing) if suffix != ".png" else None,
+        axis_code=prediction.axis_code,
+        segmented_as=prediction.segmented_as,
+        counts=summarise_labels(labels, class_names),
+        sizes=sizes,
+        split=[str(p) for p in split_paths],
+        preview=str(paths["preview"]) if "preview" in paths else None,
+        volumes=str(paths["volumes"]) if "volumes" in paths else None,
+        statistics=str(paths["statistics"]) if "statistics" in paths else None,
+        probabilities=str(paths["probabilities"]) if "probabilities" in paths else None,
+        dicom_seg=str(paths["dicom-seg"]) if segments else None,
+        dicom_seg_segments=segments,
+    )

@@ -1,6 +1,8 @@
 """msa2net: MSA2Net (Kolahi et al., BMVC 2024) for 2D medical image segmentation.
 
 import msa2net
+predictor = msa2net.Predictor.from_pretrained("runs/synapse")  # a run, checkpoint, published folder or hub id
+result = predictor.predict("case.nii.gz")                      # labels in the input's geometry, statistics, ...
 model = msa2net.create_model("msa2net_paper", num_classes=9, in_channels=1)
 msa2net.load_official_weights(model, "best_model.pth")   # the authors' checkpoint
 labels = msa2net.predict_volume(model, volume)           # (D, H, W) numpy in, labels out
@@ -16,10 +18,21 @@ from typing import Any
 from . import _hooks
 from ._version import __version__
 
-__all__ = ["MSA2Net", "create_model", "list_models", "load_official_weights", "predict_volume", "__version__"]
+__all__ = [
+    "MSA2Net",
+    "PredictOptions",
+    "Predictor",
+    "create_model",
+    "list_models",
+    "load_official_weights",
+    "predict_volume",
+    "__version__",
+]
 
 _LAZY = {
     "MSA2Net": ".models",
+    "PredictOptions": ".engine.predictor",
+    "Predictor": ".engine.predictor",
     "create_model": ".models",
     "list_models": ".models",
     "load_official_weights": ".models",

@@ -257,3 +257,54 @@ def test_a_run_folder_stands_for_its_best_else_last_checkpoint(tmp_path, tiny_ch
     root = _ct_folder(tmp_path / "ds", labelled_test=True)
     summary = evaluate(run, root, tmp_path / "ev", device="cpu", progress=False, overlays_per_case=0, html=False)
     assert summary["settings"]["checkpoint"] == str(run / "best.pt")
+
+
+def _figures(summary: dict) -> str:
+    """Every figure of a summary (its settings, which say where the masks came from, left out), NaN-safe."""
+    return json.dumps({k: v for k, v in summary.items() if k not in ("settings", "title")}, sort_keys=True)
+
+
+@pytest.mark.parametrize("keep_largest", [None, "all"])
+def test_scoring_saved_masks_gives_the_figures_of_the_model_evaluation(tmp_path, tiny_checkpoint, keep_largest):
+    from reference import write_liver_folder
+
+    from msa2net import cli
+    from msa2net.engine.evaluate import evaluate_predictions
+
+    root = write_liver_folder(tmp_path / "ds")
+    ckpt = tiny_checkpoint(["background", "liver", "tumour"], Preprocessing(kind="ct_window"), tmp_path / "m.pt")
+    common = {"split": "train", "progress": False, "html": False, "overlays_per_case": 0}
+    saved = evaluate(ckpt, root, tmp_path / "saved", device="cpu", save_predictions=True, **common)
+    by_model = evaluate(ckpt, root, tmp_path / "model", device="cpu", keep_largest=keep_largest, **common)
+    by_masks = evaluate_predictions(
+        tmp_path / "saved" / "predictions", tmp_path / "masks", data=root, keep_largest=keep_largest, **common
+    )
+    assert by_model["n_cases"] == by_masks["n_cases"] == 3
+    assert _figures(by_masks) == _figures(by_model)
+    assert by_masks["settings"]["keep_largest"] == by_model["settings"]["keep_largest"]
+    assert (tmp_path / "masks" / "per_case.csv").read_text() == (tmp_path / "model" / "per_case.csv").read_text()
+    if keep_largest is None:
+        assert _figures(saved) == _figures(by_model)
+
+    # a bare folder of label files, from the command line, with report.html
+    argv = ["evaluate", "--predictions", str(tmp_path / "saved" / "predictions"), "--labels", str(root / "labelsTr"),
+            "--classes", "background", "liver", "tumour", "--out", str(tmp_path / "cli")]  # fmt: skip
+    assert cli.main(argv + (["--keep-largest", keep_largest] if keep_largest else [])) == 0
+    from_cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert _figures(from_cli) == _figures(by_model)
+    assert (tmp_path / "cli" / "report.html").is_file()
+
+
+def test_scoring_masks_names_the_cases_without_one(tmp_path, tiny_checkpoint):
+    from reference import write_liver_folder
+
+    from msa2net.engine.evaluate import evaluate_predictions
+
+    root = write_liver_folder(tmp_path / "ds")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "c1.nii.gz").write_bytes((root / "labelsTr" / "c1.nii.gz").read_bytes())
+    with pytest.raises(ValueError, match=r"no mask for 2 of the 3 cases \(c0, c2\)"):
+        evaluate_predictions(masks, tmp_path / "out", labels=root / "labelsTr")
+    with pytest.raises(ValueError, match="either data .* or labels"):
+        evaluate_predictions(masks, tmp_path / "out")

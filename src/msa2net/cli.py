@@ -213,6 +213,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate
 
     empty: str | float = args.empty
+    if args.predictions is not None or args.labels is not None:
+        return _score_predictions(args)
     checkpoint = resolve_checkpoint_path(args.checkpoint)  # a run folder: its best.pt, else last.pt
     out = args.out or str(checkpoint.with_suffix("")) + "_eval"
     report = evaluate(
@@ -233,7 +235,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         postprocess=args.postprocess,
         html=not args.no_html,
         compare_fp32=args.amp_check,
+        keep_largest=args.keep_largest,
     )
+    return _print_evaluation(report, out, args)
+
+
+def _score_predictions(args: argparse.Namespace) -> int:
+    from .engine.evaluate import evaluate_predictions
+
+    if args.predictions is None:
+        args.parser.error("--labels goes with --predictions (a model is evaluated on --data)")
+    if args.out is None:
+        args.parser.error("--predictions needs --out, the report folder")
+    report = evaluate_predictions(
+        args.predictions,
+        args.out,
+        data=args.data,
+        labels=args.labels,
+        class_names=args.classes,
+        cases=args.cases,
+        split=args.split,
+        empty=args.empty,
+        nsd_tolerance_mm=args.nsd_tolerance,
+        overlays_per_case=args.overlays,
+        keep_largest=args.keep_largest,
+        html=not args.no_html,
+    )
+    return _print_evaluation(report, args.out, args)
+
+
+def _print_evaluation(report: dict, out: str, args: argparse.Namespace) -> int:
     if "pooled" in report:
         print(json.dumps(report["pooled"], indent=2))
     else:
@@ -430,14 +461,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field, e.g. train.lr=0.01")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="legacy + millimetre metrics of a checkpoint on a labelled test set")
-    p.add_argument(
+    p = sub.add_parser(
+        "evaluate", help="legacy + millimetre metrics of a checkpoint, or of any tool's masks, on a labelled test set"
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
         "--checkpoint",
-        required=True,
         help="run folder (its best.pt, else last.pt), msa2net checkpoint, published model folder or an authors' .pth",
     )
-    p.add_argument("--data", required=True, help="prepared Synapse folder, dataset folder or prepared ISIC folder")
-    p.add_argument("--out", help="report folder (default: next to the checkpoint, e.g. RUN/best_eval)")
+    what.add_argument(
+        "--predictions",
+        metavar="DIR",
+        help="score these masks instead of a model: one file per case, <case id>.nii.gz (any image format)",
+    )
+    truth = p.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--data", help="prepared Synapse folder, dataset folder or prepared ISIC folder")
+    truth.add_argument(
+        "--labels", metavar="DIR", help="with --predictions: a folder of ground-truth masks, <case id>.nii.gz"
+    )
+    p.add_argument("--classes", nargs="+", help="with --labels: class names, background first (default class_N)")
+    p.add_argument(
+        "--keep-largest",
+        metavar="CLASSES",
+        help="score only the largest connected component of these classes: all, or names/ids (as predict)",
+    )
+    p.add_argument("--out", help="report folder (default: next to the checkpoint, e.g. RUN/best_eval; required with "
+                   "--predictions)")  # fmt: skip
     p.add_argument(
         "--split",
         choices=EVALUATION_SPLITS,
@@ -476,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=_int_at_least(0), default=3, help="overlay PNGs per case (0: none; default 3)")
     p.add_argument("--postprocess", action="store_true", help="ISIC: opening + hole filling before scoring")
     p.add_argument("--no-html", action="store_true", help="do not write report.html (the slice browser)")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, parser=p)
 
     p = sub.add_parser("predict", help="segment NIfTI/NRRD/MHA files, DICOM series folders, PNG/JPG, or folders")
     p.add_argument("inputs", nargs="*", help="image files, DICOM series folders, or folders of them")

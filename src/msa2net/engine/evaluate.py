@@ -15,7 +15,7 @@ import numpy as np
 
 from .._json import write_json
 from ..config import EVALUATION_SPLITS
-from ..data.io import Geometry, write_image
+from ..data.io import Geometry, image_suffix, is_image_file, read_image, write_image
 from ..data.preprocessing import Preprocessing
 from ..data.registry import open_source
 from ..data.source import Case, Source
@@ -29,6 +29,8 @@ from ..reporting.tables import write_evaluation_report
 from .checkpoint import load_model_source, model_from_checkpoint, resolve_checkpoint_path
 from .distributed import resolve_device
 from .inference import AmpCheck, predict_volume
+from .postprocess import keep_largest as keep_largest_components
+from .postprocess import parse_keep_largest
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ def evaluate(
     html: bool = True,
     notes: Sequence[str] = (),
     compare_fp32: bool = False,
+    keep_largest: str | Sequence[str | int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (ours or the authors') and write the report into ``out_dir``.
 
@@ -91,6 +94,10 @@ def evaluate(
     (:class:`~msa2net.engine.inference.AmpCheck`: share of identical labels, legacy Dice change per class); the
     reported scores stay those of the mixed-precision run.
 
+    ``keep_largest`` (``"all"``, class names or ids; None: the published model's recorded choice, else none) reduces
+    those classes of every prediction to their largest connected component before scoring, as ``predict`` does
+    (:mod:`msa2net.engine.postprocess`); ``settings.keep_largest`` records it.
+
     Returns:
         The content of ``summary.json`` (undefined figures None; see :mod:`msa2net.reporting.summary`).
     """
@@ -116,6 +123,9 @@ def evaluate(
         "empty_policy_mm": empty,
         "nsd_tolerance_mm": nsd_tolerance_mm,
     }
+    recorded = ((ckpt.get("pretrained") or {}).get("postprocessing") or {}).get("keep_largest")
+    largest = parse_keep_largest(keep_largest if keep_largest is not None else recorded, class_names)
+    settings["keep_largest"] = [class_names[i] for i in largest]
     if allow_mismatched_input:
         settings["allow_mismatched_input"] = True
     if training:
@@ -151,27 +161,33 @@ def evaluate(
     predictions = (
         (
             case,
-            predict_volume(
-                model,
-                case.image,
-                preprocessing=model_prep,
-                batch_size=batch_size,
-                tta=tta,
-                amp=amp,
-                progress=progress,
-                desc=case.name,
+            _post(
+                largest,
+                predict_volume(
+                    model,
+                    case.image,
+                    preprocessing=model_prep,
+                    batch_size=batch_size,
+                    tta=tta,
+                    amp=amp,
+                    progress=progress,
+                    desc=case.name,
+                ),
             )
             if amp_check is None
-            else amp_check.predict(
-                model,
-                case.name,
-                case.image,
-                case.label,
-                preprocessing=model_prep,
-                batch_size=batch_size,
-                tta=tta,
-                progress=progress,
-                desc=case.name,
+            else _post(
+                largest,
+                amp_check.predict(
+                    model,
+                    case.name,
+                    case.image,
+                    case.label,
+                    preprocessing=model_prep,
+                    batch_size=batch_size,
+                    tta=tta,
+                    progress=progress,
+                    desc=case.name,
+                ),
             ),
         )
         for case in source.cases(ids, prep)
@@ -195,6 +211,124 @@ def evaluate(
             )
         finish_html(summary)
     return summary
+
+
+def _post(class_ids: tuple[int, ...], labels: np.ndarray) -> np.ndarray:
+    return keep_largest_components(labels, class_ids) if class_ids else labels
+
+
+def evaluate_predictions(
+    predictions: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    data: str | os.PathLike[str] | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    cases: list[str] | None = None,
+    split: str = "test",
+    kind: str | None = None,
+    empty: str | float = "nan",
+    nsd_tolerance_mm: float | None = 2.0,
+    overlays_per_case: int = 3,
+    keep_largest: str | Sequence[str | int] | None = None,
+    html: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a folder of masks made by any tool, without a model: the figures and files of :func:`evaluate`.
+
+    ``predictions`` holds one label mask per case, named ``<case id><suffix>`` (any suffix :func:`read_image`
+    reads; ``msa2net predict`` and ``evaluate --save-predictions`` write such folders). The ground truth is either
+    ``data``, a dataset folder :func:`~msa2net.data.registry.open_source` recognises (its cases, ``split`` and
+    ``cases`` as in :func:`evaluate`; the slice browser shows its images), or ``labels``, a folder of label files
+    named ``<case id><suffix>`` (class names from ``class_names``, else ``class_N``; the browser shows the masks
+    on black). Spacing comes from the ground truth. On the masks ``evaluate --save-predictions`` wrote, this gives
+    the figures of that evaluation.
+
+    Raises:
+        ValueError: neither or both of ``data`` and ``labels``; a case without a mask (all are named); a mask whose
+            shape differs from its label's, or with class ids beyond the classes.
+    """
+    if (data is None) == (labels is None):
+        raise ValueError("give the ground truth as either data (a dataset folder) or labels (a folder of label files)")
+    pred_dir, out = Path(predictions), Path(out_dir)
+    masks = {_case_id(p): p for p in sorted(pred_dir.iterdir()) if is_image_file(p)} if pred_dir.is_dir() else {}
+    if not masks:
+        raise ValueError(f"{pred_dir} holds no mask files; pass the folder of predicted masks (<case id>.nii.gz)")
+    if data is not None:
+        source = open_source(data, kind)
+        names = [str(c) for c in source.class_names]
+        ids, training = _evaluation_cases(source, cases, split)
+        where, truth = str(source.root), source.cases
+    else:
+        label_dir = Path(labels)  # type: ignore[arg-type]
+        files = {_case_id(p): p for p in sorted(label_dir.iterdir()) if is_image_file(p)} if label_dir.is_dir() else {}
+        if not files:
+            raise ValueError(f"{label_dir} holds no label files; pass the folder of ground-truth masks")
+        ids = [c for c in files if not cases or c in cases]
+        names = [str(c) for c in class_names] if class_names else _class_names_of(files, masks)
+        where, training, truth = str(label_dir), [], lambda ids, _prep=None: (_label_case(files[c]) for c in ids)
+    missing = [c for c in ids if c not in masks]
+    if missing:
+        raise ValueError(
+            f"{pred_dir} has no mask for {len(missing)} of the {len(ids)} cases ({', '.join(missing)}); masks are "
+            "matched to cases by file name, <case id><suffix>"
+        )
+    largest = parse_keep_largest(keep_largest, names)
+    settings: dict[str, Any] = {
+        "checkpoint": None,
+        "predictions": str(pred_dir),
+        "model": None,
+        "data": where,
+        "split": "cases" if cases else (split if data is not None else "labels"),
+        "cases": ids,
+        "tta": False,
+        "empty_policy_mm": empty,
+        "nsd_tolerance_mm": nsd_tolerance_mm,
+        "keep_largest": [names[i] for i in largest],
+    }
+    if training:
+        settings["training_cases"] = training
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"masks in {pred_dir.name}"
+    page = _open_html(out, names, html, f"msa2net evaluation: {title} against {Path(where).name}")
+
+    def pairs() -> Iterable[tuple[Case, np.ndarray]]:
+        for case in truth(ids):
+            mask, _ = read_image(masks[case.name])
+            mask = mask.reshape(case.label.shape) if mask.size == case.label.size else mask
+            if mask.shape != case.label.shape:
+                raise ValueError(
+                    f"{masks[case.name]}: mask of shape {mask.shape} for case {case.name} labelled with shape "
+                    f"{case.label.shape}; masks must be in the ground truth's grid"
+                )
+            if mask.size and (mask.min() < 0 or mask.max() >= len(names)):
+                raise ValueError(f"{masks[case.name]}: class ids up to {int(mask.max())} but the classes are {names}")
+            yield case, _post(largest, mask.astype(np.int64))
+
+    with page if page is not None else contextlib.nullcontext():
+        args = (out, settings, names, empty, nsd_tolerance_mm, title, False, overlays_per_case, progress, page)
+        summary = _evaluate_cases(pairs(), *args)
+        if page is not None:
+            page.finish(evaluation=summary)
+    return summary
+
+
+def _case_id(path: Path) -> str:
+    suffix = image_suffix(path) or ""
+    return path.name[: len(path.name) - len(suffix)]
+
+
+def _label_case(path: Path) -> Case:
+    label, geometry = read_image(path)
+    label = label[None] if label.ndim == 2 else label
+    spacing = tuple(reversed(geometry.spacing)) if geometry.ndim == 3 else None
+    return Case(_case_id(path), np.zeros(label.shape, np.float32), label.astype(np.int64), spacing, geometry)
+
+
+def _class_names_of(files: Mapping[str, Path], masks: Mapping[str, Path]) -> list[str]:
+    """``class_0 .. class_N`` for the largest id in the label and mask files."""
+    top = max(int(read_image(p)[0].max(initial=0)) for p in [*files.values(), *masks.values()])
+    return [f"class_{i}" for i in range(max(top, 1) + 1)]
 
 
 def _open_html(out: Path, class_names: list[str], html: bool, title: str) -> HtmlReport | None:

@@ -13,8 +13,9 @@ import torch
 
 from msa2net.data.preprocessing import Preprocessing
 from msa2net.engine import export as export_module
-from msa2net.engine.checkpoint import load_safetensors_checkpoint, model_from_checkpoint
+from msa2net.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from msa2net.engine.export import ExportError, export_model
+from msa2net.engine.predictor import Predictor
 
 CLASSES = ["background", "a", "b"]
 PREP = Preprocessing(kind="ct_window", in_channels=1)
@@ -39,14 +40,15 @@ def _eager(ckpt: dict[str, Any], x: torch.Tensor) -> np.ndarray:
 
 
 def test_export_writes_every_file_and_measures_parity(exported: export_module.ExportResult) -> None:
-    out = exported["json"].parent
+    out = exported["config"].parent
     assert {k: p.name for k, p in exported.items()} == {
         "torchscript": "model.ts",
         "onnx": "model.onnx",
         "safetensors": "model.safetensors",
-        "json": "model.json",
+        "config": "config.json",
     }
-    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "model.safetensors", "model.ts"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.onnx", "model.safetensors",
+                                                     "model.ts"]  # fmt: skip
     assert exported.onnx_exporter == "legacy"
     assert set(exported.differences) == {"torchscript", "onnx"}
     assert all(0 <= d <= exported.tolerance for d in exported.differences.values())
@@ -70,22 +72,48 @@ def test_graphs_match_eager_at_another_batch(ckpt: dict[str, Any], exported: exp
     assert not np.allclose(eager, eager.mean()), "constant logits would make this comparison meaningless"
 
 
-def test_model_json_and_safetensors(ckpt: dict[str, Any], exported: export_module.ExportResult) -> None:
-    card = json.loads(exported["json"].read_text())
-    assert card["model_name"] == "msa2net_test"
-    assert card["model_args"] == ckpt["model_args"]
-    assert Preprocessing.from_dict(card["preprocessing"]) == PREP
-    assert card["class_names"] == CLASSES
-    assert card["input"] == {"name": "image", "shape": ["batch", 1, 64, 64], "dtype": "float32", "layout": "NCHW"}
-    assert card["output"]["shape"] == ["batch", 3, 64, 64]
-    assert card["onnx"] == {"exporter": "legacy", "opset": export_module.ONNX_OPSET}
-    assert card["check"]["batch"] == 2
-    assert card["check"]["max_abs_diff"] == exported.differences
-    assert card["check"]["tolerance"] == pytest.approx(exported.tolerance)
+def test_the_export_is_a_published_folder_whose_config_records_the_graphs(
+    ckpt: dict[str, Any], exported: export_module.ExportResult
+) -> None:
+    config = json.loads(exported["config"].read_text())
+    assert config["format"] == "msa2net-pretrained" and config["model_name"] == "msa2net_test"
+    assert config["model_args"] == ckpt["model_args"]
+    assert Preprocessing.from_dict(config["preprocessing"]) == PREP
+    assert config["class_names"] == CLASSES
+    record = config["exports"]
+    assert record["files"] == {"torchscript": "model.ts", "onnx": "model.onnx"}
+    assert record["input"] == {"name": "image", "shape": ["batch", 1, 64, 64], "dtype": "float32", "layout": "NCHW"}
+    assert record["output"]["shape"] == ["batch", 3, 64, 64]
+    assert record["onnx"] == {"exporter": "legacy", "opset": export_module.ONNX_OPSET}
+    assert record["check"]["batch"] == 2
+    assert record["check"]["max_abs_diff"] == exported.differences
+    assert record["check"]["tolerance"] == pytest.approx(exported.tolerance)
 
-    restored = load_safetensors_checkpoint(exported["safetensors"])
+    restored = load_checkpoint(exported["config"].parent)  # the folder is a model wherever one is taken
     x = torch.zeros(1, 1, 64, 64)
     np.testing.assert_array_equal(_eager(restored, x), _eager(ckpt, x))
+    volume = np.random.default_rng(0).normal(0, 100, (2, 40, 40)).astype(np.float32)
+    np.testing.assert_array_equal(
+        Predictor.from_pretrained(exported["config"].parent).predict(volume).labels,
+        Predictor(model_from_checkpoint(ckpt), ckpt).predict(volume).labels,
+    )
+
+
+def test_exporting_a_published_folder_into_itself_keeps_it_and_adds_the_graphs(
+    ckpt: dict[str, Any], tmp_path: Path
+) -> None:
+    from msa2net.engine.publish import publish
+
+    folder = publish(ckpt, tmp_path / "model", keep_largest="a").folder
+    before = json.loads((folder / "config.json").read_text())
+    export_model(folder, folder, formats=("onnx",))
+    after = json.loads((folder / "config.json").read_text())
+    assert after["exports"]["files"] == {"onnx": "model.onnx"}
+    assert {k: v for k, v in after.items() if k != "exports"} == {k: v for k, v in before.items() if k != "exports"}
+    assert after["postprocessing"] == {"keep_largest": ["a"]}
+    assert Predictor.from_pretrained(folder).keep_largest == (1,)  # prediction applies the recorded choice
+    with pytest.raises(Exception, match="exists and is not empty"):
+        export_model(ckpt, folder, formats=("onnx",), check=False)  # another model's folder needs overwrite
 
 
 def test_mismatch_raises_and_leaves_no_files(
@@ -121,7 +149,7 @@ def test_onnx_exporter_failure_is_an_export_error(
     with pytest.raises(ExportError, match=message):
         export_model(ckpt, tmp_path / "failed", formats=("onnx",), check=False)
     assert calls == [False]  # the dynamo exporter, which fails on this model, is not tried
-    assert list((tmp_path / "failed").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # no folder, no staging folder beside it
 
 
 def test_bad_arguments(ckpt: dict[str, Any], tmp_path: Path) -> None:

@@ -61,7 +61,9 @@ def _write_dicom_series(volume: np.ndarray, folder: Path, spacing: tuple, origin
         image.SetSpacing(spacing[:2])
         position = (origin[0], origin[1], origin[2] + z * spacing[2])
         tags = {
-            "0008|0060": "CT", "0020|0052": uid + ".3", "0010|0020": "P1",
+            "0008|0060": "CT",
+            "0020|0052": uid + ".3",
+            "0010|0020": "P1",
             "0020|000d": uid + ".1",
             "0020|000e": uid + ".2",
             "0020|0013": str(z + 1),

@@ -326,6 +326,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         license=args.license,
         push=args.push,
         private=args.private or None,
+        keep_largest=args.keep_largest,
     )
     for note in result.notes:
         print(f"note: {note}")
@@ -342,7 +343,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .engine.export import export_model
 
-    result = export_model(args.checkpoint, args.out, formats=args.formats, check=not args.no_check)
+    result = export_model(
+        args.checkpoint, args.out, formats=args.formats, check=not args.no_check, overwrite=args.overwrite
+    )
     for fmt, path in result.items():
         print(f"{fmt:12s} {path}")
     for fmt, diff in result.differences.items():
@@ -629,15 +632,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", default="mit", help="hub licence id of the weights (default mit)")
     p.add_argument("--push", metavar="REPO_ID", help="also upload the folder to this Hugging Face repo (owner/name)")
     p.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    p.add_argument(
+        "--keep-largest",
+        metavar="CLASSES",
+        help="record that prediction keeps only the largest connected component of these classes (all, or names/ids)",
+    )
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("export", help="TorchScript and ONNX export, checked against eager PyTorch")
+    p = sub.add_parser(
+        "export", help="published model folder with TorchScript and ONNX graphs inside, checked against eager PyTorch"
+    )
     p.add_argument(
         "--checkpoint",
         required=True,
         help="run folder (its best.pt, else last.pt), msa2net checkpoint, published folder, or an authors' .pth",
     )
-    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("-o", "--out", required=True, help="output folder (the --checkpoint folder itself adds the graphs)")
     p.add_argument(
         "--formats",
         nargs="+",
@@ -646,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="formats to write (default: both)",
     )
     p.add_argument("--no-check", action="store_true", help="skip comparing the exported model with eager PyTorch")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder of another model")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="phantom -> prepare -> train -> evaluate -> predict, on CPU in minutes")

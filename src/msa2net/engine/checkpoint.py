@@ -4,7 +4,7 @@ A checkpoint holds everything needed to rebuild the model and run it on new data
 preprocessing, class names, the training config) and, for training checkpoints, everything needed to resume
 exactly (epoch, iteration, optimiser, scheduler, scaler and every RNG state). It is read through
 :func:`msa2net.models.weights_io.read_weights_file` (``torch.load(weights_only=True)``): no pickled code is
-executed. ``export_safetensors`` writes weights only.
+executed.
 
 The metadata is checked against itself and the weights when a checkpoint is loaded and when a model is built from
 it (:func:`check_checkpoint`): ``model_args`` keys, the class count of ``class_names`` against the weights' head,
@@ -194,6 +194,8 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_dir() or (path / CONFIG_NAME).is_file():
         return path
+    if (path / "model.json").is_file() and (path / "model.safetensors").is_file():
+        return path / "model.safetensors"  # a folder of the first export format: its weights carry the model
     found = next((path / name for name in RUN_FOLDER_CHECKPOINTS if (path / name).is_file()), None)
     if found is None:
         raise CheckpointError(
@@ -318,29 +320,9 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], device: str | torch.device = 
     return model.to(device).eval()
 
 
-def export_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Weights-only export; model name, arguments, preprocessing and classes go into the metadata (JSON)."""
-    import json
-
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    meta = {
-        "format": FORMAT,
-        "model_name": ckpt["model_name"],
-        "model_args": json.dumps(ckpt["model_args"]),
-        "preprocessing": json.dumps(ckpt["preprocessing"]),
-        "class_names": json.dumps(list(ckpt["class_names"])),
-        "slice_orientation": json.dumps(ckpt.get("slice_orientation")),
-        "msa2net_version": __version__,
-    }
-    tensors = {k: v.contiguous() for k, v in ckpt["model"].items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
 def load_safetensors_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a weights-only ``.safetensors`` export back into checkpoint form (inference fields only)."""
+    """Read a ``.safetensors`` file of the first export format (the model described in its metadata; exports are
+    published folders now) into checkpoint form (inference fields only)."""
     import json
 
     from safetensors import safe_open

@@ -1,4 +1,7 @@
-"""Export a checkpoint for deployment: TorchScript, ONNX, safetensors weights and a JSON model card.
+"""Export a model for other runtimes: TorchScript and ONNX graphs added to its published folder.
+
+The folder is the one model artifact (:mod:`msa2net.models.pretrained`: ``config.json``, ``model.safetensors``, the
+card); :func:`export_model` writes it with the graphs inside, and ``config.json`` records them under ``exports``.
 
 ONNX goes through the legacy TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``, opset 17, dynamic
 batch axis). With torch 2.14 and timm's MaxViT it works and matches eager to about 1e-5. The torch.export-based
@@ -7,14 +10,13 @@ without a dynamic batch, so it is not used: when the legacy exporter fails, the 
 :class:`ExportError` that says so.
 
 The exported graphs take model-space input (B, in_channels, H, W) float32, already normalised: apply the
-preprocessing recorded in ``model.json`` (``to_unit``, resize to H x W, ``(x - mean) / std``) before calling them,
+preprocessing recorded in ``config.json`` (``to_unit``, resize to H x W, ``(x - mean) / std``) before calling them,
 and softmax/argmax over axis 1 of the logits after. Volumes are cut into slices along their first array axis after
-re-indexing them to ``slice_orientation`` when the card records one (see :mod:`msa2net.data.orientation`).
+re-indexing them to ``slice_orientation`` when ``config.json`` records one (see :mod:`msa2net.data.orientation`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -27,24 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._version import __version__
 from ..models import MSA2Net
-from .checkpoint import export_safetensors, load_checkpoint, model_from_checkpoint
+from ..models.pretrained import CONFIG_NAME, WEIGHTS_NAME
+from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
+from .publish import publish
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ExportError", "ExportResult", "export_model"]
 
-#: Graph formats :func:`export_model` writes (safetensors and model.json are always written).
+#: Graph formats :func:`export_model` writes (the folder's config.json, weights and card are always written).
 FORMATS: tuple[str, ...] = ("torchscript", "onnx")
 #: ONNX opset of the legacy exporter.
 ONNX_OPSET: int = 17
 #: Batch size of the parity check; not 1, so the dynamic batch axis is exercised.
 CHECK_BATCH: int = 2
-_FILE_NAMES = {
-    "torchscript": "model.ts",
-    "onnx": "model.onnx",
-    "safetensors": "model.safetensors",
-    "json": "model.json",
-}
+_FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "safetensors": WEIGHTS_NAME, "config": CONFIG_NAME}
 
 
 class ExportError(RuntimeError):
@@ -52,7 +50,7 @@ class ExportError(RuntimeError):
 
 
 class ExportResult(dict[str, Path]):
-    """``{"torchscript" | "onnx" | "safetensors" | "json": written path}``, plus what the check measured.
+    """``{"torchscript" | "onnx" | "safetensors" | "config": written path}``, plus what the check measured.
 
     Attributes:
         differences: Per graph format, the max absolute logit difference to eager on the check input (empty when
@@ -163,34 +161,39 @@ def export_model(
     check: bool = True,
     atol: float = 1e-4,
     batch: int = 1,
+    overwrite: bool = False,
 ) -> ExportResult:
-    """Export a checkpoint's model to TorchScript and/or ONNX, with its weights and a JSON description.
+    """Write a model's published folder with TorchScript and/or ONNX graphs inside, checked against eager PyTorch.
 
-    Writes into ``out_dir``: ``model.ts`` (``torch.jit.trace``), ``model.onnx`` (dynamic batch axis; input
-    ``image``, output ``logits``), ``model.safetensors`` (weights with the model description in its metadata) and
-    ``model.json`` (model name and arguments, preprocessing, class names, input/output shapes, ONNX exporter and the
-    check results). Everything is built in a hidden staging folder inside ``out_dir`` and renamed into place only
-    once all formats are written and checked: a failed export leaves the previous files (if any) untouched and no
-    partial files.
+    ``out_dir`` gets what ``msa2net publish`` writes (``config.json``, ``model.safetensors``, ``README.md``) plus
+    ``model.ts`` (``torch.jit.trace``) and ``model.onnx`` (dynamic batch axis; input ``image``, output ``logits``);
+    ``config.json`` records them under ``exports`` (files, ONNX exporter and opset, input/output shapes, the check).
+    The folder loads wherever a model is taken (``--model``, :class:`~msa2net.engine.predictor.Predictor`). It is
+    built beside ``out_dir`` and renamed into place only once every format is written and checked: a failed export
+    leaves the previous folder (if any) untouched and no partial files. Exporting a published folder into itself
+    adds the graphs and keeps its provenance and evaluation.
 
     Graph input is (B, in_channels, H, W) float32 in model space (see the module docstring), H x W fixed to the
     model's ``img_size``, B free. Output is (B, num_classes, H, W) float32 logits. Runs on the CPU.
 
     Args:
-        checkpoint: An msa2net checkpoint or the authors' ``.pth`` (path), or a loaded checkpoint dict.
-        out_dir: Output folder (created).
+        checkpoint: A checkpoint, run folder, published folder or the authors' ``.pth`` (path), or a loaded
+            checkpoint dict.
+        out_dir: The folder to write (new, empty, the published folder given as ``checkpoint``, or ``overwrite``).
         formats: One or more of :data:`FORMATS`.
         check: Run eager, TorchScript and onnxruntime (CPUExecutionProvider) on a fixed random input of batch
             :data:`CHECK_BATCH` and compare the logits.
         atol: Allowed max absolute difference, scaled by ``max(1, max|eager logits|)``.
         batch: Batch size of the example input used for tracing/export.
+        overwrite: Replace a non-empty ``out_dir``.
 
     Returns:
-        An :class:`ExportResult`: the written paths by format (``"torchscript"``, ``"onnx"``, ``"safetensors"``,
-        ``"json"``) and the measured differences.
+        An :class:`ExportResult`: the written paths by kind (``"torchscript"``, ``"onnx"``, ``"safetensors"``,
+        ``"config"``) and the measured differences.
 
     Raises:
         CheckpointError: the checkpoint cannot be read or lacks fields.
+        PretrainedError: ``out_dir`` is another non-empty folder and ``overwrite`` is off.
         ValueError: unknown formats, ``atol`` not positive or ``batch`` < 1.
         ExportError: an exporter failed, or a format's logits differ from eager by more than the tolerance (the
             message names the format, the difference and the tolerance).
@@ -204,17 +207,19 @@ def export_model(
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     formats = [f for f in FORMATS if f in formats]
-    ckpt = dict(checkpoint) if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+    source = checkpoint if isinstance(checkpoint, Mapping) else resolve_checkpoint_path(checkpoint)
+    ckpt = dict(source) if isinstance(source, Mapping) else load_checkpoint(source)
     model = model_from_checkpoint(ckpt, "cpu")
     (h, w), channels = model.img_size, model.config.in_channels
     example = torch.zeros(batch, channels, h, w)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = out / f".export-{uuid.uuid4().hex[:12]}"
+    in_place = isinstance(source, Path) and source.is_dir() and out.exists() and source.resolve() == out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".export-{uuid.uuid4().hex[:12]}-{out.name}"
     staging.mkdir()
     try:
-        staged = {name: staging / _FILE_NAMES[name] for name in [*formats, "safetensors", "json"]}
+        staged = {name: staging / _FILE_NAMES[name] for name in formats}
         onnx_exporter = None
         if "torchscript" in formats:
             try:
@@ -223,7 +228,6 @@ def export_model(
                 raise ExportError(f"TorchScript export failed: {type(err).__name__}: {_first_line(err)}") from err
         if "onnx" in formats:
             onnx_exporter = _export_onnx(model, example, staged["onnx"])
-        export_safetensors(ckpt, staged["safetensors"])
 
         differences: dict[str, float] = {}
         tolerance = None
@@ -249,32 +253,22 @@ def export_model(
                         "acceptable"
                     )
 
-        card = {
-            "format": "msa2net-export",
-            "msa2net_version": __version__,
+        record = {
             "torch_version": torch.__version__,
-            "model_name": ckpt["model_name"],
-            "model_args": ckpt["model_args"],
-            "preprocessing": ckpt["preprocessing"],
-            "class_names": list(ckpt["class_names"]),
-            # axis code of the training volumes: slice inputs in this layout (None: as stored; see msa2net predict)
-            "slice_orientation": ckpt.get("slice_orientation"),
+            "files": {name: _FILE_NAMES[name] for name in formats},
             "input": {"name": "image", "shape": ["batch", channels, h, w], "dtype": "float32", "layout": "NCHW"},
             "output": {"name": "logits", "shape": ["batch", model.num_classes, h, w], "dtype": "float32"},
-            "files": {name: _FILE_NAMES[name] for name in staged},
             "onnx": None if onnx_exporter is None else {"exporter": onnx_exporter, "opset": _onnx_opset(staged)},
             "check": None
             if not check
             else {"batch": CHECK_BATCH, "atol": atol, "tolerance": tolerance, "max_abs_diff": differences},
         }
-        staged["json"].write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-
-        paths = {}
-        for name, path in staged.items():
-            paths[name] = out / path.name
-            os.replace(path, paths[name])
+        files = {_FILE_NAMES[name]: path for name, path in staged.items()}
+        given = checkpoint if isinstance(checkpoint, Mapping) else Path(checkpoint)  # a run folder: its evaluation
+        publish(given, out, overwrite=overwrite or in_place, exports=record, extra_files=files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    paths = {name: out / _FILE_NAMES[name] for name in [*formats, "safetensors", "config"]}
     return ExportResult(paths, differences, tolerance, onnx_exporter)
 
 

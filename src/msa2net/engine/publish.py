@@ -12,7 +12,7 @@ by training) is copied into ``config.json``, where the card reads it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from ..models.pretrained import CONFIG_NAME, build_pretrained_config, file_sha25
 from ..reporting.card import build_model_card
 from ..reporting.summary import CaseSummary, SummaryError, read_summary
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
+from .postprocess import parse_keep_largest
 
 __all__ = ["EVAL_SUMMARY_CANDIDATES", "PublishResult", "find_run_files", "provenance_of", "publish"]
 
@@ -75,7 +76,9 @@ def provenance_of(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
     authors' checkpoint the detected variant and what the conversion assumed."""
     if "pretrained" in ckpt:  # a published folder: its provenance stays
         return dict(ckpt["pretrained"].get("provenance") or {})
-    base: dict[str, Any] = {"source_checkpoint": str(path), "source_sha256": file_sha256(path)}
+    known = path.is_file()  # a checkpoint given as a dict (Python API) has no file to name
+    base: dict[str, Any] = {"source_checkpoint": str(path) if known else None}
+    base["source_sha256"] = file_sha256(path) if known else None
     config = ckpt.get("config") or {}
     if config.get("source") == "official":
         return {
@@ -122,7 +125,7 @@ def _read_summary(path: Path, class_names: list[str]) -> dict[str, Any]:
 
 
 def publish(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Mapping[str, Any],
     out_dir: str | os.PathLike[str],
     *,
     evaluation: str | os.PathLike[str] | None = None,
@@ -131,6 +134,9 @@ def publish(
     push: str | None = None,
     private: bool | None = None,
     token: str | bool | None = None,
+    keep_largest: str | Sequence[str | int] | None = None,
+    exports: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, Path] | None = None,
 ) -> PublishResult:
     """Write a checkpoint as a hub-layout folder ready to upload, and optionally upload it.
 
@@ -147,6 +153,10 @@ def publish(
         push: A hub repo id ``owner/name`` to upload the folder to after writing it.
         private: Create the repo private (when it does not exist yet).
         token: Hub token (default: the logged-in one or ``HF_TOKEN``).
+        keep_largest: Classes (``"all"``, names or ids) whose largest connected component alone prediction keeps by
+            default (``postprocessing`` in ``config.json``); None: a re-published folder's choice, else none.
+        exports: ``config.json``'s record of ``extra_files`` (:func:`msa2net.engine.export.export_model`).
+        extra_files: Files moved into the folder (exported graphs).
 
     Returns:
         A :class:`PublishResult`.
@@ -157,12 +167,12 @@ def publish(
         PretrainedError: ``out_dir`` is a non-empty folder and ``overwrite`` is off.
         HubUnavailableError: ``push`` while the hub cannot be reached (within seconds); the folder is written.
     """
-    checkpoint, found = find_run_files(source)
+    checkpoint, found = (Path("<checkpoint dict>"), None) if isinstance(source, Mapping) else find_run_files(source)
     notes: list[str] = []
     summary_path = Path(evaluation) if evaluation is not None else found
     if evaluation is None and found is not None:
         notes.append(f"evaluation summary found in the run folder: {found}")
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = dict(source) if isinstance(source, Mapping) else load_checkpoint(checkpoint)
     class_names = list(ckpt["class_names"])
     summary = None
     if summary_path is not None:
@@ -176,6 +186,9 @@ def publish(
     elif "pretrained" in ckpt:
         summary = ckpt["pretrained"].get("evaluation")  # re-published: the folder's evaluation stays
     model = model_from_checkpoint(ckpt)
+    recorded = (ckpt.get("pretrained") or {}).get("postprocessing") or {}
+    largest = parse_keep_largest(keep_largest, class_names) if keep_largest is not None else None
+    postprocessing = {**recorded, **({} if largest is None else {"keep_largest": [class_names[i] for i in largest]})}
     config = build_pretrained_config(
         model,
         model_name=ckpt["model_name"],
@@ -186,9 +199,13 @@ def publish(
         license=license,
         slice_orientation=ckpt.get("slice_orientation"),
         dataset=ckpt.get("dataset") or (ckpt.get("pretrained") or {}).get("dataset"),
+        postprocessing=postprocessing,
+        exports=exports,
     )
     card = build_model_card(config, repo_id=push)
-    folder = save_pretrained(model, out_dir, config=config, card=card, repo_id=push, overwrite=overwrite)
+    folder = save_pretrained(
+        model, out_dir, config=config, card=card, repo_id=push, overwrite=overwrite, extra_files=extra_files
+    )
     result = PublishResult(
         folder=folder,
         files=sorted(p for p in folder.iterdir() if p.is_file()),

@@ -145,8 +145,10 @@ def build_pretrained_config(
     license: str = "mit",
     slice_orientation: str | None = None,
     dataset: Mapping[str, Any] | None = None,
+    postprocessing: Mapping[str, Any] | None = None,
+    exports: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``config.json`` content for ``model``.
+    """The ``config.json`` content for ``model``: the one description of a model wherever it travels.
 
     Args:
         model: The network.
@@ -165,6 +167,9 @@ def build_pretrained_config(
             when unknown (volumes are then sliced as stored).
         dataset: What the model card says about the training data (:meth:`msa2net.data.source.Source.dataset_record`:
             kind, name, description, class and channel names, ...); stored as given.
+        postprocessing: What prediction applies to the labels by default, ``{"keep_largest": [class names]}``.
+        exports: The exported graphs in the folder (``msa2net export``): per format its file, and the exporter,
+            input/output and parity check records.
 
     Returns:
         A JSON-ready dict (see the module docstring for its keys).
@@ -204,6 +209,8 @@ def build_pretrained_config(
         "provenance": dict(provenance or {}),
         "evaluation": dict(evaluation) if evaluation is not None else None,
         "dataset": dict(dataset) if dataset is not None else None,
+        "postprocessing": dict(postprocessing or {}),
+        "exports": dict(exports or {}),
     }
 
 
@@ -275,6 +282,7 @@ def save_pretrained(
     card: bool | str = True,
     repo_id: str | None = None,
     overwrite: bool = False,
+    extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> Path:
     """Write ``model`` as a hub-layout folder: ``config.json``, ``model.safetensors`` and (``card``) ``README.md``.
 
@@ -290,6 +298,7 @@ def save_pretrained(
             package sets to :func:`msa2net.reporting.card.build_model_card`); a string: that text; False: no card.
         repo_id: The hub repo the folder is meant for, shown in the card's usage examples.
         overwrite: Replace a non-empty ``save_directory``.
+        extra_files: ``{name in the folder: file}`` moved into the folder with the rest (exported graphs).
 
     Returns:
         The folder.
@@ -340,6 +349,8 @@ def save_pretrained(
             else:
                 text = str(card)
             (staging / CARD_NAME).write_text(text, encoding="utf-8")
+        for name, path in (extra_files or {}).items():
+            shutil.move(os.fspath(path), staging / name)
         _replace_folder(staging, target, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

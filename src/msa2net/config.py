@@ -1,13 +1,8 @@
 """Training configuration: dataclasses, YAML presets (``msa2net/configs``), command-line overrides and validation.
 
-Every way of turning text or plain data into a :class:`Config` (:func:`load_config`, :func:`config_from_dict`)
-validates the result completely before returning it, so a bad option is reported before any data are read. All
-problems found are collected and raised together as one :class:`ConfigError`, one line per problem, each naming the
-option (``train.epochs``), what was found and what is valid. Malformed YAML, YAML tags (``!!python/...``) and
-malformed ``--set`` overrides are reported the same way, never as a ``yaml`` traceback.
-
-Importing this module is light (PyYAML only): the model registry, the augmentation recipes and the loss names are
-imported when a configuration is validated.
+:func:`load_config` and :func:`config_from_dict` validate completely before returning and raise every problem at
+once as one :class:`ConfigError` (bad YAML, tags and ``--set`` items too). Importing is light (PyYAML only): the
+model, recipe and loss names are imported when a configuration is validated.
 """
 
 from __future__ import annotations
@@ -56,16 +51,7 @@ _SIZE_MULTIPLE = 32
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used, with every problem found.
-
-    Attributes:
-        problems: One line per problem, each naming the option (or file / ``--set`` item), what was found and what
-            is valid.
-        where: What was loaded (a file path, ``preset 'synapse'``, ...), or None.
-        hint: What to do, printed after the problems, or None.
-
-    ``str(error)`` is the whole message: ``where``, then the problem (or a bulleted list of them), then the hint.
-    """
+    """A configuration that cannot be used: ``problems`` (one line each), ``where`` it was loaded from, a ``hint``."""
 
     def __init__(self, problems: str | Sequence[str], where: str | None = None, hint: str | None = None) -> None:
         self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
@@ -277,11 +263,7 @@ def _where_in(source: str, mark: yaml.Mark | None) -> str:
 
 
 def _parse_yaml(text: str, source: str, what_to_do: str) -> tuple[Any, int]:
-    """Parse one YAML document safely: ``(data, line of the top-level node)``.
-
-    Raises:
-        ConfigError: malformed YAML or a tag (``!!python/object/apply:...``); names ``source``, line and column.
-    """
+    """Parse one YAML document safely (no tags): ``(data, line of the top-level node)``."""
     loader = _YamlLoader(text)
     try:
         node = loader.get_single_node()
@@ -329,11 +311,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
 
 
 def preset_dict(name: str) -> dict[str, Any]:
-    """The plain data of a built-in preset.
-
-    Raises:
-        ConfigError: ``name`` is not one of :data:`PRESETS` (the message lists them).
-    """
+    """The plain data of a built-in preset (:data:`PRESETS`)."""
     if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}, or pass a YAML file")
     text = resources.files("msa2net.configs").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
@@ -342,14 +320,7 @@ def preset_dict(name: str) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """``train.epochs=5`` -> ``{"train": {"epochs": 5}}``; the value is parsed as YAML (numbers, lists, null).
-
-    Keys are ``section.key`` (sections: model, data, train) or a top-level key (``out_dir``, ``preset``); whether the
-    key exists in its section is checked later, with the whole config.
-
-    Raises:
-        ConfigError: no ``=``, an empty key part, an unknown section, too many dots, or a value that is not YAML.
-    """
+    """``train.epochs=5`` -> ``{"train": {"epochs": 5}}``; the value is parsed as YAML, the key checked later."""
     usage = "expected section.key=value, e.g. train.epochs=5 or data.root=data/Synapse"
     where = f"--set {text!r}"
     if "=" not in text:
@@ -380,21 +351,10 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(preset_or_file: str, overrides: list[str] | None = None, base: dict | None = None) -> Config:
-    """Load and validate a configuration; nothing outside the config files is read.
+    """Load and validate a preset or YAML file (which may name a ``preset`` to start from), then ``overrides``.
 
-    Args:
-        preset_or_file: A preset name (:data:`PRESETS`) or a YAML file, which may name a ``preset`` to start from
-            (its own values win). With ``base`` it is only the label used in messages.
-        overrides: ``section.key=value`` items applied in order (see :func:`parse_override`).
-        base: Plain data to start from instead of a preset or file (e.g. a checkpoint's config).
-
-    Returns:
-        The validated :class:`Config`.
-
-    Raises:
-        ConfigError: The file is missing, not YAML or not a mapping, names an unknown preset, or the result has
-            problems (unknown keys, wrong types, bad values, malformed overrides); every problem of the overrides
-            and the merged config is listed in the one error.
+    ``base``: plain data to start from instead (e.g. a checkpoint's config); ``preset_or_file`` then only labels
+    the messages.
     """
     if base is not None:
         data, where = dict(base), preset_or_file
@@ -428,15 +388,7 @@ def load_config(preset_or_file: str, overrides: list[str] | None = None, base: d
 
 
 def config_from_dict(data: Mapping[str, Any] | None, where: str = "config") -> Config:
-    """Build and validate a :class:`Config` from plain data (a parsed YAML file, a checkpoint's config).
-
-    Ints are accepted where floats are expected (and stored as floats), tuples where lists are, and
-    ``model.pretrained_encoder: none`` (any case) is read as None.
-
-    Raises:
-        ConfigError: every problem found (see :func:`config_problems`), plus unknown keys and sections that are
-            not mappings; ``where`` labels the message.
-    """
+    """Build and validate a :class:`Config` from plain data (ints stored as floats, tuples as lists)."""
     cfg, problems = _build(data)
     if problems:
         raise ConfigError(problems, where=where, hint=_VALIDATION_HINT)
@@ -628,13 +580,8 @@ def _check(option: str, value: Any, tp: Any, rule: _Rule | None = None) -> str |
 
 
 def config_problems(cfg: Config) -> list[str]:
-    """Every problem of a built ``cfg``, one line each (empty: valid).
+    """Every problem of a built ``cfg``, one line each: annotations, field rules and cross-field rules."""
 
-    Checks each field's type against its annotation (``Literal`` choices included), its allowed values or range (the
-    rule in the field's metadata, see :func:`_option`),
-    and the cross-field rules: ``train.amp=fp16`` needs a CUDA (or auto) device, ``train.loss_weights`` only go with
-    ``train.loss=ce_dice``.
-    """
     problems: list[str] = []
     bad: set[str] = set()
     for name in ("preset", "out_dir"):

@@ -1,11 +1,8 @@
 """Training losses: Boundary DoU (the one MSA2Net trains with), soft Dice, cross-entropy and weighted sums.
 
-Multi-class losses take raw logits of shape (B, K, H, W) and integer label maps of shape (B, H, W)
-(a (B, 1, H, W) map is accepted too). Every loss is computed in float32 (float64 for float64
-logits) whatever the autocast dtype of the logits, because batch-wide sums over millions of pixels
-are not meaningful in bfloat16/float16. By default inputs are checked (labels in range, finite
-logits) and bad input raises a ValueError that says what was found; ``validate=False`` skips the
-checks (each costs a device synchronisation).
+Losses take logits (B, K, H, W) and integer labels (B, H, W) or (B, 1, H, W), and compute in at least float32
+whatever the autocast dtype (batch-wide sums are not meaningful in bfloat16/float16). Inputs are checked unless
+``validate=False`` (each check costs a device synchronisation).
 """
 
 from __future__ import annotations
@@ -83,19 +80,11 @@ def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def boundary_alpha(one_hot: torch.Tensor) -> torch.Tensor:
-    """The adaptive weight alpha of Boundary DoU, per class, from a one-hot target over the whole batch.
+    """The (K,) float64 adaptive weight of Boundary DoU from a (B, K, H, W) one-hot target over the whole batch.
 
-    Boundary pixels are target pixels whose 3x3 cross neighbourhood (the pixel and its four direct
-    neighbours, zero padded) holds fewer than 5 target pixels: the result of a conv2d with the kernel
-    ``[[0, 1, 0], [1, 1, 1], [0, 1, 0]]``, computed with integer shifts so that it is exact under any
-    autocast dtype. With ``C`` boundary pixels and ``S`` target pixels,
-    ``alpha = min(2 * (1 - (C + eps) / (S + eps)) - 1, 0.8)``; a class absent from the batch gets -1.
-
-    Args:
-        one_hot: (B, K, H, W) target, bool or 0/1 values.
-
-    Returns:
-        (K,) float64 tensor.
+    Boundary pixels have fewer than 5 target pixels in their zero-padded cross neighbourhood (the authors' conv2d
+    with ``[[0, 1, 0], [1, 1, 1], [0, 1, 0]]``, here integer shifts, exact under autocast);
+    ``alpha = min(2 * (1 - (C + eps) / (S + eps)) - 1, 0.8)``, -1 for a class absent from the batch.
     """
     target = one_hot.to(torch.int16)
     padded = F.pad(target, (1, 1, 1, 1))  # (B, K, H + 2, W + 2), zeros outside
@@ -124,54 +113,39 @@ class _MulticlassLoss(nn.Module):
             _check_logits(logits, self.num_classes)
         return _as_label_map(target, logits, self.num_classes, self.validate)
 
+    def _batch_sums(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per class over the batch: the one-hot target, sum pt, sum p^2 and sum t (softmax p, at least float32)."""
+        labels = self._labels(logits, target)
+        probs = torch.softmax(logits.to(_loss_dtype(logits)), dim=1)  # (B, K, H, W)
+        with torch.no_grad():
+            one_hot = _one_hot(labels, self.num_classes)
+            target_sum = one_hot.sum(dim=(0, 2, 3)).to(probs.dtype)  # sum t^2 == sum t for 0/1
+        dims = (0, 2, 3)
+        return one_hot, (probs * one_hot).sum(dim=dims), (probs * probs).sum(dim=dims), target_sum
+
 
 class BoundaryDoULoss(_MulticlassLoss):
     """Boundary Difference over Union loss (Sun et al., MICCAI 2023), as trained by MSA2Net.
 
-    Per class ``c`` over the whole batch, with softmax probabilities ``p`` and one-hot target ``t``:
-    ``loss_c = (sum p^2 + sum t^2 - 2 sum pt + eps) / (sum p^2 + sum t^2 - (1 + alpha_c) sum pt + eps)``
-    with ``alpha_c`` from :func:`boundary_alpha` and ``eps = 1e-5``; the loss is the mean over all
-    ``num_classes`` classes, background included. A class absent from the batch contributes exactly 1
-    (and no gradient), as in the authors' code. The target statistics carry no gradient.
-
-    Args:
-        num_classes: Number of classes K including background.
-        validate: Check labels and logits on every call.
-
-    Shape:
-        logits (B, K, H, W) raw scores; target (B, H, W) integer labels in [0, K). Returns a scalar.
+    Per class over the batch, ``(sum p^2 + sum t^2 - 2 sum pt + eps) / (sum p^2 + sum t^2 - (1 + alpha) sum pt +
+    eps)`` with :func:`boundary_alpha`, averaged over all classes; an absent class contributes exactly 1, as in the
+    authors' code.
     """
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        labels = self._labels(logits, target)
-        probs = torch.softmax(logits.to(_loss_dtype(logits)), dim=1)  # (B, K, H, W), at least float32
-        with torch.no_grad():
-            one_hot = _one_hot(labels, self.num_classes)
-            alpha = boundary_alpha(one_hot).to(probs.dtype)  # (K,)
-            target_sum = one_hot.sum(dim=(0, 2, 3)).to(probs.dtype)  # sum t^2 == sum t for 0/1
-        dims = (0, 2, 3)
-        intersect = (probs * one_hot).sum(dim=dims)
-        probs_sq = (probs * probs).sum(dim=dims)
+        one_hot, intersect, probs_sq, target_sum = self._batch_sums(logits, target)
+        alpha = boundary_alpha(one_hot).to(intersect.dtype)  # (K,), no gradient
         numerator = probs_sq + target_sum - 2.0 * intersect + _EPS
         denominator = probs_sq + target_sum - (1.0 + alpha) * intersect + _EPS
         return (numerator / denominator).mean()
 
 
 class DiceLoss(_MulticlassLoss):
-    """Soft Dice loss on softmax probabilities, per class over the whole batch, mean over classes.
+    """Soft Dice loss ``1 - mean_c (2 sum pt + smooth) / (sum p^2 + sum t^2 + smooth)`` per class over the batch.
 
-    ``loss = 1 - mean_c (2 sum pt + smooth) / (sum p^2 + sum t^2 + smooth)``: the squared-denominator
-    form of V-Net and TransUNet (whose ``0.4 * CE + 0.6 * Dice`` recipe the authors left commented out).
-
-    Args:
-        num_classes: Number of classes K including background.
-        include_background: Average over all K classes (True) or over classes 1..K-1.
-        smooth: Added to numerator and denominator; a class absent from target and prediction
-            then scores Dice 1.
-        validate: Check labels and logits on every call.
-
-    Shape:
-        logits (B, K, H, W); target (B, H, W) integer labels in [0, K). Returns a scalar.
+    The squared-denominator form of V-Net and TransUNet; ``include_background=False`` averages classes 1..K-1.
     """
 
     def __init__(
@@ -182,14 +156,7 @@ class DiceLoss(_MulticlassLoss):
         self.smooth = float(smooth)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        labels = self._labels(logits, target)
-        probs = torch.softmax(logits.to(_loss_dtype(logits)), dim=1)  # (B, K, H, W), at least float32
-        with torch.no_grad():
-            one_hot = _one_hot(labels, self.num_classes)
-            target_sum = one_hot.sum(dim=(0, 2, 3)).to(probs.dtype)
-        dims = (0, 2, 3)
-        intersect = (probs * one_hot).sum(dim=dims)
-        probs_sq = (probs * probs).sum(dim=dims)
+        _, intersect, probs_sq, target_sum = self._batch_sums(logits, target)
         dice = (2.0 * intersect + self.smooth) / (probs_sq + target_sum + self.smooth)  # (K,)
         if not self.include_background:
             dice = dice[1:]
@@ -197,12 +164,7 @@ class DiceLoss(_MulticlassLoss):
 
 
 class CrossEntropyLoss(_MulticlassLoss):
-    """Pixel-wise cross-entropy on logits (B, K, H, W) against integer labels (B, H, W), mean over pixels.
-
-    Args:
-        num_classes: Number of classes K including background.
-        validate: Check labels and logits on every call.
-    """
+    """Pixel-wise cross-entropy on logits (B, K, H, W) against integer labels (B, H, W), mean over pixels."""
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         labels = self._labels(logits, target)
@@ -210,11 +172,7 @@ class CrossEntropyLoss(_MulticlassLoss):
 
 
 class CombinedLoss(nn.Module):
-    """Weighted sum of losses that share the call signature ``loss(logits, target)``.
-
-    Args:
-        terms: ``[(loss_module, weight), ...]``; weights are non-negative numbers.
-    """
+    """Weighted sum ``[(loss_module, weight), ...]`` of losses called as ``loss(logits, target)``."""
 
     def __init__(self, terms: Sequence[tuple[nn.Module, float]]) -> None:
         super().__init__()
@@ -232,19 +190,8 @@ class CombinedLoss(nn.Module):
 
 
 def build_loss(name: str, num_classes: int, weights: Mapping[str, float] | None = None) -> nn.Module:
-    """Build a training loss by name.
-
-    Args:
-        name: ``"boundary_dou"`` (MSA2Net's Synapse loss), ``"ce"``, ``"dice"``, ``"ce_dice"``
-            (``weights["ce"] * CE + weights["dice"] * Dice``, default 0.4 and 0.6 as in the authors'
-            commented-out line). Binary tasks (ISIC) use two classes with ``"ce"``, which equals BCE on the
-            logit difference.
-        num_classes: Classes including background (the logit channel count).
-        weights: Only for ``"ce_dice"``: ``{"ce": w, "dice": w}``, either key may be omitted.
-
-    Returns:
-        An ``nn.Module`` called as ``loss(logits, target)``.
-    """
+    """A training loss by name (:data:`LOSS_NAMES`); ``ce_dice`` weighs CE and Dice by ``weights`` (0.4 and 0.6,
+    the authors' commented-out line). Binary tasks use two classes with ``"ce"`` (BCE on the logit difference)."""
     key = name.lower()
     if key not in LOSS_NAMES:
         raise ValueError(f"unknown loss {name!r}; choose one of {LOSS_NAMES}")

@@ -1,26 +1,10 @@
 """Real data: the AAL atlas lobes on the Colin27 T1 MRI (Debian's ``mricron-data``), as a dataset folder.
 
-Source files (installed by ``apt-get install mricron-data`` under ``/usr/share/mricron/templates``; not shipped with
-msa2net, they carry their own terms):
-
-- ``ch2.nii.gz``: the Colin27 T1 MRI of one subject, 181 x 217 x 181 voxels of 1 mm, uint8, MNI space, axis code
-  ``RAS`` (direction ``diag(-1, -1, 1)`` in ITK's LPS world: index ``i`` runs from the subject's left to right).
-- ``aal.nii.gz``: the AAL atlas, 116 regions drawn on this brain, on the same grid.
-- ``aal.nii.txt``: one ``index name code`` line per region. The first digit of the code is the lobe:
-  2 frontal, 3 insula, 4 limbic, 5 occipital, 6 parietal, 7 deep grey (subcortical), 8 temporal, 9 cerebellum.
-
-The task (:func:`prepare_aal`): 9 classes, background and the 8 lobes (:data:`CLASS_NAMES`), left and right merged.
-
-Split: neighbouring slices are nearly identical, so a random slice split leaks. Slices are sagittal and the split
-is by hemisphere at the midline plane ``x = 0`` mm of MNI space (RAS: the left hemisphere lies at x < 0; ITK's LPS
-world coordinates, used in the code, put it at x > 0): the left hemisphere with the midline slice trains
-(cut into :data:`DEFAULT_SLABS` contiguous slabs, so that held-out validation works by case), the right hemisphere
-(one case, :data:`TEST_CASE`) is the labelled test set (``imagesTs/`` + ``labelsTs/``).
-
-Layout: every case is written in the axis code :data:`CASE_LAYOUT` (``"AIR"``): the first array axis runs from left
-to right (so slice-wise training cuts sagittal slices), rows from superior to inferior, columns from posterior to
-anterior. The sub-volumes are exact crops of ch2's grid, re-indexed without resampling: each voxel keeps its value
-and its world position, so a prediction on a case can be pasted back onto the atlas grid by its geometry.
+``ch2.nii.gz`` (the T1), ``aal.nii.gz`` (116 regions on its grid) and ``aal.nii.txt`` (``index name code``; the
+code's first digit is the lobe) become 9 classes, left and right merged. Slices are sagittal and the split is by
+hemisphere at the MNI midline (LPS x > 0 is the left): the left side with the midline slice trains, cut into
+:data:`DEFAULT_SLABS` slabs; the right hemisphere is the labelled test case. Cases are exact crops of ch2's grid in
+axis code :data:`CASE_LAYOUT`, so predictions paste back onto the atlas by geometry. See README "Real data".
 """
 
 from __future__ import annotations
@@ -113,12 +97,7 @@ def _missing_message(folder: Path, missing: Sequence[str]) -> str:
 
 
 def find_raw_dir(raw_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding the three source files: ``raw_dir``, or the package's folder when None.
-
-    Raises:
-        FileNotFoundError: a file is missing; the message says to ``apt-get install mricron-data`` or to pass
-            ``--raw``.
-    """
+    """The folder holding the three source files (``raw_dir``, else the package's); FileNotFoundError names the fix."""
     folder = DEFAULT_RAW_DIR if raw_dir is None else Path(raw_dir)
     missing = [name for name in (IMAGE_FILE, LABEL_FILE, NAMES_FILE) if not (folder / name).is_file()]
     if missing:
@@ -147,15 +126,7 @@ class Region:
 
 
 def read_regions(path: str | os.PathLike[str]) -> list[Region]:
-    """Parse ``aal.nii.txt``: one ``index name code`` line per region (CRLF and blank lines allowed).
-
-    Returns:
-        The regions in file order.
-
-    Raises:
-        ValueError: a line that is not ``index name code`` with integers, a repeated index, or a code whose first
-            digit is not a lobe of :data:`LOBES`; the message names the line.
-    """
+    """Parse ``aal.nii.txt`` (one ``index name code`` line per region) into regions in file order."""
     path = Path(path)
     regions: list[Region] = []
     problems: list[str] = []
@@ -306,42 +277,14 @@ def prepare_aal(
     slabs: int = DEFAULT_SLABS,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write the AAL lobe task as a dataset folder (see the module docstring for the task, split and layout).
+    """Write the AAL lobe task as a dataset folder (``imagesTr/aal_left_<k>``, ``imagesTs/aal_right``, labels).
 
-    Output::
-
-        out_dir/dataset.json                        channel_names {"0": "T1"}, the 9 labels, file_ending .nii.gz,
-                                                    and documentation keys: lobe_mapping, split, source and
-                                                    summary (this function's result, voxels per class included)
-        out_dir/imagesTr/aal_left_<k>_0000.nii.gz   T1 of slab k (uint8, as in ch2), k = 1 (lateral) .. slabs
-        out_dir/labelsTr/aal_left_<k>.nii.gz        lobe classes (uint8)
-        out_dir/imagesTs/aal_right_0000.nii.gz      the right hemisphere
-        out_dir/labelsTs/aal_right.nii.gz
-
-    Every file has the exact geometry of its crop of ch2's grid, in axis code :data:`CASE_LAYOUT`. Intensities are
-    ch2's raw values: the dataset's MR channel is mapped per case like any user's (robust min-max).
-
-    Re-running with the same source files and ``slabs`` does nothing (``"skipped": True``); other settings, or
-    ``overwrite=True``, rewrite every case. Files are written atomically, ``dataset.json`` last.
-
-    Args:
-        out_dir: Output folder (created); must be empty or an earlier output of this function.
-        raw_dir: Folder holding ch2.nii.gz, aal.nii.gz and aal.nii.txt; default :data:`DEFAULT_RAW_DIR`.
-        slabs: Number of contiguous training slabs (cases) the left side is cut into, at least 2 (so that one can
-            validate).
-        overwrite: Rewrite even when an identical earlier output exists.
-
-    Returns:
-        ``{"out_dir", "train_cases", "test_cases", "slices", "voxels", "midline_index", "source_axis_code",
-        "case_layout", "hemisphere_agreement", "skipped"}``; ``voxels`` counts each class per side and in total,
-        ``slices`` the slices of each case, ``midline_index`` the LR index (of ch2's grid) of the midline slice.
-
-    Raises:
-        FileNotFoundError: the package is not installed (the message says ``apt-get install mricron-data``).
-        FileExistsError: ``out_dir`` holds other files.
-        ValueError: source files that do not fit together, an oblique grid, a grid that does not straddle the
-            midline, regions on the wrong side (a mis-oriented file), or ``slabs`` out of range.
+    ``out_dir`` must be empty or an earlier output; re-running with the same source files and ``slabs`` does nothing
+    (``"skipped": True``) unless ``overwrite``. Files are written atomically, ``dataset.json`` (with the lobe
+    mapping, split, source hashes and this summary) last. Returns the summary: cases, slices, voxels per class and
+    side, the midline index and the hemisphere agreement.
     """
+
     raw = find_raw_dir(raw_dir)
     if int(slabs) < 2:
         raise ValueError(f"slabs must be at least 2 (one can then validate), got {slabs}")

@@ -21,12 +21,7 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 def read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
-    """Read the one DICOM series in ``folder`` as a ``(Z, Y, X)`` volume with its geometry.
-
-    Raises:
-        ImageReadError: the folder holds no or several series, a cut DICOM file (see :func:`_check_folder`), or GDCM
-            cannot read the series. The message names the folder or file, the reason and a fix.
-    """
+    """Read the one DICOM series in ``folder`` as a ``(Z, Y, X)`` volume with its geometry (``ImageReadError`` else)."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise ImageReadError(

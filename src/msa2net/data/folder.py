@@ -1,24 +1,9 @@
 """Users' own data in an nnU-Net-like folder: the slice-wise training dataset, the per-case volume dataset and the
 :class:`~msa2net.data.source.Source`; ``dataset.json`` and validation are in :mod:`msa2net.data.folder_check`.
 
-Layout::
-
-    root/
-      dataset.json           {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1},
-                              "file_ending": ".nii.gz", "numTraining": 2}   (numTraining optional)
-      imagesTr/<case>_0000<file_ending>   one file per channel, suffix _0000, _0001, ...
-      labelsTr/<case><file_ending>        integer label map, values from dataset.json "labels"
-      imagesTs/<case>_0000<file_ending>   optional test images
-      labelsTs/<case><file_ending>        optional: labels of every imagesTs case, which makes them labelled test
-                                          cases (validated like training cases, scored by ``evaluate`` by default)
-
-Files are 3D volumes (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``) trained slice by slice along the
-first array axis (axial for the usual ``(Z, Y, X)`` reading), or 2D rasters (``.png``, ``.jpg``, ...) trained one
-image per sample. A 3-channel 2D dataset may store each case either as one RGB file ``<case>_0000.png`` or as
-three grey files ``_0000``, ``_0001``, ``_0002``. Labels of 2D datasets must be lossless (PNG), single channel.
-
-Reading goes through :mod:`msa2net.data.io`, so geometry (spacing, origin, direction) is carried along and the
-volume dataset hands it to prediction/evaluation.
+Layout: ``dataset.json``, ``imagesTr/<case>_0000<file_ending>`` (one file per channel; a 3-channel 2D case may be
+one RGB file), ``labelsTr/<case><file_ending>``, optional ``imagesTs/`` and, making those labelled test cases,
+``labelsTs/``. Volumes train slice by slice along the first array axis, 2D rasters one image per sample.
 """
 
 from __future__ import annotations
@@ -100,29 +85,12 @@ def _to_unit(prep: Preprocessing, case: str, image: np.ndarray) -> np.ndarray:
 
 
 class FolderSliceDataset(EpochSeededDataset):
-    """Training samples from a dataset folder: every axial slice of 3D cases, every image of 2D cases.
+    """Training samples from a dataset folder: every slice of 3D cases, every image of 2D cases.
 
-    Item ``i`` is ``transform(image_unit, label, rng)`` with ``rng = np.random.default_rng([seed, epoch, i])``, so
-    augmentation is reproducible and independent of the number of workers; call :meth:`set_epoch` every epoch (it
-    reaches persistent DataLoader workers, see :class:`~msa2net.data.source.EpochSeededDataset`).
-    ``image_unit`` is the :meth:`Preprocessing.to_unit` output for the slice (``float32`` in [0, 1], ``(H, W)`` for one
-    channel, ``(H, W, C)`` for several); the mapping is computed once per whole volume, so slices of a case share it.
-
-    Args:
-        root: Dataset folder (validated on construction; problems raise :class:`FolderValidationError`).
-        cases: Labelled case ids to use (default all), e.g. one side of :func:`split_cases`.
-        transform: ``(image_unit, label, rng) -> (image (C, H, W) float32 tensor, label (H, W) int64 tensor)``,
-            e.g. :func:`msa2net.data.transforms.build_transform` with this dataset's ``preprocessing``.
-            Default: no augmentation, no resizing, ``preprocessing.normalize``.
-        seed: Base seed of the per-item RNG.
-        preload: Keep every case's ``to_unit`` volume and label in memory (read once). Without it each item
-            re-reads its case from disk (slow for volumes, fine for 2D images).
-        preprocessing: Intensity mapping (default ``spec.preprocessing()``, or the one stored in a checkpoint).
-        report: The :class:`FolderReport` of a complete validation of this folder (what :class:`FolderSource`
-            holds): the folder is then not validated again, only the cases are read (and re-checked).
-
-    Items: ``{"image": float32 (C, H, W), "label": int64 (H, W), "name": "<case>:<slice>"}`` (slice 0 for 2D).
-    Labelled test cases (``imagesTs/`` + ``labelsTs/``) never train: ``cases`` must be training cases.
+    Items ``{"image", "label", "name": "<case>:<slice>"}`` from ``transform(image_unit, label, rng)`` (default:
+    ``preprocessing.normalize`` only); ``to_unit`` maps whole volumes, so slices of a case share it. ``preload``
+    keeps every case in memory; a ``report`` of a complete validation skips validating the folder again. Labelled
+    test cases never train.
     """
 
     def __init__(
@@ -184,18 +152,9 @@ class FolderSliceDataset(EpochSeededDataset):
 
 
 class FolderVolumeDataset:
-    """Whole labelled cases of a dataset folder as :class:`~msa2net.data.source.Case` records, read on access.
+    """Whole labelled cases (training or labelled test) as :class:`~msa2net.data.source.Case` records, read on access.
 
-    ``image`` is the :meth:`Preprocessing.to_unit` output of the whole case (``float32``, ``(D, H, W[, C])``; a 2D
-    image becomes a one-slice volume ``(1, H, W[, C])``), ``label`` int64 of the same spatial shape, ``geometry``
-    that of the image file and ``spacing`` in array axis order (mm for volumes; 2D rasters get ``(1, 1, 1)``, their
-    pixel spacing being nominal).
-
-    Args:
-        root: Dataset folder (validated on construction unless ``report`` is given).
-        cases: Labelled case ids, training or labelled test cases (default: every labelled training case).
-        preprocessing: Intensity mapping (default ``spec.preprocessing()``).
-        report: The :class:`FolderReport` of a complete validation of this folder: skips validating it again.
+    2D images become one-slice volumes with nominal spacing ``(1, 1, 1)``; a ``report`` skips validating again.
     """
 
     def __init__(
@@ -234,17 +193,8 @@ class FolderVolumeDataset:
 
 @register_source
 class FolderSource(Source):
-    """A dataset folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``) as a :class:`Source`.
-
-    Classes, channels and the intensity mapping come from ``dataset.json`` (:meth:`DatasetSpec.preprocessing`).
-    Every labelled training case can train or validate. Labelled test cases (``imagesTs/`` with ``labelsTs/``) are
-    :meth:`test_ids`: ``evaluate`` scores them by default (a folder without them is refused unless the training
-    cases are asked for, ``--split train``), and
-    ``data.validation=test`` validates on them (with a note that their scores are then no clean test).
-
-    The folder is validated completely once, on first use (every case read and checked); the datasets built from
-    this source reuse that report instead of validating again.
-    """
+    """A dataset folder as a :class:`Source`: classes, channels and mapping from ``dataset.json``; labelled test
+    cases are :meth:`test_ids`. The folder is validated completely once, on first use, and the report reused."""
 
     kind = "folder"
 

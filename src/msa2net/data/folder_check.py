@@ -64,18 +64,7 @@ class FolderValidationError(ValueError):
 
 @dataclass
 class DatasetSpec:
-    """The contents of ``dataset.json``.
-
-    Attributes:
-        root: The dataset folder.
-        channel_names: Channel names in channel order (``_0000``, ``_0001``, ...).
-        labels: Class name -> id, ids contiguous ``0..K-1`` with 0 the background.
-        file_ending: File suffix of every image and label file, e.g. ``".nii.gz"`` or ``".png"``.
-        num_training: Optional ``numTraining`` (number of labelled cases).
-        name: Optional ``name`` of the dataset (an nnU-Net field), shown by model cards.
-        description: Optional ``description`` of the dataset (an nnU-Net field), shown by model cards.
-        reference: Optional ``reference`` (where the data come from, an nnU-Net field), shown by model cards.
-    """
+    """The contents of ``dataset.json``: labels are name -> id (``0..K-1``); the free-text fields go to model cards."""
 
     root: Path
     channel_names: list[str]
@@ -107,11 +96,8 @@ class DatasetSpec:
         return 2 if self.file_ending.lower() in RASTER_SUFFIXES else 3
 
     def preprocessing(self) -> Preprocessing:
-        """The default intensity mapping for this dataset.
+        """The default intensity mapping: ``ct_window`` (all channels CT), ``rgb`` (3-channel 2D), else ``zscore``."""
 
-        Every channel named CT (case-insensitive) -> ``ct_window`` (-125..275 HU); a 3-channel 2D dataset ->
-        ``rgb`` (8-bit /255); otherwise ``zscore`` (per-case percentile clip and min-max, for MR and others).
-        """
         n = self.in_channels
         if all(name.strip().lower() == "ct" for name in self.channel_names):
             return Preprocessing(kind="ct_window", in_channels=n)
@@ -177,12 +163,7 @@ def _parse_labels(raw: Any, problems: list[str]) -> dict[str, int]:
 
 
 def load_dataset_json(root: PathLike) -> DatasetSpec:
-    """Read and check ``root/dataset.json``.
-
-    Raises:
-        FolderValidationError: the file is missing, is not valid JSON, lacks ``channel_names``, ``labels`` or
-            ``file_ending``, or holds invalid values; all problems are listed together.
-    """
+    """Read and check ``root/dataset.json``; every problem is listed in one :class:`FolderValidationError`."""
     root = Path(root)
     path = root / "dataset.json"
     if not path.is_file():
@@ -244,26 +225,29 @@ def _entry_problem(path: Path) -> str | None:
     return None
 
 
-def _visible_files(folder: Path, root: Path, problems: list[str]) -> list[Path]:
-    """The readable regular files directly in ``folder`` (followed links included), sorted by name.
+def _visible_files(folder: Path, spec: DatasetSpec, root: Path, problems: list[str]) -> list[tuple[Path, str]]:
+    """``(file, name without file_ending)`` of the readable regular files directly in ``folder``, sorted.
 
-    Hidden entries (name starting with ``.``: OS metadata, temporaries) are ignored. Every other entry that is not a
-    readable regular file (a broken or looping symbolic link, a subfolder, a pipe, an unreadable file) is appended to
-    ``problems`` with its path relative to ``root``, like a missing label: a dataset is never silently trained on
-    fewer cases than the folder shows.
+    Hidden entries are ignored; any other entry that is not such a file (broken link, subfolder, wrong ending) is a
+    problem, so a dataset is never silently trained on fewer cases than the folder shows.
     """
     try:
         entries = sorted(folder.iterdir())
     except OSError as err:
         problems.append(f"{folder.relative_to(root)}/ cannot be listed ({err.strerror or err}); fix its permissions")
         return []
-    files: list[Path] = []
+    ending = spec.file_ending
+    files: list[tuple[Path, str]] = []
     for path in entries:
         if path.name.startswith("."):
             continue
         problem = _entry_problem(path)
+        if problem is None and ending == ".mhd" and path.name.lower().endswith(_MHD_DATA_SUFFIXES):
+            continue  # the data file beside an .mhd header
+        if problem is None and not path.name.endswith(ending):
+            problem = f"does not end with file_ending {ending!r} from dataset.json; rename or remove it"
         if problem is None:
-            files.append(path)
+            files.append((path, path.name[: -len(ending)]))
         else:
             problems.append(f"{path.relative_to(root)}: {problem}")
     return files
@@ -271,18 +255,12 @@ def _visible_files(folder: Path, root: Path, problems: list[str]) -> list[Path]:
 
 def _scan_images(folder: Path, spec: DatasetSpec, root: Path, problems: list[str]) -> dict[str, dict[int, Path]]:
     """Case -> {channel index -> file} for one images folder; unexpected names and unreadable entries are problems."""
-    ending = spec.file_ending
     cases: dict[str, dict[int, Path]] = {}
-    for path in _visible_files(folder, root, problems):
+    for path, stem in _visible_files(folder, spec, root, problems):
         rel = path.relative_to(root)
-        if ending == ".mhd" and path.name.lower().endswith(_MHD_DATA_SUFFIXES):
-            continue
-        if not path.name.endswith(ending):
-            problems.append(f"{rel}: does not end with file_ending {ending!r} from dataset.json; rename or remove it")
-            continue
-        match = _CHANNEL_RE.match(path.name[: -len(ending)])
+        match = _CHANNEL_RE.match(stem)
         if match is None:
-            problems.append(f"{rel}: image names must be <case>_XXXX{ending} (channel suffix such as _0000)")
+            problems.append(f"{rel}: image names must be <case>_XXXX{spec.file_ending} (channel suffix such as _0000)")
             continue
         channel = int(match["channel"])
         if channel >= spec.in_channels:
@@ -297,31 +275,21 @@ def _scan_images(folder: Path, spec: DatasetSpec, root: Path, problems: list[str
 
 def _scan_labels(folder: Path, spec: DatasetSpec, root: Path, problems: list[str]) -> dict[str, Path]:
     """Case -> label file for ``labelsTr``; unexpected names and unreadable entries are problems."""
-    ending = spec.file_ending
-    labels: dict[str, Path] = {}
-    for path in _visible_files(folder, root, problems):
-        if ending == ".mhd" and path.name.lower().endswith(_MHD_DATA_SUFFIXES):
-            continue
-        if not path.name.endswith(ending):
-            problems.append(
-                f"{path.relative_to(root)}: does not end with file_ending {ending!r} from dataset.json; "
-                "rename or remove it"
-            )
-            continue
-        labels[path.name[: -len(ending)]] = path
-    return labels
+    return {stem: path for path, stem in _visible_files(folder, spec, root, problems)}
 
 
-def _check_channels(case: str, channels: dict[int, Path], spec: DatasetSpec, folder: str) -> str | None:
-    """A problem message when channel files are missing (a single RGB file counts for 3-channel 2D data)."""
+def _channels_ok(case: str, channels: dict[int, Path], spec: DatasetSpec, folder: str, problems: list[str]) -> bool:
+    """Whether every channel file is there (a single RGB file counts for 3-channel 2D data); else a problem."""
     n = spec.in_channels
     if spec.dims == 2 and n == 3 and set(channels) == {0}:
-        return None  # one RGB file; its channel count is checked when read
+        return True  # one RGB file; its channel count is checked when read
     missing = [i for i in range(n) if i not in channels]
-    if not missing:
-        return None
-    names = ", ".join(f"{folder}/{case}_{i:04d}{spec.file_ending}" for i in missing)
-    return f"case {case}: missing channel file(s) {names} (dataset.json declares {n} channel(s) {spec.channel_names})"
+    if missing:
+        names = ", ".join(f"{folder}/{case}_{i:04d}{spec.file_ending}" for i in missing)
+        problems.append(
+            f"case {case}: missing channel file(s) {names} (dataset.json declares {n} channel(s) {spec.channel_names})"
+        )
+    return not missing
 
 
 def _geometry_differences(a: Geometry, b: Geometry) -> list[str]:
@@ -434,19 +402,8 @@ def _read_case(
 
 @dataclass
 class FolderReport:
-    """Outcome of :func:`validate_folder`.
-
-    Attributes:
-        root: The dataset folder.
-        spec: Parsed ``dataset.json``.
-        dims: 2 (rasters) or 3 (volumes).
-        cases: Labelled case ids, sorted.
-        shapes: Case -> spatial shape (``(H, W)`` or ``(D, H, W)``) of the checked cases (labelled test cases
-            included).
-        test_cases: Case ids in ``imagesTs`` (names and channel files checked; contents read only when labelled).
-        labelled_test_cases: The ``imagesTs`` cases with a label in ``labelsTs/``, checked like training cases
-            (empty when there is no ``labelsTs/``).
-    """
+    """Outcome of :func:`validate_folder`: the labelled training ``cases``, ``imagesTs`` ``test_cases`` (those with
+    a ``labelsTs/`` label are ``labelled_test_cases``) and the spatial shape of every case read."""
 
     root: Path
     spec: DatasetSpec
@@ -503,14 +460,8 @@ def _validate(
         problems.append(
             f"labels without images (no imagesTr/<case>_0000{spec.file_ending}) for case(s): {', '.join(orphans)}"
         )
-    complete: list[str] = []
-    for case in sorted(set(images) & set(labels)):
-        problem = _check_channels(case, images[case], spec, "imagesTr")
-        if problem:
-            problems.append(problem)
-        else:
-            complete.append(case)
     paired = sorted(set(images) & set(labels))
+    complete = [case for case in paired if _channels_ok(case, images[case], spec, "imagesTr", problems)]
     if spec.num_training is not None and images and spec.num_training != len(paired):
         problems.append(
             f"dataset.json numTraining is {spec.num_training} but {len(paired)} labelled case(s) were found; "
@@ -521,12 +472,7 @@ def _validate(
     test_images: dict[str, dict[int, Path]] = {}
     if (root / "imagesTs").is_dir():
         test_images = _scan_images(root / "imagesTs", spec, root, problems)
-        for case in sorted(test_images):
-            problem = _check_channels(case, test_images[case], spec, "imagesTs")
-            if problem:
-                problems.append(problem)
-            else:
-                test_cases.append(case)
+        test_cases = [c for c in sorted(test_images) if _channels_ok(c, test_images[c], spec, "imagesTs", problems)]
     test_labels = _check_test_labels(root, spec, test_images, images, problems)
     labelled_test = [c for c in test_cases if c in test_labels]
 
@@ -586,39 +532,24 @@ def _check_test_labels(
 
 
 def validate_folder(root: PathLike) -> FolderReport:
-    """Check a dataset folder completely and describe it.
+    """Check a dataset folder completely, reading every labelled case, and describe it.
 
-    Checks ``dataset.json`` (present, valid, required keys, contiguous label ids), the file names, that every image
-    has a label and every label an image, that every channel file exists, and, reading every labelled case, that
-    label values are declared in ``dataset.json``, that image and label shapes match and (3D) that their geometry
-    agrees within :data:`GEOMETRY_TOLERANCE` (relative), and that images hold no NaN/inf. With a ``labelsTs/``
-    folder the same holds for ``imagesTs/``: every test image needs its label (and every label its image), they are
-    read and checked like training cases, and no case id may be both a training and a labelled test case.
-
-    Returns:
-        A :class:`FolderReport` with the cases, dims and per-case shapes.
-
-    Raises:
-        FolderValidationError: (a ``ValueError``) listing every problem found, each naming the file or case.
+    Raises :class:`FolderValidationError` listing every problem found (names, pairing, channels, label values,
+    shapes, geometry within :data:`GEOMETRY_TOLERANCE`, NaN/inf), each naming the file or case.
     """
     return _validate(root)
 
 
 def _reread_case(root: Path, spec: DatasetSpec, case: str, test: bool = False) -> _Case:
-    """Read one labelled case again after validation (files may have changed since: re-check).
+    """Read one labelled (``test``: labelled test) case again after validation; files may have changed since."""
 
-    ``test`` reads a labelled test case (``imagesTs/`` + ``labelsTs/``) instead of a training case.
-    """
     images, labels = ("imagesTs", "labelsTs") if test else ("imagesTr", "labelsTr")
     channels = {i: root / images / f"{case}_{i:04d}{spec.file_ending}" for i in range(spec.in_channels)}
     present = {i: p for i, p in channels.items() if p.is_file()}
-    problem = (
-        _check_channels(case, present, spec, images)
-        if present
-        else f"case {case}: {images}/{case}_0000{spec.file_ending} is gone"
-    )
-    if problem:
-        raise FolderValidationError(root, [problem])
+    problems = [] if present else [f"case {case}: {images}/{case}_0000{spec.file_ending} is gone"]
+    if not (present and _channels_ok(case, present, spec, images, problems)):
+        raise FolderValidationError(root, problems)
+
     data, problems = _read_case(case, present, root / labels / f"{case}{spec.file_ending}", spec, root)
     if data is None:
         raise FolderValidationError(root, problems)

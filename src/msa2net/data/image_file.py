@@ -27,14 +27,8 @@ class ImageReadError(ValueError):
 
 @dataclass(frozen=True)
 class Geometry:
-    """Physical placement of an image grid, in SimpleITK (x-first) axis order.
-
-    Attributes:
-        spacing: Voxel size per index axis ``(sx, sy[, sz])``, millimetres.
-        origin: World position (mm, LPS) of the centre of the first voxel, ``(ox, oy[, oz])``.
-        direction: Row-major flattened ``ndim x ndim`` direction-cosine matrix; column ``d`` is the world direction
-            of index axis ``d`` (x, y, z).
-    """
+    """Physical placement of an image grid in SimpleITK (x-first) order: spacing (mm), origin (mm, LPS, the first
+    voxel's centre) and the row-major direction cosines (column ``d`` is index axis ``d``)."""
 
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
@@ -72,11 +66,7 @@ class Geometry:
         return cls(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
     def to_sitk(self, image: sitk.Image) -> sitk.Image:
-        """Set this geometry on ``image`` in place and return it.
-
-        Raises:
-            ValueError: if the image dimension differs from :attr:`ndim`.
-        """
+        """Set this geometry on ``image`` in place and return it (ValueError for another dimension)."""
         if image.GetDimension() != self.ndim:
             raise ValueError(f"a {self.ndim}D geometry cannot be set on a {image.GetDimension()}D image")
         image.SetSpacing(self.spacing)

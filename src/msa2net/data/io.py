@@ -1,25 +1,9 @@
 """Image reading and writing that carries the physical geometry (spacing, origin, direction) along.
 
-Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``), MetaImage (``.mha``, ``.mhd``), DICOM series (a folder,
-read by :mod:`msa2net.data.dicom`), and 2D rasters (PNG, JPEG, BMP, TIFF).
-
-Axis conventions (the same as SimpleITK's ``GetArrayFromImage``):
-
-- Arrays are indexed in numpy order, slowest axis first: 3D volumes are ``(Z, Y, X)``, 2D images ``(Y, X)`` and
-  colour images ``(Y, X, C)``.
-- :class:`Geometry` is stored in SimpleITK order, fastest axis first: ``spacing = (sx, sy[, sz])`` in millimetres,
-  ``origin`` in millimetres (LPS world coordinates, as ITK uses), ``direction`` the row-major flattened
-  ``ndim x ndim`` matrix whose columns are the world directions of the x, y(, z) index axes.
-
-No reorientation is ever applied: voxels stay in file order. A NIfTI file whose voxel ``(i, j, k)`` is stored at
-file position ``i + I*j + I*J*k`` is returned as ``array[k, j, i]`` (nibabel would return it as ``[i, j, k]``, so
-this array equals nibabel's transposed by ``(2, 1, 0)``).
-
-Every writer here is atomic: it writes to a hidden temporary file in the target folder and renames it into place, so
-an interrupted process never leaves a half-written file under the final name. Every reader refuses a file that holds
-less data than its header declares (a cut download or copy) instead of reading missing voxels as zeros, and refuses
-rasters above a pixel limit (decompression bombs); see :func:`read_image`. NIfTI files and DICOM series are also read
-by nibabel and pydicom for that check, because SimpleITK reads them without noticing the cut.
+NIfTI, NRRD, MetaImage, DICOM series folders (:mod:`msa2net.data.dicom`) and 2D rasters. Arrays are in SimpleITK's
+``GetArrayFromImage`` order (``(Z, Y, X)``, ``(Y, X)``, ``(Y, X, C)``), :class:`Geometry` in SimpleITK order (LPS
+millimetres), and voxels stay in file order (never reoriented). Writers are atomic; readers refuse cut files and
+rasters above a pixel limit (see :func:`read_image`).
 """
 
 from __future__ import annotations
@@ -85,20 +69,13 @@ def image_suffix(path: str | os.PathLike[str]) -> str | None:
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is an existing regular file with a suffix from :data:`IMAGE_SUFFIXES`.
-
-    Hidden files (name starting with ``.``) are not image files: they are temporaries or OS metadata.
-    """
+    """True for an existing regular, not hidden, file with a suffix from :data:`IMAGE_SUFFIXES`."""
     p = Path(path)
     return not p.name.startswith(".") and image_suffix(p) is not None and p.is_file()
 
 
 def is_dicom_folder(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a folder holding a DICOM series.
-
-    A folder counts when it directly contains a file ending in ``.dcm``/``.dicom``/``.ima`` or, when it holds no
-    other supported image files, when GDCM finds a series in it (DICOM files often have no suffix).
-    """
+    """True for a folder with a ``.dcm``/``.dicom``/``.ima`` file or, holding no other images, a series GDCM finds."""
     folder = Path(path)
     if not folder.is_dir():
         return False
@@ -111,16 +88,7 @@ def is_dicom_folder(path: str | os.PathLike[str]) -> bool:
 
 
 def list_inputs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files and folders into the list of readable inputs.
-
-    Each path may be an image file (kept), a DICOM series folder (kept as one input), or a folder, which is expanded
-    non-recursively into its image files and its DICOM-series subfolders, sorted by name. The order of the given
-    paths is kept and duplicates are dropped.
-
-    Raises:
-        FileNotFoundError: a path does not exist.
-        ValueError: a file has an unsupported suffix, or a folder holds no image or DICOM series.
-    """
+    """Image files and DICOM series folders as given, other folders expanded (not recursively); no duplicates."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     found: list[Path] = []
@@ -146,14 +114,10 @@ def list_inputs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
                     f"point to the folder that contains the images"
                 )
             found.extend(expanded)
-    unique: list[Path] = []
-    seen: set[Path] = set()
+    unique: dict[Path, Path] = {}
     for p in found:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -177,11 +141,7 @@ def _corrupt(path: Path, detail: str) -> ImageReadError:
 
 
 def _check_nifti(path: Path) -> bool:
-    """Refuse a single-file NIfTI-1/-2 image, gzipped or not, that is cut short or holds NaN/inf voxels.
-
-    Returns:
-        True for a NIfTI-2 file (which this SimpleITK cannot read). Other files are left to SimpleITK.
-    """
+    """Refuse a cut single-file NIfTI-1/-2 or one with NaN/inf voxels; True for NIfTI-2 (SimpleITK cannot read it)."""
     import nibabel
 
     with open(path, "rb") as raw:
@@ -226,11 +186,9 @@ def _header_fields(path: Path, separator: str, last: str) -> tuple[dict[str, str
 
 
 def _data_file(path: Path, name: str | None) -> Path | None:
-    """The single data file a detached header names (None: none named, or a list or pattern of files).
+    """The single data file a detached header names (None: none, or a list or pattern), refused when missing.
 
-    Raises:
-        ImageReadError: the file is missing. ITK's MetaImage reader says "File cannot be read: <the header>" there,
-            not naming the data file.
+    ITK's MetaImage reader says "File cannot be read: <the header>" there, not naming the data file.
     """
     if name is None or name.upper() in ("LOCAL", "LIST") or len(name.split()) > 1:
         return None
@@ -262,18 +220,7 @@ def _check_nrrd(path: Path) -> None:
 
 
 def resolve_max_pixels(max_pixels: int | None = None) -> int:
-    """The largest raster, in pixels, that :func:`read_image` decodes.
-
-    Args:
-        max_pixels: An explicit limit; None uses the environment variable :data:`MAX_PIXELS_ENV`
-            (``MSA2NET_MAX_PIXELS``) when it is set, else :data:`DEFAULT_MAX_PIXELS`.
-
-    Returns:
-        The limit, a positive integer.
-
-    Raises:
-        ValueError: ``max_pixels`` or the environment variable is not a positive whole number.
-    """
+    """The raster pixel limit: ``max_pixels``, else :data:`MAX_PIXELS_ENV` if set, else :data:`DEFAULT_MAX_PIXELS`."""
     if max_pixels is None:
         text = os.environ.get(MAX_PIXELS_ENV, "").strip()
         if not text:
@@ -296,12 +243,9 @@ def resolve_max_pixels(max_pixels: int | None = None) -> int:
 
 
 def _open_raster(path: Path) -> Any:
-    """Open a raster file lazily (header only), without Pillow's global pixel limit.
+    """Open a raster lazily; PNG, JPEG, BMP and TIFF by their Pillow plugins, so that the caller's limit replaces
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (never changed here)."""
 
-    PNG, JPEG, BMP and TIFF content is opened by its Pillow plugin directly, so that the caller's limit applies
-    instead of ``PIL.Image.MAX_IMAGE_PIXELS`` (which is never changed here). Other content under a raster suffix goes
-    through ``PIL.Image.open`` and its own limit.
-    """
     from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
     with open(path, "rb") as handle:
@@ -388,34 +332,11 @@ def _read_raster(path: Path, max_pixels: int) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> tuple[np.ndarray, Geometry]:
-    """Read an image file or a DICOM series folder.
+    """Read an image file or a DICOM series folder: ``(array in the stored dtype, geometry)``.
 
-    A file that holds less data than its header declares (a cut download or copy), or whose compressed stream stops
-    early or cannot be decoded, is refused rather than read with zero-filled or missing pixels. SimpleITK and Pillow
-    refuse most such files themselves (Pillow with ``ImageFile.LOAD_TRUNCATED_IMAGES`` off, as it is while this
-    function reads); the rest is checked here: NIfTI-1/-2 (``.nii``, ``.nii.gz``, read by nibabel first), gzip-encoded
-    NRRD data, MetaImage data files, the end of a PNG, and every Part 10 file of a DICOM series folder (read by
-    pydicom first).
-
-    Args:
-        path: A file with a suffix from :data:`IMAGE_SUFFIXES`, or a folder holding exactly one DICOM series.
-        max_pixels: Largest raster (width x height) decoded; larger rasters are refused before decoding, since a
-            small file can declare a huge image. None: the environment variable ``MSA2NET_MAX_PIXELS``
-            (:data:`MAX_PIXELS_ENV`) if set, else :data:`DEFAULT_MAX_PIXELS`. Volumes are not limited.
-
-    Returns:
-        ``(array, geometry)``. ``array`` keeps the stored dtype and is indexed ``(Z, Y, X)`` for volumes (a DICOM
-        series included), ``(Y, X)`` for grey 2D images and ``(Y, X, 3)`` uint8 for colour rasters (alpha dropped,
-        CMYK/YCbCr converted to RGB). Bilevel images become 0/255 uint8. Palette images with a grey palette are
-        read as grey values, other palette images as their palette indices (the usual encoding of colour label
-        maps). 16-bit rasters are uint16. Multi-component volumes get a trailing channel axis. ``geometry`` is the
-        stored geometry; rasters get ``Geometry.identity(2)``.
-
-    Raises:
-        ImageReadError: the path does not exist, has an unsupported suffix, is truncated or corrupt, is a raster
-            larger than the pixel limit, holds NaN/inf (float NIfTI), or the folder holds no or several DICOM
-            series. The message names the path, the reason and a fix.
-        ValueError: ``max_pixels`` or ``MSA2NET_MAX_PIXELS`` is not a positive whole number.
+    A cut or undecodable file is refused (:class:`ImageReadError` naming the path, reason and fix), never read with
+    zero-filled pixels, and so is a raster above :func:`resolve_max_pixels`. Colour rasters are ``(Y, X, 3)`` uint8,
+    grey-palette images grey values, other palette images their indices; rasters get ``Geometry.identity(2)``.
     """
     p = Path(path)
     if not p.exists():
@@ -462,9 +383,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
 
 def _label_dtype(array: np.ndarray) -> np.dtype:
     """Smallest unsigned (or signed if negative) integer dtype holding the values of an integer/bool array."""
-    if array.dtype == np.bool_:
-        return np.dtype(np.uint8)
-    if array.size == 0:
+    if array.dtype == np.bool_ or array.size == 0:
         return np.dtype(np.uint8)
     lo, hi = int(array.min()), int(array.max())
     for dtype in (np.uint8, np.uint16, np.int16, np.int32):
@@ -480,25 +399,11 @@ def write_image(
     path: str | os.PathLike[str],
     compression_level: int | None = None,
 ) -> Path:
-    """Write an array with its geometry, atomically.
+    """Write an array with its geometry (None: identity; PNG stores none), atomically; returns the path.
 
-    Args:
-        array: Volumes ``(Z, Y, X)``, 2D images ``(Y, X)``; a trailing channel axis (``ndim == geometry.ndim + 1``)
-            writes a multi-component image. Integer arrays keep their dtype except 64-bit integers and bools, which
-            are stored in the smallest integer type holding their values (uint8 for label maps with ids < 256),
-            because 64-bit NIfTI is poorly supported by viewers.
-        geometry: Spacing/origin/direction in SimpleITK order; None means ``Geometry.identity(array.ndim)``.
-            Ignored for PNG, which cannot store it.
-        path: Target file. ``.nii``/``.nii.gz``/``.nrrd``/``.mha``/``.mhd`` keep the geometry (compressed where the
-            format allows). ``.png`` takes a 2D ``(Y, X)`` non-negative integer array (uint8 if all values < 256,
-            else uint16; a label map keeps its ids) or a ``(Y, X, 3|4)`` uint8 colour image.
-        compression_level: Optional zlib level (1 fast .. 9 small) for the SimpleITK formats.
-
-    Returns:
-        The written path.
-
-    Raises:
-        ValueError: unsupported suffix, geometry dimension not matching the array, or data PNG cannot hold.
+    A trailing channel axis writes a multi-component image. 64-bit integers and bools are stored in the smallest
+    integer type holding their values (viewers handle 64-bit NIfTI poorly). PNG takes ``(Y, X)`` integers in
+    0..65535 or ``(Y, X, 3|4)`` uint8.
     """
     target = Path(path)
     suffix = image_suffix(target)
@@ -515,15 +420,12 @@ def write_image(
         array = array.astype(_label_dtype(array))
     if geometry is None:
         geometry = Geometry.identity(array.ndim)
-    if array.ndim == geometry.ndim:
-        is_vector = False
-    elif array.ndim == geometry.ndim + 1:
-        is_vector = True
-    else:
+    if array.ndim not in (geometry.ndim, geometry.ndim + 1):
         raise ValueError(
             f"cannot write {target}: array shape {array.shape} does not fit a {geometry.ndim}D geometry; expected "
             f"{geometry.ndim} axes (or {geometry.ndim + 1} with a trailing channel axis)"
         )
+    is_vector = array.ndim == geometry.ndim + 1
     image = geometry.to_sitk(sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=is_vector))
     writer = sitk.ImageFileWriter()
     writer.SetUseCompression(True)
@@ -576,10 +478,8 @@ def _write_png(array: np.ndarray, target: Path) -> None:
             raise ValueError(
                 f"cannot write {target}: PNG holds values 0..65535, found {lo}..{hi}; write .nii.gz instead"
             )
-        if hi < 256:
-            img = Image.fromarray(array.astype(np.uint8))
-        else:
-            img = Image.fromarray(array.astype(np.uint16))
+        img = Image.fromarray(array.astype(np.uint8 if hi < 256 else np.uint16))
+
     else:
         raise ValueError(f"cannot write {target}: PNG takes (Y, X) or (Y, X, 3|4) arrays, got shape {array.shape}")
     with atomic_path(target) as tmp:

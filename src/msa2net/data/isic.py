@@ -1,19 +1,8 @@
-"""ISIC 2018 task 1 (skin lesion segmentation, binary): preparation and dataset.
+"""ISIC 2018 task 1 (skin lesion segmentation, binary): preparation and dataset (protocol: ``PROTOCOLS.md``).
 
-Protocol (our documented choice, following the D-LKA / DAE-Former skin code; see ``PROTOCOLS.md``):
-
-- Pairs ``ISIC2018_Task1-2_Training_Input/ISIC_XXXXXXX.jpg`` with
-  ``ISIC2018_Task1_Training_GroundTruth/ISIC_XXXXXXX_segmentation.png``.
-- Sorted by name (that code took the unsorted directory order, which is not reproducible across file systems), then
-  split in order: for the full 2594 images the first 1815 train, the next 259 validation, the last 520 test; other
-  counts keep the same fractions (:func:`isic_split_counts`).
-- Images are resized with PIL's bilinear filter (what ``scipy.misc.imresize(..., 'bilinear')`` used), masks are
-  binarised, resized bilinearly as floats and thresholded at 0.5.
-
-Prepared layout::
-
-    out_dir/{train,val,test}.npz   images (N, H, W, 3) uint8, masks (N, H, W) uint8 0/1, names (N,) str
-    out_dir/split.json             names per split, size, counts and a note on the split rule
+Image/mask pairs sorted by name are split in order (1815/259/520 of 2594, the same fractions otherwise), resized
+with PIL's bilinear filter (masks as floats, thresholded at 0.5) into ``{train,val,test}.npz`` (images uint8
+``(N, H, W, 3)``, masks 0/1, names) and ``split.json``.
 """
 
 from __future__ import annotations
@@ -63,14 +52,7 @@ _SPLIT_NOTE = (
 
 
 def isic_split_counts(n: int) -> tuple[int, int, int]:
-    """``(n_train, n_val, n_test)`` for ``n`` images.
-
-    ``n_train = round(n * 1815 / 2594)``, ``n_val = round(n * 259 / 2594)``, ``n_test`` the rest, so 2594 gives
-    exactly 1815/259/520. Each split gets at least one image (taken from the largest split).
-
-    Raises:
-        ValueError: ``n < 3``.
-    """
+    """``(n_train, n_val, n_test)`` in the 1815/259/520 fractions of 2594, each at least 1 (taken from the largest)."""
     if n < 3:
         raise ValueError(f"need at least 3 image/mask pairs to form train, val and test splits, got {n}")
     total = sum(ISIC2018_COUNTS)
@@ -161,21 +143,8 @@ def prepare_isic2018(
 ) -> dict[str, Any]:
     """Resize, binarise and split the ISIC 2018 task 1 training release (see the module docstring).
 
-    Args:
-        raw_dir: Folder containing ``ISIC2018_Task1-2_Training_Input`` and ``ISIC2018_Task1_Training_GroundTruth``
-            (or a folder one level above it).
-        out_dir: Output folder for ``{train,val,test}.npz`` and ``split.json``.
-        size: Output ``(height, width)`` in pixels.
-        overwrite: Redo even when all outputs exist.
-        progress: Show a tqdm progress bar.
-
-    Returns:
-        ``{"out_dir", "skipped": bool, "size": [H, W], "counts": {"train", "val", "test"}}``.
-
-    Raises:
-        FileNotFoundError: the raw folders are missing or hold no images.
-        ValueError: unpaired images/masks, unreadable files, mismatched shapes, fewer than 3 pairs, or existing
-            outputs made with another size or file set (pass ``overwrite=True``).
+    Complete outputs of the same size and files are kept (``"skipped": True``) unless ``overwrite``; others are an
+    error. Returns ``{"out_dir", "skipped", "size", "counts"}``.
     """
     height, width = int(size[0]), int(size[1])
     if height < 1 or width < 1:
@@ -215,19 +184,9 @@ def prepare_isic2018(
 
 
 class ISICDataset(EpochSeededDataset):
-    """One split of a prepared ISIC 2018 folder, held in memory.
+    """One split of a prepared ISIC 2018 folder, held in memory; items ``{"image", "label", "name"}``.
 
-    Items are dicts ``{"image", "label", "name"}``. With a ``transform`` it is called as ``transform(image, label,
-    rng)`` with ``image`` the unit representation (:data:`ISIC_PREPROCESSING` ``.to_unit``: float32 ``(H, W, 3)`` in
-    [0, 1]), ``label`` int64 ``(H, W)`` in {0, 1} and ``rng`` this item's stream ``default_rng([seed, epoch,
-    index])``, and must return ``(image_tensor, label_tensor)``. Without one, ``image`` is that float32 data as a
-    ``(3, H, W)`` tensor and ``label`` an int64 tensor ``(H, W)``.
-
-    Args:
-        root: Output folder of :func:`prepare_isic2018`.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        transform: Optional ``(image, label, rng) -> (tensor, tensor)`` callable.
-        seed: Seed of the augmentation streams.
+    ``transform(image, label, rng)`` gets the unit image (float32 ``(H, W, 3)``) and int64 0/1 label when given.
     """
 
     def __init__(

@@ -1,21 +1,9 @@
 """Anatomical orientation of volume grids: axis codes, and exact re-indexing (permutation and flips) between them.
 
-Slice-wise training and prediction both cut a volume along its *first array axis* (``Z`` of the ``(Z, Y, X)`` array
-that :func:`~msa2net.data.io.read_image` returns). Which anatomical plane that is depends on how the file stores
-its voxels: a brain template stored axial-first gives axial slices, the same brain stored sagittal-first gives
-sagittal ones. A model trained on one plane segments another plane badly, so this module names a grid's layout
-and converts between layouts without resampling.
-
-Axis codes: three letters, one per SimpleITK index axis ``(x, y, z)`` (i.e. array axes ``(2, 1, 0)``), each the
-world direction the index axis points *toward*, in the LPS world of ITK: ``L``/``R`` (left/right), ``P``/``A``
-(posterior/anterior), ``S``/``I`` (superior/inferior). The identity direction is ``"LPS"``; the MNI templates
-(direction ``diag(-1, -1, 1)``) are ``"RAS"``. An index axis is assigned the world axis its direction column is
-closest to, so slightly oblique grids get the code of the nearest axis-aligned layout; the letters are SimpleITK's
-(``DICOMOrientImageFilter.GetOrientationFromDirectionCosines``), which uses the same convention.
-
-:func:`reorientation` finds the permutation and flips that bring one layout to another; :class:`Reorientation`
-applies them to arrays (and back) and to geometries, so that every voxel keeps its physical position: a voxel's
-value and its world coordinates are the same before and after.
+Slicing cuts along the first array axis, so a grid's layout decides the anatomical plane a model sees. An axis
+code names, per SimpleITK index axis ``(x, y, z)``, the LPS world direction it points toward (``"LPS"`` is the
+identity, the MNI templates are ``"RAS"``), as SimpleITK's ``DICOMOrientImageFilter`` names it.
+:class:`Reorientation` moves voxels between layouts without resampling, each keeping its world position.
 """
 
 from __future__ import annotations
@@ -35,11 +23,7 @@ _LETTER = {letter: (world, 1 - 2 * side) for world, pair in enumerate(AXIS_LETTE
 
 
 def check_axis_code(code: str) -> str:
-    """``code`` in upper case when it is a valid 3-letter axis code (one letter of each pair L/R, P/A, S/I).
-
-    Raises:
-        ValueError: another length, unknown letters, or a world axis named twice (e.g. ``"LRS"``).
-    """
+    """``code`` in upper case when it is a valid 3-letter axis code (one letter of each pair L/R, P/A, S/I)."""
     text = str(code).strip().upper()
     worlds = [_LETTER[c][0] for c in text if c in _LETTER]
     if len(text) != 3 or len(worlds) != 3 or sorted(worlds) != [0, 1, 2]:
@@ -56,12 +40,7 @@ def _direction_matrix(geometry: Geometry) -> np.ndarray:
 
 
 def axis_code(geometry: Geometry) -> str:
-    """The axis code of a 3D grid (see the module docstring), e.g. ``"RAS"`` for the MNI templates.
-
-    Raises:
-        ValueError: a 2D geometry, or a direction matrix whose columns do not map to three distinct world axes
-            (degenerate or strongly oblique beyond 45 degrees in a way that makes two index axes share one).
-    """
+    """The axis code of a 3D grid, e.g. ``"RAS"`` for the MNI templates; two index axes on one world axis: refused."""
     nearest = np.argmax(np.abs(_direction_matrix(geometry)), axis=0)  # the world axis closest to each column
     if sorted(nearest.tolist()) != [0, 1, 2]:
         # ITK would still name a code here (it resolves the clash), so the clash is refused before asking it
@@ -110,12 +89,7 @@ class Reorientation:
         return np.flip(out, axis=flip_axes) if flip_axes else out
 
     def geometry(self, geometry: Geometry, size: tuple[int, int, int]) -> Geometry:
-        """The geometry of the re-indexed grid.
-
-        Args:
-            geometry: The old grid's geometry.
-            size: The old grid's size in index order ``(nx, ny, nz)`` (the array shape reversed).
-        """
+        """The geometry of the re-indexed grid, from the old one and its size ``(nx, ny, nz)``."""
         direction = _direction_matrix(geometry)
         spacing = np.asarray(geometry.spacing, dtype=np.float64)
         origin = np.asarray(geometry.origin, dtype=np.float64)
@@ -134,11 +108,7 @@ class Reorientation:
 def reorientation(source: str, target: str) -> Reorientation:
     """The re-indexing that turns a grid with axis code ``source`` into one with axis code ``target``.
 
-    Example: ``reorientation("RAS", "AIR")`` makes a ``RAS`` (axial-first) brain sagittal-first: the new first
-    array axis runs from left to right, rows from superior to inferior, columns from posterior to anterior.
-
-    Raises:
-        ValueError: either code is invalid (see :func:`check_axis_code`).
+    Example: ``reorientation("RAS", "AIR")`` makes an axial-first brain sagittal-first.
     """
     source, target = check_axis_code(source), check_axis_code(target)
     axes, flips = [], []

@@ -1,25 +1,14 @@
-"""Deterministic synthetic stand-ins for the raw Synapse (BTCV) and ISIC 2018 releases.
+"""Deterministic synthetic stand-ins for the raw Synapse (BTCV) and ISIC 2018 releases (tests, smoke runs, CI).
 
-They exist so that preparation, training and evaluation can be exercised end to end without the real data (tests,
-smoke runs, CI). They are not meant to resemble patients closely, only to have the same file layout, dtypes,
-header geometry, label ids and a learnable image-label relation.
-
-Synapse phantom conventions (CT volumes, ``RawData/Training/{img,label}``):
-
-- The array handed to SimpleITK is ``(Z, Y, X)``; the NIfTI header direction is the identity in ITK's LPS world
-  frame, so index ``x`` grows towards the patient's left, ``y`` towards posterior and ``z`` towards superior.
-  Displaying ``volume[z]`` with ``x`` to the right and ``y`` downwards therefore gives the radiological view:
-  patient left on image right, anterior at the top. Slice 0 is the most inferior one.
-- Anatomy is laid out in field-of-view-relative coordinates (``u``, ``v`` in [-1, 1] across the image, ``t`` in
-  [0, 1] from the first to the last slice), so any in-plane ``size`` and slice count give the same picture.
-- Spacing is drawn per case in realistic ranges (in-plane 0.6-0.98 mm, slices 2.5-5 mm) and written into the header.
-
-Every case is generated from its own random stream ``default_rng([seed, case_number])``, so a case's files do not
-depend on which other cases are generated with it.
+They share the real file layout, dtypes, header geometry and label ids, and have a learnable image-label relation.
+CT phantoms have an identity LPS direction (slice 0 inferior, radiological view) and anatomy laid out in
+field-of-view-relative coordinates (``u``, ``v`` in [-1, 1], ``t`` in [0, 1]); every case or image is drawn from its
+own stream ``default_rng([seed, case_number])``, independent of the others generated with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -152,16 +141,7 @@ class _Shape:
 
     def scaled(self, factor: float) -> _Shape:
         """The same shape with all semi-axes multiplied by ``factor`` (concentric)."""
-        return _Shape(
-            self.organ,
-            self.center,
-            tuple(factor * s for s in self.semi),
-            self.angle,
-            self.w,
-            self.freq,
-            self.phase,
-            self.amp,
-        )
+        return dataclasses.replace(self, semi=tuple(factor * s for s in self.semi))
 
 
 def _jitter(canvas: _Canvas, organ: _Organ, rng: np.random.Generator) -> _Shape:
@@ -391,10 +371,6 @@ def _int_pair(name: str, value: object, what: str) -> tuple[object, object]:
     return value[0], value[1]
 
 
-def _check_seed(seed: object) -> int:
-    return _whole_number("seed", seed, 0, 2**63 - 1)
-
-
 def _case_id(case: str | int) -> str:
     if isinstance(case, bool) or not isinstance(case, (str, int, np.integer)):
         raise ValueError(f"case ids are BTCV numbers like '0001' or 1, got {case!r} ({type(case).__name__})")
@@ -413,29 +389,10 @@ def make_synapse_phantom(
     slices: tuple[int, int] = (24, 40),
     size: int = 512,
 ) -> list[str]:
-    """Write synthetic CT volumes and 13-organ BTCV label maps in the raw BTCV layout.
+    """Write int16 HU volumes and uint8 BTCV label maps (all 13 organs) under ``out_dir/RawData/Training``.
 
-    Files: ``out_dir/RawData/Training/img/imgXXXX.nii.gz`` (int16 HU: air -1000, fat -100, muscle ~40, bone 700,
-    organs between 5 and 180 HU, Gaussian noise of 10 HU and a gentle smooth bias) and
-    ``out_dir/RawData/Training/label/labelXXXX.nii.gz`` (uint8 BTCV ids 0..13, see :data:`BTCV_LABEL_NAMES`). Both
-    carry the same per-case spacing (in-plane 0.6-0.98 mm, slices 2.5-5 mm), origin and identity direction. Every case
-    contains all 13 structures. Existing files of the same cases are replaced (atomically).
-
-    Args:
-        out_dir: Root folder; ``RawData`` is created inside it.
-        cases: BTCV case numbers (``"0001"`` or ``1``); default :data:`DEFAULT_SYNAPSE_PHANTOM_CASES`.
-        seed: Seed; the same seed and case always give identical files.
-        slices: Inclusive range of the number of slices drawn per case.
-        size: In-plane size in pixels (square), e.g. 512 as in BTCV or 64-128 for fast tests.
-
-    Returns:
-        The four-digit case ids written, in the given order.
-
-    Raises:
-        ValueError: (before anything is written) ``size`` is not a whole number from 16 to
-            :data:`MAX_SYNAPSE_PHANTOM_SIZE`; ``slices`` is not a pair of whole numbers ``lo <= hi`` from 1 to
-            :data:`MAX_SYNAPSE_PHANTOM_SLICES`; ``seed`` is not a non-negative whole number; ``cases`` is empty,
-            names a case twice or holds something other than a BTCV number.
+    ``slices`` is the inclusive range of slice counts drawn per case, ``size`` the square in-plane size. Arguments
+    are checked before anything is written; returns the four-digit case ids in the given order.
     """
     lo, hi = _int_pair("slices", slices, "(lo, hi) of slice counts")
     lo = _whole_number("slices[0] (fewest slices)", lo, 1, MAX_SYNAPSE_PHANTOM_SLICES)
@@ -443,7 +400,7 @@ def make_synapse_phantom(
     if hi < lo:
         raise ValueError(f"slices must be an inclusive range (lo, hi) with 1 <= lo <= hi, got {slices}")
     size = _whole_number("size (in-plane pixels)", size, 16, MAX_SYNAPSE_PHANTOM_SIZE)
-    seed = _check_seed(seed)
+    seed = _whole_number("seed", seed, 0, 2**63 - 1)
     if cases is not None and (isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence)):
         raise ValueError(f"cases must be a list of BTCV case numbers like ['0001', '0002'], got {cases!r}")
     ids = [_case_id(c) for c in (DEFAULT_SYNAPSE_PHANTOM_CASES if cases is None else cases)]
@@ -512,33 +469,17 @@ def make_isic_phantom(
     seed: int = 0,
     size: tuple[int, int] = (192, 256),
 ) -> list[str]:
-    """Write synthetic dermoscopy images and lesion masks in the ISIC 2018 task 1 layout.
+    """Write ``n`` RGB JPEG lesion images and 0/255 PNG masks in the ISIC 2018 task 1 layout; returns their ids.
 
-    Files: ``out_dir/ISIC2018_Task1-2_Training_Input/ISIC_XXXXXXX.jpg`` (RGB, skin-tone background with texture and
-    noise, a darker brown irregular lesion, sometimes hairs and a dark vignette) and
-    ``out_dir/ISIC2018_Task1_Training_GroundTruth/ISIC_XXXXXXX_segmentation.png`` (uint8 0/255). Image ``i`` is drawn
-    from ``default_rng([seed, i])``, so it does not depend on ``n``.
-
-    Args:
-        out_dir: Root folder.
-        n: Number of image/mask pairs; names are ``ISIC_0000000`` .. in order.
-        seed: Seed; the same seed gives identical files.
-        size: ``(height, width)`` in pixels.
-
-    Returns:
-        The image ids written (``"ISIC_0000000"``, ...).
-
-    Raises:
-        ValueError: (before anything is written) ``n`` is not a whole number from 1 to
-            :data:`MAX_ISIC_PHANTOM_IMAGES`; ``size`` is not a pair of whole numbers from 16 to
-            :data:`MAX_ISIC_PHANTOM_SIZE`; ``seed`` is not a non-negative whole number.
+    Arguments are checked before anything is written.
     """
     n = _whole_number("n (number of images)", n, 1, MAX_ISIC_PHANTOM_IMAGES)
     height, width = _int_pair("size", size, "(height, width) of pixel counts")
     height = _whole_number("size[0] (height)", height, 16, MAX_ISIC_PHANTOM_SIZE)
     width = _whole_number("size[1] (width)", width, 16, MAX_ISIC_PHANTOM_SIZE)
-    seed = _check_seed(seed)
+    seed = _whole_number("seed", seed, 0, 2**63 - 1)
     root = Path(out_dir)
+
     names = [f"ISIC_{i:07d}" for i in range(n)]
     for i, name in enumerate(names):
         from PIL import Image

@@ -1,16 +1,6 @@
-"""How raw image intensities become model input.
-
-A :class:`Preprocessing` is recorded in every checkpoint and re-applied at prediction time, so a model always sees
-its inputs mapped exactly as during training. The mapping has two stages:
-
-1. :meth:`Preprocessing.to_unit`: raw intensities -> ``float32`` roughly in ``[0, 1]`` (depends on ``kind``);
-   augmentation works on this representation.
-2. :meth:`Preprocessing.normalize`: ``(x - mean) / std`` per channel (model space; 0.5/0.5 maps [0, 1] to
-   [-1, 1] as the released MSA2Net code does).
-
-Array layout: one-channel data has no channel axis (``(H, W)`` slices or ``(D, H, W)`` volumes); several channels
-are channels-last (``(H, W, C)`` or ``(D, H, W, C)``).
-"""
+"""How raw image intensities become model input: :meth:`Preprocessing.to_unit` (raw -> [0, 1], where augmentation
+works) then :meth:`Preprocessing.normalize` (``(x - mean) / std``). Checkpoints record it and prediction re-applies
+it. One-channel data have no channel axis; several channels are channels-last."""
 
 from __future__ import annotations
 
@@ -65,31 +55,10 @@ def _check_finite(array: np.ndarray) -> None:
 class Preprocessing:
     """Intensity mapping from raw image values to model input.
 
-    Kinds:
-
-    * ``"ct_window"``: clip to ``window`` (HU, default (-125, 275)), then ``(x - lo) / (hi - lo)`` -> [0, 1].
-    * ``"unit"``: data already in [0, 1] (the TransUNet Synapse release) is passed through unchanged. Values
-      slightly outside [0, 1] (within :data:`UNIT_TOLERANCE`) are kept as the legacy pipeline kept them; data
-      further outside is rejected because it is evidently not [0, 1] data.
-    * ``"zscore"`` (for MR and other modalities without absolute units): per channel, clip to the
-      ``clip_percentiles`` (default 0.5 and 99.5) percentiles of the array passed in, then min-max to [0, 1]. The
-      statistics come from the whole array given, so pass a whole volume (not single slices) to get one mapping
-      per case. A constant channel maps to 0. (The name is kept for familiarity; it is a robust min-max.)
-    * ``"rgb"``: 8-bit data (0..255) divided by 255. With ``in_channels=3``, ``(H, W, 4)`` RGBA input loses its
-      alpha channel and ``(H, W)`` or ``(H, W, 1)`` grey input is repeated into three channels; with
-      ``in_channels=1`` it is the plain 8-bit grey mapping.
-
-    Channel rules for the other kinds: with ``in_channels == 1`` the array has no channel axis; with more, the last
-    axis must hold exactly ``in_channels`` channels. A colour raster (``uint8`` ``(H, W, 3|4)``) given to a
-    one-channel preprocessing is rejected rather than silently mixed into grey.
-
-    Attributes:
-        kind: One of :data:`KINDS`.
-        in_channels: Number of model input channels.
-        window: ``(lo, hi)`` in HU for ``ct_window`` (defaults to :data:`DEFAULT_CT_WINDOW`); None otherwise.
-        mean: Model-space mean per channel, applied after mapping to [0, 1] (one value is broadcast).
-        std: Model-space standard deviation per channel (positive; one value is broadcast).
-        clip_percentiles: ``(low, high)`` percentiles used by ``zscore``.
+    ``ct_window`` clips to ``window`` HU and scales to [0, 1]; ``unit`` passes [0, 1] data through (within
+    :data:`UNIT_TOLERANCE`); ``zscore`` is a robust per-channel min-max between the ``clip_percentiles`` of the
+    whole array given (pass a whole volume); ``rgb`` divides 8-bit data by 255 (RGBA loses alpha, grey is repeated
+    for 3 channels). ``mean``/``std`` are per channel (one value is broadcast).
     """
 
     kind: str
@@ -150,12 +119,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
-        """Inverse of :meth:`to_dict`.
-
-        Raises:
-            ValueError: ``data`` has keys this class does not know (e.g. from a newer version or a typo) or lacks
-                ``kind`` or ``in_channels``; or a value is invalid.
-        """
+        """Inverse of :meth:`to_dict`; unknown or missing keys are a ValueError."""
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known))
         missing = [k for k in ("kind", "in_channels") if k not in data]
@@ -203,19 +167,7 @@ class Preprocessing:
         return array
 
     def to_unit(self, array: np.ndarray) -> np.ndarray:
-        """Map raw intensities to ``float32`` in [0, 1] (the representation augmentation works on).
-
-        Args:
-            array: Raw values, ``(..., H, W)`` for one channel or channels-last ``(..., H, W, C)``.
-
-        Returns:
-            ``float32`` array, channels-last when ``in_channels > 1``, values in [0, 1] (``unit`` data keeps its
-            small excursions, see the class docstring).
-
-        Raises:
-            ValueError: NaN/inf values (with their counts), a channel layout that does not fit ``in_channels``,
-                8-bit data outside 0..255 for ``rgb``, or ``unit`` data far outside [0, 1].
-        """
+        """Map raw intensities to ``float32`` in [0, 1]; NaN/inf, a wrong channel layout or range are a ValueError."""
         array = np.asarray(array)
         if array.dtype == bool or not (np.issubdtype(array.dtype, np.number)):
             raise ValueError(f"expected a numeric image array, got dtype {array.dtype}")
@@ -259,38 +211,21 @@ class Preprocessing:
         return result.astype(np.float32, copy=False)
 
     def normalize(self, unit: np.ndarray) -> np.ndarray:
-        """Model-space normalisation ``(x - mean) / std`` of :meth:`to_unit` output (channels last).
-
-        Returns:
-            ``float32`` array of the input shape.
-        """
+        """Model-space normalisation ``(x - mean) / std`` of :meth:`to_unit` output (channels last), float32."""
         unit = np.asarray(unit, dtype=np.float32)
-        if self.in_channels == 1:
-            return ((unit - np.float32(self.mean[0])) / np.float32(self.std[0])).astype(np.float32)
-        if unit.shape[-1:] != (self.in_channels,):
+        if self.in_channels > 1 and unit.shape[-1:] != (self.in_channels,):
             raise ValueError(f"expected channels-last data with {self.in_channels} channels, got shape {unit.shape}")
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         return ((unit - mean) / std).astype(np.float32)
 
     def input_mismatch(self, image: np.ndarray, what: str = "the input", raster: bool = False) -> str | None:
-        """Why ``image`` does not look like what this mapping was built for, or None when it does.
+        """Why ``image`` (named ``what``; ``raster``: from a PNG/JPEG/BMP/TIFF) does not look like this mapping's input.
 
-        The preprocessing fixes what input intensities mean; an input of another kind maps to values the model never
-        saw, and its mask is meaningless without any error. Checked:
-
-        * ``ct_window`` expects Hounsfield units, which are negative for air (-1000) and fat (about -100): unsigned
-          integers (an 8/16-bit picture, or HU stored with an offset), a raster (PNG, JPEG, BMP, TIFF) whose values
-          all lie in [0, 255] (a picture), or floats all in [0, 1] (already scaled) do not fit.
-        * ``rgb`` expects 8-bit values 0..255: floats all in [0, 1] (already scaled) do not fit.
-        * ``unit`` expects [0, 1] and ``zscore`` takes any range; values outside the range ``rgb`` and ``unit``
-          accept are refused by :meth:`to_unit` itself.
-
-        Args:
-            image: The raw input array.
-            what: How the input is named in the message (e.g. ``"a raster image"``, ``"a .nii.gz volume"``).
-            raster: Whether it came from a raster file (PNG, JPEG, BMP, TIFF).
+        An input of another kind maps to values the model never saw: ``ct_window`` refuses unsigned integers, 0..255
+        rasters and [0, 1] floats (HU are negative for air and fat); ``rgb`` refuses [0, 1] floats. None: it fits.
         """
+
         if image.size == 0 or image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.number):
             return None
         lo, hi = float(image.min()), float(image.max())

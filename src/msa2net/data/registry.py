@@ -1,9 +1,6 @@
 """The dataset kinds msa2net knows, and :func:`open_source`, which opens a folder as the right one.
 
-Importing this module registers the built-in sources (Synapse, ISIC 2018, dataset folders); a kind of one's own is a
-:class:`~msa2net.data.source.Source` subclass decorated with :func:`~msa2net.data.source.register_source`, found
-here once its module is imported. The sources import :mod:`msa2net.data.source` only, and this module imports them:
-no import cycle.
+Importing this module registers the built-in sources; they import :mod:`msa2net.data.source` only (no cycle).
 """
 
 from __future__ import annotations
@@ -47,17 +44,9 @@ def source_option_choices(name: str) -> tuple[str, ...]:
 def open_source(
     root: str | os.PathLike[str], kind: str | None = None, options: Mapping[str, Any] | None = None
 ) -> Source:
-    """Open a prepared dataset folder as a :class:`Source`.
+    """Open a prepared dataset folder as a :class:`Source` of ``kind`` (None: detected from its files).
 
-    Args:
-        root: The folder.
-        kind: A registered kind (:func:`source_kinds`), or None to detect it from the folder's files.
-        options: Kind-specific options (e.g. Synapse's ``labels`` and ``intensity``); None values mean the kind's
-            default. A non-None option the kind does not have is an error.
-
-    Raises:
-        FileNotFoundError: ``root`` does not exist.
-        ValueError: unknown kind, a folder that no kind (or several) recognises, or an option the kind lacks.
+    ``options`` are kind-specific (None values: the kind's default); a non-None option the kind lacks is an error.
     """
     registry = registered_sources()
     root = Path(root)

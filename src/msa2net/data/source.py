@@ -1,26 +1,9 @@
 """One seam between data and engine: every dataset kind reaches training and evaluation as a :class:`Source`.
 
-A :class:`Source` wraps one prepared dataset folder and answers everything the engine needs to know, so the engine
-never asks which kind it holds:
-
-- what it contains: :attr:`Source.class_names`, :attr:`Source.in_channels`, and the :class:`Preprocessing` that
-  maps the kind's *raw* files (the files a user will later segment) to model input; this is what checkpoints store;
-- how its scores are formed: per case (Synapse, dataset folders) or pooled over all pixels of a split
-  (:attr:`Source.pooled`, ISIC 2018);
-- which cases train, validate and test (:meth:`Source.split`, :meth:`Source.test_ids`);
-- which anatomical layout its volumes have (:meth:`Source.slice_orientation`), so that prediction slices new
-  files in the plane the model was trained on;
-- what a model card says about it (:meth:`Source.dataset_record`: name, description, classes, channels);
-- the slice-wise training dataset (:meth:`Source.training_dataset`) and whole labelled cases for validation and
-  evaluation (:meth:`Source.cases`), as :class:`Case` records.
-
-Representation contract: :attr:`Case.image` and the images a training dataset hands to its transform are in the
-*unit* representation, the output of :meth:`Preprocessing.to_unit` (``float32``, roughly [0, 1]). The model-space
-step (:meth:`Preprocessing.normalize`) is applied by the training transform and by inference with the same
-:class:`Preprocessing`, so training and prediction normalise identically.
-
-Adding a dataset kind is one subclass registered with :func:`register_source`;
-:func:`msa2net.data.registry.open_source` finds it by ``kind`` or by :meth:`Source.detect`.
+A source tells the engine its classes, channels, raw-file :class:`Preprocessing` (what checkpoints store), whether
+scores pool pixels, the case split, slice orientation, model-card record, training dataset and whole :class:`Case`
+records. Images handed out are in the unit representation (:meth:`Preprocessing.to_unit` output). A new kind is a
+subclass registered with :func:`register_source`.
 """
 
 from __future__ import annotations
@@ -53,18 +36,8 @@ __all__ = [
 
 @dataclass
 class Case:
-    """One labelled case, whatever the dataset kind.
-
-    Attributes:
-        name: Case id, unique within its source (e.g. ``"case0001"``, a file stem, ``"isic_test"``).
-        image: ``float32`` unit representation (:meth:`Preprocessing.to_unit` output), ``(D, H, W)`` for one channel
-            or channels-last ``(D, H, W, C)``; 2D data are one-slice volumes (``D == 1``), and a pooled split
-            stacks its images along ``D``.
-        label: ``int64`` class ids, ``(D, H, W)``.
-        spacing: Voxel size in mm in array axis order ``(z, y, x)``; None when unknown (distances then in voxels).
-        geometry: Geometry of the source image file (SimpleITK order), to write predictions back; None when the
-            source has none (ISIC arrays; the TransUNet release, which records spacing only).
-    """
+    """One labelled case: unit ``float32`` image ``(D, H, W[, C])``, ``int64`` label ``(D, H, W)``, spacing
+    ``(z, y, x)`` mm and the source file's geometry (None when unknown)."""
 
     name: str
     image: np.ndarray
@@ -85,9 +58,7 @@ class Split:
 class EpochSeededDataset(Dataset):
     """Base of every training dataset: item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``.
 
-    The epoch lives in a shared-memory tensor, so :meth:`set_epoch` reaches DataLoader workers, persistent ones
-    included, as long as it is called before the loader is iterated for that epoch. Augmentation is therefore
-    reproducible from the seed, differs between epochs and items, and does not depend on the number of workers.
+    The epoch lives in a shared-memory tensor, so :meth:`set_epoch` reaches DataLoader workers, persistent included.
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -113,18 +84,7 @@ class EpochSeededDataset(Dataset):
 
 
 def split_cases(cases: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Hold out whole cases for validation, reproducibly.
-
-    The ids are sorted and shuffled with ``np.random.default_rng(seed)``; ``round(n * val_fraction)`` of them (at
-    least 1 and at most ``n - 1`` when ``val_fraction > 0``) validate. Splitting by case, not by slice, keeps the
-    slices of one patient on one side. The result depends only on the set of ids, the fraction and the seed.
-
-    Returns:
-        ``(train, val)``, each sorted, disjoint, together all ids.
-
-    Raises:
-        ValueError: ``val_fraction`` outside [0, 1), duplicate ids, or fewer than 2 cases with ``val_fraction > 0``.
-    """
+    """Hold out ``round(n * val_fraction)`` whole cases (1 to ``n - 1``), shuffled by ``seed``; sorted train, val."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     ordered = sorted(cases)
@@ -182,13 +142,8 @@ class Source(ABC):
         return self.test_ids()
 
     def slice_orientation(self) -> str | None:
-        """The axis code (:mod:`msa2net.data.orientation`) shared by the training volumes, or None.
-
-        Slice-wise training cuts along the first array axis, so this code says which anatomical plane the model
-        learns (e.g. ``"RAS"``: axial slices; ``"AIR"``: sagittal). Checkpoints store it, and prediction re-indexes
-        an input with another layout to it (and the mask back). None when unknown or meaningless: 2D data, volumes
-        without a trustworthy geometry, or training volumes of different layouts.
-        """
+        """The axis code shared by the training volumes (the plane the model learns; prediction re-indexes inputs
+        to it), or None for 2D data, untrustworthy geometry or mixed layouts."""
         return None
 
     def normalize_id(self, case: str) -> str:
@@ -217,13 +172,8 @@ class Source(ABC):
         return f"{self.kind} data at {self.root} ({self.num_classes} classes, {self.in_channels} channel(s))"
 
     def dataset_record(self) -> DatasetRecord:
-        """What a model card says about this dataset, as a small JSON-able record
-        (:class:`~msa2net.constants.DatasetRecord`: kind, name, description, reference, class and channel names, ...).
-        Training stores it in checkpoints and ``publish`` copies it into ``config.json``.
+        """What a model card says about this dataset (kind, folder name, classes); kinds that know more override it."""
 
-        This base record holds the kind, the folder's name as the name and the class names; kinds that know more
-        (a public dataset's description and reference, a dataset folder's ``dataset.json``) override it.
-        """
         return {"kind": self.kind, "name": self.root.resolve().name, "class_names": list(self.class_names)}
 
     def select(self, ids: Sequence[str], available: Sequence[str], what: str) -> list[str]:
@@ -245,17 +195,9 @@ class Source(ABC):
         train_cases: Sequence[str] | None = None,
         seed: int = 0,
     ) -> Split:
-        """Training and validation case ids.
+        """Training and validation case ids: ``"held_out"`` (``val_cases``, else :func:`split_cases`), ``"test"``
+        (validate on :meth:`test_ids`, with a note that they are then no clean test) or ``"none"``."""
 
-        Args:
-            validation: ``"held_out"`` (hold out ``val_cases``, or ``val_fraction`` of the training cases chosen
-                by :func:`split_cases`), ``"test"`` (validate on :meth:`test_ids`, the authors' practice: its
-                scores are then no clean test, and a note says so) or ``"none"``.
-            val_fraction: Share of training cases held out when ``val_cases`` is not given.
-            val_cases: Explicit validation case ids (held out of training).
-            train_cases: Restrict training to these case ids.
-            seed: Seed of the held-out draw.
-        """
         if validation not in VALIDATION_MODES:
             raise ValueError(f"data.validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}")
         available = self.train_ids()

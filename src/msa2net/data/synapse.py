@@ -1,24 +1,9 @@
-"""Synapse multi-organ CT (BTCV abdomen, 8 organs): the TransUNet layout, its datasets and its source (preparation of
-the raw BTCV download: :mod:`msa2net.data.synapse_prepare`).
+"""Synapse multi-organ CT (BTCV abdomen, 8 organs): the TransUNet layout, its datasets and :class:`SynapseSource`.
 
-Prepared layout (the one of the public TransUNet release, plus ``spacing.json``)::
-
-    root/train_npz/caseXXXX_sliceZZZ.npz   arrays image (H, W) float32 in [0, 1], label (H, W) float32 class ids
-    root/test_vol_h5/caseXXXX.npy.h5       datasets image (D, H, W) float32, label (D, H, W) float32
-    root/lists_Synapse/train.txt           slice names (no extension), one per line
-    root/lists_Synapse/test_vol.txt        case names (caseXXXX), one per line
-    root/spacing.json                      {"caseXXXX": [z_mm, y_mm, x_mm]}, array axis order (written by prepare only)
-
-Axis order: volumes are ``(Z, Y, X)`` = ``(slice, row, column)`` in NIfTI file order, which is exactly the TransUNet
-release's order (nibabel's ``(X, Y, Z)`` array transposed by ``(2, 1, 0)``); a slice is ``volume[z]``. No
-reorientation is applied. Intensities: :data:`~msa2net.data.preprocessing.CT_PREPROCESSING` (HU clipped to
-[-125, 275] and mapped by ``(x + 125) / 400`` to [0, 1]).
-Labels: BTCV ids mapped by :data:`BTCV_TO_SYNAPSE` to the 8 organ classes of :data:`CLASS_NAMES`.
-
-The public TransUNet download (``train_npz``, ``test_vol_h5``, ``lists_Synapse`` without ``spacing.json``) works
-with the datasets here without a prepare step; volume spacing is then reported as None.
-
-The engine reaches all of this through :class:`SynapseSource` (see :mod:`msa2net.data.source`).
+Layout (the public TransUNet release, which works as is, plus ``spacing.json`` from ``prepare synapse``):
+``train_npz/caseXXXX_sliceZZZ.npz`` slices, ``test_vol_h5/caseXXXX.npy.h5`` volumes ``(Z, Y, X)`` in NIfTI file
+order, ``lists_Synapse/{train,test_vol}.txt`` and ``spacing.json`` (``[z, y, x]`` mm per case). Images are HU
+windowed to [0, 1] (:data:`~msa2net.data.preprocessing.CT_PREPROCESSING`), labels the 8 classes of :data:`CLASS_NAMES`.
 """
 
 from __future__ import annotations
@@ -81,11 +66,7 @@ _RANGE_TOL = 1e-3
 
 
 def case_name(case: str | int) -> str:
-    """Normalise a case id: ``"0005"``, ``5`` or ``"case0005"`` -> ``"case0005"``.
-
-    Raises:
-        ValueError: the id is not a BTCV case number.
-    """
+    """Normalise a case id: ``"0005"``, ``5`` or ``"case0005"`` -> ``"case0005"``."""
     text = str(case).strip()
     digits = text[4:] if text.lower().startswith("case") else text
     if not digits.isdigit():
@@ -94,11 +75,7 @@ def case_name(case: str | int) -> str:
 
 
 def btcv_to_synapse(labels: np.ndarray) -> np.ndarray:
-    """Map BTCV ids 0..13 to Synapse classes 0..8 (int64, same shape).
-
-    Raises:
-        ValueError: values outside 0..13 or non-integer values.
-    """
+    """Map BTCV ids 0..13 to Synapse classes 0..8 (int64, same shape); other values are a ValueError."""
     arr = np.asarray(labels)
     ids = np.rint(arr).astype(np.int64)
     if arr.size and (not np.array_equal(ids, arr) or ids.min() < 0 or ids.max() > 13):
@@ -210,25 +187,11 @@ def available_cases(root: str | os.PathLike[str], list_file: str = "train.txt") 
 
 
 class SynapseSliceDataset(EpochSeededDataset):
-    """Training slices ``root/train_npz/<name>.npz`` for the names in ``root/lists_Synapse/<list_file>``.
+    """Training slices ``root/train_npz/<name>.npz`` listed in ``root/lists_Synapse/<list_file>``.
 
-    Items are dicts ``{"image", "label", "name"}``. With a ``transform`` it is called as
-    ``transform(image, label, rng)`` with ``image`` float32 ``(H, W)`` in [0, 1], ``label`` int64 ``(H, W)`` Synapse
-    class ids and ``rng`` this item's stream (see :class:`EpochSeededDataset`), and must return
-    ``(image_tensor, label_tensor)``. Without one, ``image`` is a float32 tensor ``(1, H, W)`` and ``label`` an int64
-    tensor ``(H, W)``.
-
-    Args:
-        root: Prepared root (or the TransUNet download).
-        cases: Keep only these cases (``"case0005"``, ``"0005"`` or 5); None keeps all listed.
-        list_file: List of slice names inside ``root/lists_Synapse``.
-        transform: Optional ``(image, label, rng) -> (tensor, tensor)`` callable.
-        labels: ``"synapse8"`` (ids 0..8; larger ids are an error explaining the 14-class release) or ``"btcv14"``
-            (ids 0..13 mapped with :data:`BTCV_TO_SYNAPSE`). An 8-class file read as ``"btcv14"`` would be mapped
-            wrongly; this cannot be detected.
-        intensity: ``"strict"`` (values outside [0, 1] by more than 1e-3 are an error) or ``"clip"`` (clip to
-            [0, 1]). Tiny excursions within the tolerance are clipped in both modes.
-        seed: Seed of the augmentation streams.
+    Items are ``{"image", "label", "name"}``, through ``transform(image, label, rng)`` when given. ``labels``:
+    ``"synapse8"`` ids or ``"btcv14"`` ids mapped by :data:`BTCV_TO_SYNAPSE`; ``intensity``: ``"strict"`` (outside
+    [0, 1] by more than 1e-3 is an error) or ``"clip"``.
     """
 
     def __init__(
@@ -287,14 +250,9 @@ class SynapseSliceDataset(EpochSeededDataset):
 
 
 class SynapseVolumeDataset(Dataset):
-    """Whole test volumes ``root/test_vol_h5/<case>.npy.h5`` for the cases in ``root/lists_Synapse/<list_file>``.
+    """Whole test volumes ``root/test_vol_h5/<case>.npy.h5`` as :class:`~msa2net.data.source.Case` records.
 
-    Items are :class:`~msa2net.data.source.Case` records: ``image`` float32 ``(D, H, W)`` in [0, 1], ``label``
-    int64 ``(D, H, W)``, ``spacing`` ``(z, y, x)`` mm from ``root/spacing.json`` (None when the file or the case is
-    absent, as in the public download) and a geometry with that spacing (zero origin, identity direction: the
-    release keeps no more). ``labels`` and ``intensity`` act as in :class:`SynapseSliceDataset`.
-
-    :meth:`from_train_slices` builds the same kind of dataset from the training slices of held-out cases.
+    Spacing comes from ``spacing.json`` (None without it); :meth:`from_train_slices` stacks training slices instead.
     """
 
     def __init__(
@@ -406,18 +364,7 @@ class SynapseVolumeDataset(Dataset):
 
 @register_source
 class SynapseSource(Source):
-    """A prepared Synapse folder (``prepare synapse`` output or the TransUNet release) as a :class:`Source`.
-
-    Case ids are ``caseXXXX``. Training cases are those of ``lists_Synapse/train.txt`` (slices in ``train_npz``),
-    test cases those of ``test_vol.txt`` (volumes in ``test_vol_h5``). Checkpoints store
-    :data:`~msa2net.data.preprocessing.CT_PREPROCESSING`: prepared slices are already HU-windowed to [0, 1], and
-    raw CT scans given to ``predict`` later get the same window.
-
-    Args:
-        root: The prepared folder.
-        labels: ``"synapse8"`` or ``"btcv14"`` (see :class:`SynapseSliceDataset`).
-        intensity: ``"strict"`` or ``"clip"`` (see :class:`SynapseSliceDataset`).
-    """
+    """A prepared Synapse folder as a :class:`Source`: ``train.txt`` cases train, ``test_vol.txt`` cases test."""
 
     kind = "synapse"
     OPTIONS = {"labels": LABEL_MODES, "intensity": INTENSITY_MODES}

@@ -171,6 +171,7 @@ def _write_train_case(train_dir: Path, case: str, image: np.ndarray, label: np.n
     try:
         for z, name in enumerate(names):
             _save_slice(staging / f"{name}.npz", image[z], label[z])
+
         for old in train_dir.glob(f"{case}_slice*.npz"):
             old.unlink()
         for name in names:
@@ -190,32 +191,11 @@ def prepare_synapse(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Convert the raw BTCV release to the TransUNet npz/h5 layout, keeping each case's voxel spacing.
+    """Convert the raw BTCV release (``raw_dir`` holds ``RawData`` or is it) to the TransUNet npz/h5 layout.
 
-    Input: ``raw_dir/RawData/Training/{img/imgXXXX.nii.gz, label/labelXXXX.nii.gz}``; ``raw_dir`` may also point
-    at ``RawData`` itself. Cases of :data:`TEST_CASES` become ``test_vol_h5/caseXXXX.npy.h5``, the others
-    ``train_npz/caseXXXX_sliceZZZ.npz`` (cases outside the official 30 go to training, with a warning). See the
-    module docstring for the output layout, axis order, intensity window and label map. Volumes keep their in-plane
-    size (512x512 for BTCV); resizing to the network input happens in the training transform.
-
-    ``lists_Synapse/train.txt`` (sorted slice names of this raw folder's training cases) and ``test_vol.txt`` (sorted
-    test case names) are rewritten at the end; ``spacing.json`` (``[z, y, x]`` mm in array axis order) is merged
-    after every case. All writes are atomic; a case is skipped when all its output files exist (its slice count is
-    read from the header), so an interrupted run resumes where it stopped. ``overwrite=True`` redoes every case.
-
-    Args:
-        raw_dir: Folder containing ``RawData`` (or ``RawData`` itself).
-        out_dir: Output root; created if missing.
-        overwrite: Redo cases whose outputs already exist.
-        progress: Show a tqdm progress bar.
-
-    Returns:
-        Summary: ``{"out_dir", "done": [cases], "skipped": [cases], "train_cases", "test_cases", "train_slices"}``.
-
-    Raises:
-        FileNotFoundError: no BTCV folder structure under ``raw_dir``.
-        ValueError: an image without label, an unreadable file, image/label shape or geometry mismatch, or label ids
-            outside 0..13; the message names the case and what to do.
+    :data:`TEST_CASES` become volumes, the others (unofficial ones with a warning) slices, at their own in-plane
+    size; ``spacing.json`` is merged after every case and the lists are rewritten at the end. Writes are atomic and a
+    case whose outputs exist is skipped unless ``overwrite``, so an interrupted run resumes. Returns a summary.
     """
     raw = Path(raw_dir)
     out = Path(out_dir)

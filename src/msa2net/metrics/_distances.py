@@ -58,17 +58,11 @@ _DEFAULT_MAX_WORKERS = 4
 
 @dataclass(frozen=True)
 class _Plan:
-    """How surface distances are computed. Every plan gives the same figures; only the work differs.
+    """How surface distances are computed (tests force each path); every plan gives the same figures.
 
-    Attributes:
-        small_crop_voxels: Crops with fewer voxels get exact distances from one feature transform of the crop
-            per direction and metric, with no bounds.
-        bounds: ``"auto"`` (window for compact queries, blocks otherwise), ``"window"`` or ``"blocks"``.
-        exact: ``"auto"`` (the cheaper), ``"window"`` or ``"tree"``.
-        block: Side of a block along the finest axis, in voxels (coarser axes get fewer voxels per block, so
-            that blocks are about cubic in the metric's units).
-        margin: Margin of a speculative window along the finest axis, in voxels.
-        window_share: A speculative window is used when it holds at most this share of the crop.
+    Crops under small_crop_voxels get one feature transform; bounds and exact choose the paths ("auto":
+    the cheaper); block and margin are in voxels along the finest axis; a speculative window is used when it
+    holds at most window_share of the crop.
     """
 
     small_crop_voxels: int = 1 << 21
@@ -171,16 +165,8 @@ def _tree_distances(queries: np.ndarray, target_points: np.ndarray, sampling: _S
 
 @dataclass
 class _Bounds:
-    """Bounds of the distances of one direction, per entry: a query voxel, or a block of query voxels.
-
-    Attributes:
-        lower: Lower bound per entry.
-        upper: Upper bound per entry (equal to ``lower`` where the distance is known exactly).
-        weight: Query voxels per entry; ``None`` when every entry is one query (then entry ``i`` is the query
-            ``side.points[:, i]``).
-        cells: For blocks: flat index of each entry's block in the grid of blocks.
-        factors: For blocks: block size per axis, in voxels.
-    """
+    """Bounds of the distances of one direction, per entry (a query voxel, or a block of them with its weight,
+    cells index and block factors); upper == lower where a distance is exact."""
 
     lower: np.ndarray
     upper: np.ndarray
@@ -341,20 +327,8 @@ def _surface_figures(
     plan: _Plan | None = None,
     boxes: tuple[tuple[slice, ...] | None, tuple[slice, ...] | None] = (None, None),
 ) -> dict[_Sampling, tuple[float, float]]:
-    """HD95 and NSD of two non-empty boolean masks of the same shape (already cropped), per metric.
-
-    Args:
-        pred: Boolean mask with foreground.
-        gt: Boolean mask of the same shape with foreground.
-        requests: ``{sampling: (hd95_wanted, nsd_tolerance)}`` per metric (``None``: voxels); a tolerance of
-            ``None`` asks for no NSD.
-        plan: How to compute (tests force each path); the figures do not depend on it. Default
-            ``_DEFAULT_PLAN``, looked up at each call.
-        boxes: The bounding boxes of ``pred`` and ``gt`` where known (else found when needed).
-
-    Returns:
-        ``{sampling: (hd95, nsd)}``, NaN for a figure not asked for.
-    """
+    """{sampling: (hd95, nsd)} of two non-empty cropped boolean masks for requests
+    {sampling: (hd95_wanted, nsd_tolerance)}; NaN for a figure not asked for. plan changes only the work."""
     plan = plan or _DEFAULT_PLAN
     sides = (_Side(pred, boxes[0]), _Side(gt, boxes[1]))
     results: dict[_Sampling, tuple[float, float]] = {}

@@ -77,18 +77,9 @@ def _empty_value(empty: EmptyPolicy, shape: tuple[int, ...], spacing: tuple[floa
 
 
 def diagonal_mm(shape: Sequence[int], spacing: float | Sequence[float] | None = None) -> float:
-    """Length of the diagonal of the image's field of view.
+    """``sqrt(sum((shape[i] * spacing[i]) ** 2))``: the field of view's diagonal, in mm (voxels without ``spacing``).
 
-    Useful as a penalty distance for an empty mask: it is larger than any distance between two
-    voxels of the image.
-
-    Args:
-        shape: Array shape, one entry per axis.
-        spacing: Voxel size per axis in mm (a single number applies to every axis); ``None`` means
-            1 per axis, so the result is in voxels.
-
-    Returns:
-        ``sqrt(sum((shape[i] * spacing[i]) ** 2))`` in mm (voxels when ``spacing`` is ``None``).
+    Larger than any distance between two voxels, so usable as the penalty of an empty mask.
     """
     dims = tuple(int(n) for n in shape)
     if any(n < 0 for n in dims):

@@ -33,17 +33,10 @@ def _dice_counts(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice similarity coefficient ``2|P & G| / (|P| + |G|)`` of two masks.
+    """Dice similarity coefficient ``2|P & G| / (|P| + |G|)`` of two masks (non-zero is foreground).
 
-    Args:
-        pred: Predicted mask, any shape; non-zero is foreground.
-        gt: Ground-truth mask of the same shape.
-
-    Returns:
-        Dice in [0, 1]. When both masks are empty the ratio is undefined and 0.0 is returned, the
-        value MedPy's ``dc`` was written to give (with numpy >= 2 MedPy 0.5 returns NaN with a
-        warning instead). The legacy protocol never reaches this case (see
-        :func:`legacy_case_metrics`).
+    Both empty gives 0.0, the value MedPy's ``dc`` was written to give (with numpy >= 2 MedPy 0.5 returns NaN with a
+    warning instead).
     """
     pred_mask, gt_mask = _mask_pair(pred, gt)
     return _dice_counts(pred_mask, gt_mask)
@@ -55,28 +48,11 @@ def hd95(
     spacing: float | Sequence[float] | None = None,
     empty: EmptyPolicy = "legacy",
 ) -> float:
-    """95th percentile Hausdorff distance between the surfaces of two masks.
+    """95th percentile Hausdorff distance between the surfaces of two masks, in mm (voxels without ``spacing``).
 
-    Surface distances are measured in both directions (each surface voxel of ``pred`` to the nearest
-    surface voxel of ``gt`` and vice versa), pooled, and the 95th percentile taken with linear
-    interpolation. With both masks non-empty this equals MedPy's ``hd95(pred, gt, voxelspacing=spacing)``.
-    Only the joint bounding box of the two masks is processed, and distances are computed exactly only
-    where they can decide the percentile (see the comment above ``_Plan``), which makes this much faster
-    than MedPy on large volumes, with small structures or noisy masks alike, with identical results (bit
-    for bit in voxels; in mm to the last bit or so).
-
-    Args:
-        pred: Predicted mask, any number of dimensions; non-zero is foreground.
-        gt: Ground-truth mask of the same shape.
-        spacing: Voxel size per axis in mm (a single number applies to every axis). ``None`` means
-            unit spacing: the result is then in voxels, as in the legacy protocol.
-        empty: What to return when either mask is empty (no surface to measure): ``"legacy"`` gives
-            0.0 (the legacy protocol, which rewards a miss), ``"nan"`` gives NaN (count it as a
-            failure), ``"diagonal"`` gives :func:`diagonal_mm` of the image, and a non-negative number
-            is returned as is (a fixed penalty, in the same unit as the result).
-
-    Returns:
-        HD95 in mm, or in voxels when ``spacing`` is ``None``.
+    Equals MedPy's ``hd95(pred, gt, voxelspacing=spacing)`` when both masks are non-empty, computed only where it can
+    decide the percentile (see ``_Plan``). ``empty`` (either mask empty): ``"legacy"`` 0.0, ``"nan"``, ``"diagonal"``
+    (:func:`diagonal_mm`) or a fixed non-negative penalty.
     """
     pred_mask, gt_mask = _mask_pair(pred, gt)
     sizes = _normalize_spacing(spacing, pred_mask.ndim)
@@ -93,23 +69,10 @@ def surface_dice(
     tolerance_mm: float,
     spacing: float | Sequence[float] | None = None,
 ) -> float:
-    """Normalised surface Dice (NSD): share of surface voxels within a tolerance of the other surface.
+    """Normalised surface Dice: share of the surface voxels of :func:`hd95` within ``tolerance_mm`` of the other.
 
-    ``(#{a in S_pred: d(a, S_gt) <= tol} + #{b in S_gt: d(b, S_pred) <= tol}) / (|S_pred| + |S_gt|)``
-    over the same voxel surfaces as :func:`hd95`. This is the voxel-surface approximation: each
-    surface voxel counts as one unit of area. DeepMind's ``surface-distance`` package instead weights
-    surface elements of a marching-cubes mesh by their area, so values differ slightly, mostly on
-    anisotropic grids.
-
-    Args:
-        pred: Predicted mask, any number of dimensions; non-zero is foreground.
-        gt: Ground-truth mask of the same shape.
-        tolerance_mm: Distance under which a surface voxel counts as matched (inclusive), in mm
-            (in voxels when ``spacing`` is ``None``).
-        spacing: Voxel size per axis in mm; ``None`` means unit spacing.
-
-    Returns:
-        NSD in [0, 1]; NaN when both masks are empty (nothing to compare), 0.0 when exactly one is.
+    Each surface voxel counts as one unit of area (DeepMind's ``surface-distance`` weights mesh elements, so values
+    differ slightly). NaN when both masks are empty, 0.0 when one is.
     """
     pred_mask, gt_mask = _mask_pair(pred, gt)
     sizes = _normalize_spacing(spacing, pred_mask.ndim)
@@ -124,22 +87,10 @@ def surface_dice(
 
 
 def legacy_case_metrics(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
-    """Dice and HD95 of one class of one case under the legacy (paper) protocol.
+    """``(dice, hd95 in voxels)`` of one class under the legacy (MSA2Net / TransUNet) protocol.
 
-    Rules of the MSA2Net / TransUNet evaluation code:
-
-    * both masks non-empty: (Dice, HD95 in voxels, unit spacing);
-    * prediction non-empty, ground truth empty: (1.0, 0.0);
-    * prediction empty, whatever the ground truth: (0.0, 0.0). A missed organ thus gets HD95 0,
-      which flatters the mean HD95; use :func:`hd95` with a spacing and an empty policy for an
-      honest figure.
-
-    Args:
-        pred: Predicted mask of one class; non-zero is foreground.
-        gt: Ground-truth mask of the same shape.
-
-    Returns:
-        ``(dice, hd95_voxels)``.
+    An empty prediction scores (0.0, 0.0), which flatters the mean HD95 of missed organs; a prediction where the
+    ground truth is empty scores (1.0, 0.0).
     """
     pred_mask, gt_mask = _mask_pair(pred, gt)
     pred_crop, gt_crop = _joint_crop(pred_mask, gt_mask)
@@ -185,43 +136,11 @@ def legacy_case_scores(
     class_names: Sequence[str] | None = None,
     workers: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per-class scores of one case: the legacy (paper) figures and the millimetre figures side by side.
+    """Per-class ``{"dice", "hd95", "hd95_mm", ["nsd"], "pred_empty", "gt_empty"}`` of one case.
 
-    **Keys ``dice`` and ``hd95`` follow the legacy empty-mask rule** of :func:`legacy_case_metrics`, not
-    :func:`dice` / :func:`hd95`: a missed organ scores (0.0, 0.0), a hallucinated one (1.0, 0.0), an organ absent
-    from both masks (0.0, 0.0), and ``hd95`` is in voxels (unit spacing). Keys ``hd95_mm`` and ``nsd`` follow
-    ``spacing`` and the ``empty`` policy instead (NaN for an empty mask under ``"nan"``).
-
-    Each class is cropped once to its joint bounding box and its surfaces computed once, so the
-    legacy figures and the millimetre figures cost little more than one of them. Surface distances are
-    computed exactly only where they can decide a figure (see the comment above :class:`_Plan`): on a noisy
-    prediction (every class everywhere) this is several times faster than full distance transforms, with
-    the same values (bit-for-bit in voxels, to the last bit or so in mm). Classes are scored in parallel
-    threads (the distance transforms release the GIL); the results do not depend on the number of threads.
-
-    Args:
-        pred_labels: Predicted integer label map, any number of dimensions (e.g. (D, H, W)).
-        gt_labels: Ground-truth label map of the same shape. Integral float labels are accepted.
-        num_classes: Number of classes including background 0; classes 1..num_classes-1 are scored.
-        spacing: Voxel size per axis in mm for ``hd95_mm`` and ``nsd`` (``None``: unit spacing, so
-            those are in voxels).
-        empty: Empty-mask policy of ``hd95_mm`` (see :func:`hd95`); the legacy ``hd95`` always
-            follows the legacy rule.
-        nsd_tolerance_mm: If given, also report ``nsd`` (:func:`surface_dice`) at this tolerance.
-        class_names: Names of classes 1..num_classes-1, used as keys; default ``"class_1"``, ...
-        workers: Threads scoring classes in parallel; ``None`` uses the usable CPU cores, at most
-            4. Each thread holds the crops of one class (a few times the volume's size in memory
-            at worst, for a class spread over the whole volume).
-
-    Returns:
-        ``{class_name: {"dice", "hd95", "hd95_mm", ["nsd"], "pred_empty", "gt_empty"}}``: ``dice`` and
-        ``hd95`` are the legacy figures (see above), ``hd95_mm`` uses ``spacing`` and ``empty``, ``nsd`` is
-        NaN when both masks are empty and 0.0 when one is, and the flags are 1.0 when that mask is empty,
-        else 0.0.
-
-    Raises:
-        ValueError: labels outside ``[0, num_classes)`` or non-integral, shapes that differ, a wrong number
-            of class names, a bad spacing, policy, tolerance or number of workers.
+    ``dice`` and ``hd95`` (voxels) follow the legacy rule of :func:`legacy_case_metrics`; ``hd95_mm`` and ``nsd``
+    follow ``spacing`` and the ``empty`` policy. Each class is cropped once and its surfaces computed once; classes
+    are scored in ``workers`` threads (default: usable cores, at most 4) with results independent of their number.
     """
     if int(num_classes) < 2:
         raise ValueError(f"num_classes counts background too and must be >= 2, found {num_classes}")
@@ -232,14 +151,7 @@ def legacy_case_scores(
         raise ValueError(
             f"pred_labels and gt_labels must have the same shape, found {pred_array.shape} and {gt_array.shape}"
         )
-    if class_names is None:
-        names = [f"class_{c}" for c in range(1, num_classes)]
-    else:
-        names = [str(n) for n in class_names]
-        if len(names) != num_classes - 1:
-            raise ValueError(
-                f"class_names must name the {num_classes - 1} foreground classes, found {len(names)} names"
-            )
+    names = _class_names(class_names, num_classes)
     ndim = max(pred_array.ndim, 1)
     sizes = _normalize_spacing(spacing, ndim)
     _check_empty_policy(empty)
@@ -316,6 +228,13 @@ def _worker_count(workers: int | None, tasks: int) -> int:
     return max(1, min(int(workers), tasks))
 
 
+def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    names = [f"class_{c}" for c in range(1, num_classes)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != num_classes - 1:
+        raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, found {len(names)} names")
+    return names
+
+
 def _legacy_dice(pred: np.ndarray, gt: np.ndarray) -> float:
     """Dice under the legacy empty-mask rule (:func:`legacy_case_metrics`): 0 for an empty prediction, 1 for a
     prediction where the ground truth is empty."""
@@ -335,17 +254,8 @@ def label_agreement(
 ) -> dict[str, object]:
     """How far a label map is from a reference prediction of the same input (e.g. bfloat16 against float32).
 
-    Args:
-        labels: Integer label map (any shape), e.g. the prediction under bf16 autocast.
-        reference: Label map of the same shape, e.g. the float32 prediction.
-        num_classes: Classes including background 0; classes 1..num_classes-1 are reported.
-        gt_labels: Optional ground truth of the same shape: adds the change of the legacy Dice per class.
-        class_names: Names of classes 1..num_classes-1; default ``"class_1"``, ...
-
-    Returns:
-        ``{"identical_fraction": share of voxels with the same label, "n_voxels", "n_different",
-        "per_class": {name: {"agreement_dice": Dice of the two masks of the class (NaN when both are empty),
-        ["dice_change": legacy Dice of labels minus legacy Dice of reference, both against gt_labels]}}}``.
+    Returns ``{"identical_fraction", "n_voxels", "n_different", "per_class": {name: {"agreement_dice"
+    (NaN when both masks are empty), ["dice_change" of the legacy Dice against gt_labels]}}}``.
     """
     num_classes = int(num_classes)
     if num_classes < 2:
@@ -356,9 +266,7 @@ def label_agreement(
     if a.shape != b.shape or (g is not None and g.shape != a.shape):
         shapes = [a.shape, b.shape] + ([] if g is None else [g.shape])
         raise ValueError(f"labels, reference and gt_labels must have the same shape, found {shapes}")
-    names = [f"class_{c}" for c in range(1, num_classes)] if class_names is None else [str(n) for n in class_names]
-    if len(names) != num_classes - 1:
-        raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, found {len(names)} names")
+    names = _class_names(class_names, num_classes)
     different = int(np.count_nonzero(a != b))
     per_class: dict[str, dict[str, float]] = {}
     for label, name in enumerate(names, start=1):

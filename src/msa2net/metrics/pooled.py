@@ -15,15 +15,7 @@ from ._masks import _as_mask, _mask_pair
 
 
 def binary_confusion(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int, int]:
-    """Pixel counts of a binary prediction against the ground truth.
-
-    Args:
-        pred: Binary prediction (already thresholded), any shape; non-zero is foreground.
-        gt: Binary ground truth of the same shape.
-
-    Returns:
-        ``(tp, fp, fn, tn)`` as Python ints.
-    """
+    """``(tp, fp, fn, tn)`` pixel counts (Python ints) of a thresholded prediction against the ground truth."""
     pred_mask, gt_mask = _mask_pair(pred, gt)
     tp = int(np.count_nonzero(pred_mask & gt_mask))
     pred_total = int(np.count_nonzero(pred_mask))
@@ -39,16 +31,8 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 
 def pooled_binary_metrics(confusion: Sequence[int]) -> dict[str, float]:
-    """Scores from pixel counts pooled over a whole test set (the ISIC protocol).
-
-    Args:
-        confusion: ``(tp, fp, fn, tn)`` as returned by :func:`binary_confusion`, summed over images.
-
-    Returns:
-        ``dsc`` (F1, ``2tp / (2tp + fp + fn)``), ``iou`` (``tp / (tp + fp + fn)``), ``sensitivity``
-        (``tp / (tp + fn)``), ``specificity`` (``tn / (tn + fp)``) and ``accuracy``; each is NaN when
-        its denominator is zero.
-    """
+    """``dsc``, ``iou``, ``sensitivity``, ``specificity`` and ``accuracy`` of ``(tp, fp, fn, tn)`` counts pooled over a
+    test set (the ISIC protocol); each is NaN when its denominator is zero."""
     counts = tuple(int(v) for v in confusion)
     if len(counts) != 4 or any(v < 0 for v in counts):
         raise ValueError(f"confusion must be four non-negative counts (tp, fp, fn, tn), found {tuple(confusion)}")
@@ -63,16 +47,8 @@ def pooled_binary_metrics(confusion: Sequence[int]) -> dict[str, float]:
 
 
 def isic_postprocess(mask: np.ndarray, opening: int = 6) -> np.ndarray:
-    """Post-processing of the D-LKA / DAE-Former skin-lesion code: binary opening, then hole filling.
-
-    Args:
-        mask: Binary 2D mask (H, W); non-zero is foreground.
-        opening: Side of the square structuring element of the opening (6 in that code); 0 skips
-            the opening.
-
-    Returns:
-        Boolean mask (H, W): specks smaller than the square removed, enclosed holes filled.
-    """
+    """Post-processing of the D-LKA / DAE-Former skin-lesion code: binary opening with an ``opening``-sided square
+    (0 skips it), then hole filling, of a 2D mask."""
     array = _as_mask(mask)
     if array.ndim != 2:
         raise ValueError(f"isic_postprocess expects one 2D mask (H, W), found shape {array.shape}")

@@ -30,15 +30,7 @@ def mean_omit_nan(values: Sequence[float]) -> float:
 
 
 class MetricAggregator:
-    """Per-case, per-class metric rows with class means and NaN-as-failure counts.
-
-    A row is ``(case_id, class_name, metric values...)``. NaN marks a metric that could not be
-    computed for that case (for instance HD95 with an empty mask under the ``"nan"`` policy); means
-    omit NaN and :meth:`summary` reports how many were omitted as ``n_failed``.
-
-    Args:
-        class_names: Optional class order for reports; classes seen later are appended.
-    """
+    """Per-case, per-class metric rows with class means and NaN-as-failure counts (means omit NaN, counted)."""
 
     def __init__(self, class_names: Sequence[str] | None = None) -> None:
         self._classes: list[str] = [str(c) for c in class_names] if class_names is not None else []
@@ -47,16 +39,7 @@ class MetricAggregator:
         self._case_ids: list[str] = []
 
     def add_case(self, case_id: str, per_class: Mapping[str, Mapping[str, float]]) -> None:
-        """Add the metrics of one case, e.g. the output of :func:`msa2net.metrics.legacy_case_scores`.
-
-        Args:
-            case_id: Unique case identifier (a second case with the same id is an error).
-            per_class: ``{class_name: {metric_name: value}}``; booleans are stored as 0.0/1.0 and
-                ``None`` as NaN.
-
-        Raises:
-            ValueError: a repeated case id, or a metric named ``case_id`` or ``class_name``; nothing is added.
-        """
+        """Add the ``{class_name: {metric: value}}`` of one case (None as NaN); a repeated case id is an error."""
         key = str(case_id)
         if key in self._case_ids:
             raise ValueError(f"case {key!r} was already added; case ids must be unique")
@@ -85,14 +68,8 @@ class MetricAggregator:
         ]
 
     def summary(self) -> dict[str, object]:
-        """Everything needed for a report, JSON-ready apart from NaN floats (see :func:`msa2net._json.json_safe`).
-
-        Returns:
-            ``{"n_cases", "classes", "metrics", "per_class": {class: {"n_cases", "mean": {metric: v},
-            "n_failed": {metric: k}}}, "mean": {metric: mean over classes of the class means},
-            "cases": rows}``. Class means omit NaN values (counted in ``n_failed``); the mean over classes
-            omits classes whose mean is NaN. ``cases`` are copies of the rows in the order they were added.
-        """
+        """``{"n_cases", "classes", "metrics", "per_class", "mean", "cases"}``: class means omit NaN (counted in
+        ``n_failed``), the mean over classes omits NaN class means; JSON-ready apart from NaN floats."""
         per_class: dict[str, dict[str, object]] = {}
         for name in self._classes:
             values = {metric: self._values(name, metric) for metric in self._metrics}
@@ -130,13 +107,7 @@ class MetricAggregator:
 
 
 class PooledBinaryMetrics:
-    """Streaming :func:`msa2net.metrics.pooled_binary_metrics`: accumulate pixel counts batch by batch.
-
-    Args:
-        postprocess: Apply :func:`msa2net.metrics.isic_postprocess` to each predicted 2D mask before counting
-            (the D-LKA protocol; off by default, report whether it was used).
-        opening: Size of the opening when ``postprocess`` is on.
-    """
+    """Streaming :func:`msa2net.metrics.pooled_binary_metrics`, optionally after ``isic_postprocess``."""
 
     def __init__(self, postprocess: bool = False, opening: int = 6) -> None:
         self.postprocess = bool(postprocess)
@@ -154,11 +125,7 @@ class PooledBinaryMetrics:
         return tp, fp, fn, tn
 
     def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        """Add one mask (H, W) or a batch (N, H, W) of thresholded predictions and ground truths.
-
-        Raises:
-            ValueError: shapes differ, or post-processing is on and the masks are neither (H, W) nor (N, H, W).
-        """
+        """Add one mask (H, W) or a batch (N, H, W) of thresholded predictions and ground truths."""
         pred_mask = np.atleast_1d(np.asarray(pred)) != 0
         gt_mask = np.atleast_1d(np.asarray(gt)) != 0
         if pred_mask.shape != gt_mask.shape:

@@ -1,15 +1,8 @@
 """The model card (``README.md``) of a published model, from its ``config.json`` alone.
 
-The card is :class:`huggingface_hub.ModelCard`: its metadata is a :class:`huggingface_hub.ModelCardData` (licence,
-tags, ``pipeline_tag`` and, with an evaluation, a ``model-index`` of :class:`huggingface_hub.EvalResult` figures),
-and its text is the jinja2 template ``card_template.md`` shipped beside this module. This module only gathers the
-template's values from ``config.json``: the architecture, which checkpoint the weights are, the training data (the
-``dataset`` record that training stored, see :meth:`msa2net.data.source.Source.dataset_record`) and recipe, and the
-evaluation (the tables of :mod:`msa2net.reporting.tables`).
-
-Folders published before ``config.json`` carried a ``dataset`` record get one inferred from the run config and the
-evaluation, as before: a built-in dataset (:data:`msa2net.constants.BUILTIN_DATASETS`) by its kind, a dataset folder
-by its folder name.
+A :class:`huggingface_hub.ModelCard` whose text is the jinja2 template ``card_template.md``; this module gathers
+the template's values (architecture, weights, training data and recipe, evaluation tables). Folders published
+before ``config.json`` carried a ``dataset`` record get one inferred.
 """
 
 from __future__ import annotations
@@ -73,12 +66,8 @@ def _template() -> jinja2.Template:
 
 
 def dataset_of(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The record of the training data: ``config["dataset"]``, else one inferred as before records travelled.
-
-    The inference: the demo preset trained on the phantom; else the data kind is the evaluation's, the run's, or
-    the preset; an authors' checkpoint with the Synapse classes is Synapse. A built-in kind gives its record, a
-    dataset folder its folder name; anything else an empty record. The class names are always the model's.
-    """
+    """The record of the training data: ``config["dataset"]``, else one inferred from the preset, run and evaluation
+    kinds (a built-in kind's record, a folder's name); the class names are always the model's."""
     names = [str(c) for c in config.get("class_names") or []]
     record = config.get("dataset")
     if isinstance(record, Mapping) and record:
@@ -313,20 +302,8 @@ def _preprocessing_context(prep: Mapping[str, Any] | None) -> dict[str, str] | N
 def model_card(config: Mapping[str, Any], *, repo_id: str | None = None) -> ModelCard:
     """The model card of a pretrained folder, from its ``config.json`` content alone.
 
-    Metadata: ``library_name: msa2net``, the licence, tags (the data's too), ``pipeline_tag: image-segmentation``
-    and, when ``config["evaluation"]`` holds a summary, a ``model-index`` of its mean figures. Text: the title with
-    the dataset's name; the architecture and variant, input and preprocessing, parameter count; which checkpoint the
-    weights are (best on validation at epoch N of M, last, or converted from the authors'); the training data (name,
-    description, classes, channels, reference) and recipe, with the epochs trained of those planned; the evaluation
-    (the tables of ``table.md`` for per-case summaries, the pooled scores otherwise); intended use and limits; how
-    to install and use it; licence and citations.
-
-    Args:
-        config: ``config.json`` content (:func:`msa2net.models.pretrained.build_pretrained_config`).
-        repo_id: The hub repo the folder is meant for, used in the usage examples; default a folder placeholder.
-
-    Raises:
-        SummaryError: ``config["evaluation"]`` is not an evaluation summary.
+    Metadata (licence, tags, ``model-index`` of the evaluation's means) and text (architecture, weights, data,
+    recipe, evaluation tables, use, citations); ``repo_id`` goes into the usage examples.
     """
     from huggingface_hub import ModelCard, ModelCardData
 

@@ -15,11 +15,7 @@ __all__ = ["plot_curves", "read_metrics_csv", "write_metrics_csv"]
 
 
 def write_metrics_csv(path: str | os.PathLike[str], history: Sequence[Mapping[str, float]]) -> Path | None:
-    """Write the per-epoch history as CSV, atomically; columns in order of first appearance.
-
-    Returns:
-        The path, or ``None`` (nothing written) when ``history`` is empty. A row lacking a column leaves it empty.
-    """
+    """Write the per-epoch history as CSV, atomically (columns in order of first appearance); None when empty."""
     if not history:
         return None
     keys: list[str] = []
@@ -33,12 +29,7 @@ def write_metrics_csv(path: str | os.PathLike[str], history: Sequence[Mapping[st
 
 
 def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """Read a :func:`write_metrics_csv` file back: one dict per row, every cell a float (an empty cell is NaN).
-
-    Raises:
-        OSError: the file cannot be read.
-        ValueError: a cell is not a number.
-    """
+    """Read a :func:`write_metrics_csv` file back: one dict per row, every cell a float (an empty cell is NaN)."""
     with open(path, newline="", encoding="utf-8") as handle:
         return [
             {key: float(value) if value not in ("", None) else float("nan") for key, value in row.items()}
@@ -47,16 +38,9 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
 
 
 def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike[str]) -> Path:
-    """Training loss per epoch (left) and validation mean Dice (right, epochs with a finite value), as a PNG.
+    """Training loss per epoch (left) and validation mean Dice (right, finite values) as a PNG, atomically.
 
     Points carry markers (so a single epoch shows), and the epoch axes have integer ticks only.
-
-    Args:
-        history: Rows with ``epoch`` and ``train_loss``, optionally ``val_mean_dice`` (NaN or absent: not drawn).
-        path: Target ``.png`` file, written atomically.
-
-    Returns:
-        The written path.
     """
     import matplotlib
 

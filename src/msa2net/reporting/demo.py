@@ -27,27 +27,8 @@ def write_demo_report(
     overlays: Sequence[str],
     seconds: Mapping[str, float],
 ) -> Path:
-    """Write the demo's ``report.md``, atomically.
-
-    Args:
-        path: Target file.
-        model_name: Model preset that was trained.
-        img_size: Model input (H, W).
-        n_cases: Number of phantom cases generated.
-        evaluation: The evaluation summary (a :class:`CaseSummary` or its JSON content, with its rows); the mean
-            Dice shown is its ``legacy.mean_dice``, the test cases named are those of its ``cases`` rows.
-        table: The evaluation's ``table.md`` text, included as is.
-        best_mean_dice: Best validation mean Dice during training, and ``best_epoch`` its epoch.
-        curves: Path of the training curves image, relative to the report.
-        overlays: Paths of overlay images, relative to the report.
-        seconds: Duration of each step.
-
-    Returns:
-        The written path.
-
-    Raises:
-        TypeError: ``evaluation`` is a pooled summary, or one without its per-case rows.
-    """
+    """Write the demo's ``report.md`` (the evaluation's mean Dice and test cases, ``table``, curves, overlays and
+    step durations), atomically; TypeError for a pooled summary or one without its rows."""
     summary = as_summary(evaluation)
     if not isinstance(summary, CaseSummary) or summary.cases is None:
         raise TypeError("the demo report quotes a per-case evaluation summary with its per-case rows")

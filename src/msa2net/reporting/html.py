@@ -1,24 +1,9 @@
 """The HTML report: one self-contained ``report.html`` per evaluation, demo or prediction run.
 
-The page needs no network and no server: the slices are embedded as ``data:`` URIs, the page script and style are
-inline (``report_template.html``, shipped with the package), so it opens from disk (``file://``) in any current
-browser.
-
-What it shows, for an evaluation: the summary tables of :func:`msa2net.reporting.tables.evaluation_tables` (the
-paper's layout, millimetres, failure counts; every figure read from the evaluation summary), a sortable per-case,
-per-class table (worst Dice first), training curves when the run's history is known, and one slice browser per case:
-image, ground truth and prediction side by side or as one switchable overlay, a slider and arrow keys, an opacity
-control, a legend with the class colours of the PNG overlays (:data:`msa2net.reporting.overlays.OVERLAY_COLORS`),
-and jumps to the slices where a chosen class disagrees most (false-positive + false-negative pixels). For a
-prediction run: the input slices and predicted masks, with jumps to the slices where a class covers the most pixels.
-
-Size: each case keeps every slice with ground-truth or predicted foreground and every ``stride``-th other slice (at
-most ``max_slices``); slices are downsampled to at most ``max_side`` pixels (box filter for the image, nearest
-neighbour for label maps), images stored as JPEG and label maps as palette PNGs with a transparent background.
-
-:class:`HtmlReport` streams: each case is encoded and appended to a temporary file next to the target when it is
-added (no volume is kept), and :meth:`HtmlReport.finish` writes the summary and renames the file into place, so
-``report.html`` is either complete or absent.
+Slices are embedded as ``data:`` URIs and the script and style of ``report_template.html`` are inline, so the page
+opens from disk with no network. It shows the summary tables, a sortable per-case table, training curves and one
+slice browser per case. :class:`HtmlReport` appends each case to a temporary file as it is added and
+:meth:`HtmlReport.finish` renames it into place, so ``report.html`` is either complete or absent.
 """
 
 from __future__ import annotations
@@ -92,20 +77,7 @@ def _template() -> tuple[str, str]:
 
 
 def slice_confusion(label: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-slice confusion counts of two label volumes.
-
-    Args:
-        label: ``(D, H, W)`` ground-truth class ids in ``0..num_classes-1``.
-        prediction: ``(D, H, W)`` predicted class ids, same range.
-        num_classes: Number of classes, background included.
-
-    Returns:
-        ``(D, num_classes, num_classes)`` int64: ``[z, g, p]`` counts the pixels of slice ``z`` with ground truth ``g``
-        and prediction ``p``.
-
-    Raises:
-        ValueError: shapes differ, are not 3D, or ids are outside ``0..num_classes-1``.
-    """
+    """``(D, K, K)`` int64: ``[z, g, p]`` counts the pixels of slice ``z`` with truth ``g`` and prediction ``p``."""
     gt, pred = np.asarray(label), np.asarray(prediction)
     if gt.shape != pred.shape or gt.ndim != 3:
         raise ValueError(f"label and prediction must be (D, H, W) of one shape, found {gt.shape} and {pred.shape}")
@@ -128,20 +100,10 @@ def _check_ids(labels: np.ndarray, num_classes: int, what: str) -> None:
 
 
 def select_slices(relevant: np.ndarray, score: np.ndarray, stride: int, max_slices: int) -> np.ndarray:
-    """The slices a case shows: every relevant slice and every ``stride``-th other one, at most ``max_slices``.
+    """Sorted indices of every relevant slice and every ``stride``-th other one, at most ``max_slices``.
 
-    Args:
-        relevant: ``(D,)`` bool, True for slices with foreground (ground truth or prediction).
-        score: ``(D,)`` how much a slice matters (e.g. disagreeing pixels); decides what stays when there are too many.
-        stride: Keep slices ``0, stride, 2*stride, ...`` among the others (>= 1).
-        max_slices: Upper bound (>= 1). When more slices qualify, the ``max_slices // 2`` with the highest score
-            (> 0) stay, and the rest is filled with evenly spaced picks among the other candidates.
-
-    Returns:
-        Sorted unique slice indices; never empty when ``D > 0``.
-
-    Raises:
-        ValueError: ``stride`` or ``max_slices`` below 1, or ``relevant`` and ``score`` of different lengths.
+    When more qualify, the ``max_slices // 2`` with the highest positive ``score`` stay and evenly spaced picks
+    among the other candidates fill the rest; never empty when ``D > 0``.
     """
     relevant = np.asarray(relevant, dtype=bool)
     score = np.asarray(score, dtype=np.float64)
@@ -149,10 +111,8 @@ def select_slices(relevant: np.ndarray, score: np.ndarray, stride: int, max_slic
         raise ValueError(f"stride and max_slices must be at least 1, got {stride} and {max_slices}")
     if relevant.shape != score.shape or relevant.ndim != 1:
         raise ValueError(f"relevant and score must be 1D of one length, found {relevant.shape} and {score.shape}")
-    depth = relevant.size
-    if depth == 0:
-        return np.zeros(0, dtype=np.int64)
-    candidates = np.flatnonzero(relevant | (np.arange(depth) % stride == 0))
+    candidates = np.flatnonzero(relevant | (np.arange(relevant.size) % stride == 0))
+
     if candidates.size <= max_slices:
         return candidates.astype(np.int64)
     ranked = candidates[np.argsort(-score[candidates], kind="stable")]
@@ -182,31 +142,14 @@ def _display_range(image: np.ndarray) -> tuple[float, float]:
 
 def _grey_or_rgb(image: np.ndarray) -> np.ndarray:
     """``(D, H, W)`` or ``(D, H, W, 3)``: one-channel volumes squeezed, other channel counts show their first."""
-    if image.ndim == 4:
-        if image.shape[3] == 3:
-            return image
-        return image[..., 0]
-    return image
+    return image[..., 0] if image.ndim == 4 and image.shape[3] != 3 else image
 
 
 class HtmlReport:
     """Writer of one ``report.html``: add cases one by one, then :meth:`finish`.
 
-    Use it as a context manager: leaving the block without :meth:`finish` (an error, Ctrl-C) removes the temporary
-    file and leaves any earlier ``report.html`` untouched.
-
-    Args:
-        path: Target file (its folder is created).
-        class_names: All class names, background first (at most ``len(OVERLAY_COLORS)``).
-        title: Page heading and ``<title>``.
-        kind: ``"evaluation"`` (cases come with ground truth) or ``"prediction"`` (predicted masks only).
-        max_side: Longest side of an embedded slice in pixels (>= 8).
-        stride: Every ``stride``-th slice without foreground is shown too (>= 1).
-        max_slices: Most slices shown per case (>= 1); see :func:`select_slices`.
-        jpeg_quality: JPEG quality of the images (1..95).
-
-    Raises:
-        ValueError: more classes than overlay colours, an unknown ``kind`` or an out-of-range option.
+    As a context manager, leaving the block without :meth:`finish` removes the temporary file and leaves any
+    earlier ``report.html`` untouched. ``kind="evaluation"`` cases come with ground truth.
     """
 
     def __init__(
@@ -277,24 +220,10 @@ class HtmlReport:
         spacing: Sequence[float] | None = None,
         word: str = "slice",
     ) -> dict[str, Any]:
-        """Encode one case and append it to the page; nothing of it is kept in memory afterwards.
+        """Encode one ``(D, H, W[, C])`` case and append it to the page; returns ``{"name", "depth", "shown"}``.
 
-        Args:
-            name: Case name shown on the page (and the key of its per-case table rows).
-            image: ``(D, H, W)`` or ``(D, H, W, C)`` image in the unit representation (shown with the window [0, 1],
-                or its 0.5-99.5 percentiles when it lies outside); 2D data are ``D == 1``.
-            prediction: ``(D, H, W)`` predicted class ids.
-            label: ``(D, H, W)`` ground-truth class ids; required for ``kind="evaluation"``, ignored otherwise.
-            spacing: Voxel size ``(z, y, x)`` in mm; the in-plane pixel aspect ratio is kept on screen.
-            word: What a slice is called on the page (``"slice"``, ``"image"``).
-
-        Returns:
-            ``{"name", "depth", "shown"}``: the case's slice count and the slice indices shown.
-
-        Raises:
-            ValueError: shapes disagree, ids are outside the classes, a label is missing for an evaluation, or the
-                report was finished.
-            OSError: the page cannot be written (the page is left as it was before this case).
+        ``image`` is in the unit representation; ``label`` is required for an evaluation; ``spacing`` ``(z, y, x)``
+        keeps the pixel aspect on screen. A failed write leaves the page as it was before this case.
         """
         if self._file is None:
             raise ValueError("the report is finished or aborted; no case can be added")
@@ -417,24 +346,10 @@ class HtmlReport:
         mark_epoch: int | None = None,
         notes: Sequence[str] = (),
     ) -> Path:
-        """Write the page around the cases and move it into place.
+        """Write the page around the cases and move it into place; returns the written ``report.html``.
 
-        Args:
-            evaluation: The evaluation summary (:mod:`msa2net.reporting.summary`, typed or its JSON content):
-                per-case (tables and per-case rows are read from it) or pooled (the pooled scores).
-            predictions: For ``kind="prediction"``: the ``predictions.json`` record of
-                :func:`msa2net.engine.predict.predict_files` (its ``cases`` give the per-input table).
-            history: Training history rows (``epoch``, ``train_loss``, ``lr``, ``val_mean_dice``,
-                ``val_dice_<class>``; NaN or absent: not drawn); None: no curves.
-            history_note: Where the history comes from, shown above the curves.
-            mark_epoch: Epoch marked with a dashed line on the curves (the checkpoint's epoch).
-            notes: Paragraphs shown under the title.
-
-        Returns:
-            The written ``report.html``.
-
-        Raises:
-            ValueError: the report was already finished or aborted, or ``evaluation`` is no evaluation summary.
+        ``evaluation`` is a per-case or pooled summary (typed or JSON), ``predictions`` the ``predictions.json``
+        record of a prediction run, ``history`` the training rows drawn as curves (``mark_epoch`` dashed).
         """
         if self._file is None:
             raise ValueError("the report is finished or aborted")
@@ -664,21 +579,17 @@ def _history_page(
             out.append(None if value is None or not math.isfinite(float(value)) else float(value))
         return out
 
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k.startswith("val_dice_") and k not in keys]
+    names = list(dict.fromkeys(k[len("val_dice_") :] for row in history for k in row if k.startswith("val_dice_")))
     index = {name: i for i, name in enumerate(class_names)}
-    grey = "#888888"
     val = [
         {
-            "name": key[len("val_dice_") :],
-            "colour": _hex(OVERLAY_COLORS[index[key[len("val_dice_") :]]])
-            if index.get(key[len("val_dice_") :], 0) > 0
-            else grey,
-            "values": column(key),
+            "name": name,
+            "colour": _hex(OVERLAY_COLORS[index[name]]) if index.get(name, 0) > 0 else "#888888",
+            "values": column(f"val_dice_{name}"),
         }
-        for key in keys
+        for name in names
     ]
+
     return {
         "epochs": [int(round(float(row["epoch"]))) for row in history],
         "loss": column("train_loss"),

@@ -63,20 +63,9 @@ def _to_uint8_rgb(image2d: np.ndarray) -> np.ndarray:
 def overlay_rgb(
     image2d: np.ndarray, labels2d: np.ndarray, alpha: float = 0.4, num_classes: int | None = None
 ) -> np.ndarray:
-    """The colour overlay of a label map on a 2D image, as pixels (no titles, no legend, native size).
+    """The colour overlay of a label map (ids 0..15, 0 uncoloured) on a 2D image, as ``(H, W, 3)`` uint8 pixels.
 
-    Args:
-        image2d: ``(H, W)`` grey or ``(H, W, 3)`` colour image of any numeric dtype; min-max scaled to 0..255 over its
-            finite values (NaN/inf drawn black; a constant image is drawn black).
-        labels2d: ``(H, W)`` integer label map with ids 0..15; id 0 is left uncoloured.
-        alpha: Opacity of the label colours in [0, 1].
-        num_classes: Number of classes including background (<= 16). When given, ids >= ``num_classes`` are an error.
-
-    Returns:
-        ``(H, W, 3)`` uint8: ``(1 - alpha) * image + alpha * OVERLAY_COLORS[label]`` where label > 0, else the image.
-
-    Raises:
-        ValueError: shapes differ, ids are negative/non-integer/too large, or alpha is outside [0, 1].
+    The image is min-max scaled over its finite values; label pixels are ``(1 - alpha) * image + alpha * colour``.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -175,33 +164,10 @@ def write_overlay_png(
     caption: str = "prediction",
     min_size: int = 256,
 ) -> Path:
-    """Write a colour overlay of a label map on a 2D image as a captioned PNG with a legend, atomically.
+    """Write :func:`overlay_rgb` panels (``reference`` as "ground truth" left of ``labels2d``) as a PNG, atomically.
 
-    Layout, on white: an optional ``title`` line; one panel per label map, each under its caption (``reference``,
-    the ground truth, on the left captioned "ground truth", then ``labels2d`` captioned ``caption``), panels
-    :data:`OVERLAY_PAD` px from the border and apart; below them a legend of the foreground classes (colour swatch
-    and name). Each panel is :func:`overlay_rgb` enlarged by an integer factor with nearest neighbour so that its
-    longer side is at least ``min_size`` (images of that size or more keep their size).
-
-    Args:
-        image2d: ``(H, W)`` grey or ``(H, W, 3)`` colour image (see :func:`overlay_rgb`).
-        labels2d: ``(H, W)`` integer label map with ids 0..15; id 0 is left uncoloured.
-        path: Target ``.png`` file.
-        alpha: Opacity of the label colours in [0, 1].
-        num_classes: Number of classes including background (<= 16). When given, ids >= ``num_classes`` are an error.
-        reference: Optional ``(H, W)`` ground-truth label map, drawn left of ``labels2d``.
-        class_names: Names of the class ids, background first; the legend lists ids ``1..len(class_names)-1``
-            (at most ``num_classes - 1``). Without names it lists "class 1" .. the largest id present.
-        title: Line above the panels, e.g. ``"case0001, slice 45 of 147"``.
-        caption: Caption of the ``labels2d`` panel.
-        min_size: Smallest longer side of a panel, in pixels (>= 1).
-
-    Returns:
-        The written path.
-
-    Raises:
-        ValueError: shapes differ, ids are negative/non-integer/too large, alpha is outside [0, 1], or
-            ``min_size`` < 1.
+    On white: an optional ``title``, the captioned panels enlarged by an integer factor to at least ``min_size``
+    pixels, and a legend of the foreground classes (``class_names``, else "class 1" .. the largest id present).
     """
     from PIL import Image, ImageDraw
 

@@ -1,18 +1,6 @@
-"""Evaluation summaries, typed: what ``summary.json`` holds, for per-case scores or pooled scores.
-
-Two kinds of evaluation exist, and each has its class:
-
-- :class:`CaseSummary` (Synapse, dataset folders): per case and class, the paper's legacy protocol (Dice, HD95 in
-  voxels) and the honest figures (HD95 in mm with failures counted, NSD), with class means;
-- :class:`PooledSummary` (ISIC 2018): the pixels of every test image pooled into one confusion, and its scores.
-
-``to_json`` gives exactly the content of ``summary.json`` (strict JSON: an undefined figure is ``null``) and
-``from_json`` reads it back, also from a published ``config.json`` whose ``evaluation`` lacks the per-case rows;
-``from_json(s.to_json()).to_json() == s.to_json()``. :func:`summary_from_json` is the one place that tells the two
-kinds apart; everything else dispatches on the class.
-
-In memory a figure (:data:`Figure`) is a float, NaN or None when undefined; :func:`number` reads either as NaN.
-"""
+"""Evaluation summaries, typed: :class:`CaseSummary` (legacy and millimetre figures per case and class) or
+:class:`PooledSummary` (ISIC 2018: pixels pooled over the test images). ``to_json`` is exactly ``summary.json``
+(undefined figures ``null``) and ``from_json`` reads it back; :func:`summary_from_json` tells the kinds apart."""
 
 from __future__ import annotations
 
@@ -87,14 +75,7 @@ class LegacyFigures:
 @dataclass
 class MillimetreFigures:
     """HD95 in millimetres with failures (an empty prediction or ground truth) left out of the means and counted,
-    and the normalised surface Dice.
-
-    Attributes:
-        mean_hd95_mm: Mean over classes of the class means (classes without a value left out); None when none has.
-        per_class_failures: Failures per class, out of that class's ``n_cases``.
-        n_failed: Failures in all, out of ``n_values``.
-        per_class_nsd: Mean NSD per class; None where it was not computed.
-    """
+    and the normalised surface Dice."""
 
     mean_hd95_mm: Figure
     per_class_hd95_mm: dict[str, Figure]
@@ -116,18 +97,7 @@ class ClassTotals:
 
 @dataclass
 class CaseSummary:
-    """An evaluation scored per case (see the module docstring); the fields are the keys of ``summary.json``.
-
-    Attributes:
-        settings: What was evaluated and how (checkpoint, model, data, kind, cases, tta, ``empty_policy_mm``,
-            ``nsd_tolerance_mm``, ``title``, ...); an open mapping, kept as written.
-        class_names: All class names, background first; classes 1.. are reported.
-        legacy: The legacy protocol's figures.
-        mm: The millimetre figures.
-        n_cases, classes, metrics, per_class, mean: The totals of :meth:`MetricAggregator.summary`.
-        cases: The per-case rows (``case_id``, ``class_name``, metric values); None when left out (a published
-            ``config.json`` keeps the figures only).
-    """
+    """An evaluation scored per case; the fields are the keys of ``summary.json`` (``cases`` None: left out)."""
 
     settings: dict[str, Any]
     class_names: list[str]
@@ -161,21 +131,8 @@ class CaseSummary:
     ) -> CaseSummary:
         """The summary of an aggregator filled with :func:`msa2net.metrics.legacy_case_scores` rows of every case.
 
-        Args:
-            aggregator: The per-case rows.
-            class_names: All class names, background first; classes 1.. are reported.
-            settings: What was evaluated and how; stored under ``settings``.
-            empty: The empty-mask policy ``hd95_mm`` was computed with (stored as ``settings.empty_policy_mm``).
-            title: Row label of the tables (stored as ``settings.title``); default ``settings["model"]``.
-
-        Returns:
-            Legacy means are plain means over classes. ``mm.mean_hd95_mm`` is the mean over classes of the class
-            means, computed as the aggregator's ``mean``: class means omit failures (NaN ``hd95_mm``), classes
-            without any value are left out, None when no class has one. ``mm.per_class_failures`` and
-            ``mm.n_failed`` count the omitted values, out of ``per_class[c].n_cases`` and ``mm.n_values``.
-
-        Raises:
-            ValueError: the aggregator holds no rows for a reported class.
+        Legacy means are plain means over classes; ``mm.mean_hd95_mm`` is the mean of the class means without
+        failures (None when no class has a value), and the failures are counted.
         """
         totals = aggregator.summary()
         foreground = [str(c) for c in class_names[1:]]
@@ -229,11 +186,7 @@ class CaseSummary:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CaseSummary:
-        """Read :meth:`to_json` content back (also without ``cases``); values are kept as written (copied).
-
-        Raises:
-            SummaryError: a required key is missing.
-        """
+        """Read :meth:`to_json` content back (also without ``cases``), copied; SummaryError for a missing key."""
         _require(data, [f.name for f in dataclasses.fields(cls) if f.name != "cases"], "the summary")
         data = copy.deepcopy(dict(data))  # the summary owns its figures: editing it leaves the caller's data alone
         legacy, mm = data["legacy"], data["mm"]
@@ -261,15 +214,7 @@ class CaseSummary:
 
 @dataclass
 class PooledSummary:
-    """An evaluation whose pixels are pooled over every test image (the ISIC 2018 protocol).
-
-    Attributes:
-        settings: What was evaluated and how, with ``postprocess`` (whether the opening + hole-filling
-            post-process ran); an open mapping, kept as written.
-        n_images: Number of test images pooled.
-        pooled: The scores of the pooled confusion (``dsc``, ``iou``, ``sensitivity``, ``specificity``,
-            ``accuracy``), as fractions.
-    """
+    """An evaluation whose pixels are pooled over every test image (the ISIC 2018 protocol), scores as fractions."""
 
     settings: dict[str, Any]
     n_images: int
@@ -296,11 +241,7 @@ class PooledSummary:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PooledSummary:
-        """Read :meth:`to_json` content back; values are kept as written (copied).
-
-        Raises:
-            SummaryError: a required key is missing.
-        """
+        """Read :meth:`to_json` content back, copied; SummaryError for a missing key."""
         _require(data, ("settings", "n_images", "pooled"), "the pooled summary")
         data = copy.deepcopy(dict(data))
         return cls(dict(data["settings"] or {}), data["n_images"], dict(data["pooled"]))
@@ -311,12 +252,7 @@ Summary = CaseSummary | PooledSummary
 
 
 def summary_from_json(data: Mapping[str, Any]) -> Summary:
-    """The typed summary of ``summary.json`` content: pooled scores (``pooled``) or per-case ones
-    (``legacy``/``mm``/``per_class``).
-
-    Raises:
-        SummaryError: neither kind, or a required key is missing.
-    """
+    """The typed summary of ``summary.json`` content: pooled (``pooled``) or per case (``legacy``/``mm``/...)."""
     if not isinstance(data, Mapping):
         raise SummaryError(f"an evaluation summary is a JSON object, not a {type(data).__name__}")
     if "pooled" in data:
@@ -332,11 +268,8 @@ def as_summary(value: Summary | Mapping[str, Any]) -> Summary:
 
 
 def read_summary(path: str | os.PathLike[str]) -> Summary:
-    """The typed summary of a ``summary.json`` file.
+    """The typed summary of a ``summary.json`` file; SummaryError names a file that is not one."""
 
-    Raises:
-        SummaryError: the file cannot be read, is not JSON, or is not an evaluation summary; the message names it.
-    """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -74,29 +74,10 @@ def format_paper_table(
     mean_dice: float | None = None,
     mean_hd95: float | None = None,
 ) -> str:
-    """One method's results in the layout of the paper's Synapse table, as a markdown table.
+    """One method's results in the layout of the paper's Synapse table (``Method | DSC | HD95 | classes``), markdown.
 
-    Columns: ``Method | DSC | HD95 | <one Dice column per class>``. DSC and the class columns are
-    percentages with two decimals; HD95 has two decimals in the unit it was given in; undefined values
-    show as ``n/a``.
-
-    Args:
-        per_class_dice: ``{class_name: mean Dice}`` as fractions in [0, 1].
-        per_class_hd95: ``{class_name: mean HD95}`` (only the classes' mean is shown).
-        classes: Classes to show, in column order.
-        title: Text of the Method cell (e.g. the model name).
-        columns: Column headers for ``classes``; default :data:`SYNAPSE_COLUMNS` when ``classes`` are the 8
-            Synapse organs in label order, else the class names.
-        mean_dice: The DSC cell, as a fraction; default the plain mean of ``per_class_dice`` over ``classes``
-            (NaN if any class is NaN). Reports pass the figure of their summary so both show the same number.
-        mean_hd95: The HD95 cell; default the plain mean of ``per_class_hd95`` over ``classes``.
-
-    Returns:
-        Header, alignment and one result row, separated by newlines.
-
-    Raises:
-        ValueError: no classes, a wrong number of column headers, or Dice values above 1 (percentages).
-        KeyError: a class missing from ``per_class_dice`` or ``per_class_hd95``.
+    Dice as percentages, two decimals, ``n/a`` when undefined; ``mean_dice``/``mean_hd95`` default to plain means
+    over ``classes`` (reports pass their summary's figures), ``columns`` to :data:`SYNAPSE_COLUMNS` for the organs.
     """
     headers, row = _paper_row(per_class_dice, per_class_hd95, classes, title, columns, mean_dice, mean_hd95)
     return markdown_table(["Method", "DSC", "HD95", *headers], [row])
@@ -146,24 +127,9 @@ def _empty_rule(empty: object) -> str:
 
 
 def evaluation_tables(summary: CaseSummary | Mapping[str, Any]) -> list[Table]:
-    """The two tables of a per-case evaluation, as ``(caption, header, rows)`` cells. ``table.md``, ``report.html``
-    and the model card all print these cells.
-
-    - legacy protocol, the paper's layout (:func:`format_paper_table`): DSC and HD95 (voxels) are
-      ``legacy.mean_dice`` and ``legacy.mean_hd95_voxels``, the class columns ``legacy.per_class_dice``;
-    - millimetres: rows ``HD95 (mm)`` (``mm.mean_hd95_mm`` and ``mm.per_class_hd95_mm``), ``failed``
-      (``mm.n_failed/mm.n_values`` and ``per_class_failures[c]/per_class[c].n_cases``) and, when NSD was
-      computed, ``NSD (<tolerance> mm)`` in percent (``mean.nsd`` and ``mm.per_class_nsd``).
-
-    Figures have two decimals (Dice and NSD as percentages); undefined ones show as ``n/a``. Captions say what
-    each table measures.
-
-    Args:
-        summary: A :class:`CaseSummary`, or its JSON content.
-
-    Raises:
-        SummaryError: ``summary`` is not an evaluation summary.
-        TypeError: it is a pooled one (no per-class figures).
+    """The two tables of a per-case evaluation as ``(caption, header, rows)`` cells, which ``table.md``,
+    ``report.html`` and the model card all print: the legacy protocol in the paper's layout, and the millimetre
+    figures (HD95 mm, failures, NSD when computed). TypeError for a pooled summary.
     """
     summary = as_summary(summary)
     if not isinstance(summary, CaseSummary):
@@ -219,16 +185,7 @@ def format_evaluation_tables(summary: CaseSummary | Mapping[str, Any]) -> str:
 def write_evaluation_report(
     out_dir: str | os.PathLike[str], summary: CaseSummary | Mapping[str, Any], aggregator: MetricAggregator
 ) -> dict[str, Path]:
-    """Write ``summary.json`` (strict JSON), ``per_case.csv`` and ``table.md`` into ``out_dir``, atomically.
-
-    Args:
-        out_dir: Output folder (created).
-        summary: A :class:`CaseSummary` (or its JSON content).
-        aggregator: The aggregator the summary was built from (its rows go to ``per_case.csv``).
-
-    Returns:
-        ``{"summary": path, "per_case": path, "table": path}``.
-    """
+    """Write ``summary.json`` (strict JSON), ``per_case.csv`` and ``table.md`` into ``out_dir``, atomically."""
     summary = as_summary(summary)
     out = Path(out_dir)
     return {

@@ -39,9 +39,14 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("scans")
+    series = _write_dicom_series(_phantom((4, 32, 40), 2), root / "series1", (0.75, 0.8, 2.5), (-12.5, 30, 100))
+    for path in series.iterdir():  # a wrong Spacing Between Slices, as GDCM writes for slices saved one by one
+        dataset = pydicom.dcmread(path)
+        dataset.SpacingBetweenSlices = "1"
+        dataset.save_as(path)
     return {
         "nifti": _write_sitk(_phantom((5, 40, 48), 0), root / "case.nii.gz", (0.8, 0.7, 3.0), (-10, 20, 30), DIRECTION),
-        "dicom": _write_dicom_series(_phantom((4, 32, 40), 2), root / "series1", (0.75, 0.8, 2.5), (-12.5, 30, 100)),
+        "dicom": series,
     }
 
 

@@ -152,6 +152,12 @@ def write_dicom_seg(
         series_description=f"msa2net segmentation ({algorithm.get('source') or 'model'})",
         omit_empty_frames=False,
     )
+    # highdicom copies the source's Spacing Between Slices, which writers get wrong (GDCM writes 1 for slices saved
+    # one by one) and readers such as dcmqi trust: the slice positions decide it
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in sources])
+    if len(sources) > 1:
+        step = float(np.linalg.norm(positions[1] - positions[0]))
+        seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices = f"{step:.6g}"
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return [str(class_names[i]) for i in present]

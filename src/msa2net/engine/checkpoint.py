@@ -387,6 +387,7 @@ def checkpoint_from_pretrained(
         "config": dict((config.get("provenance") or {}).get("run_config") or {}),
         "slice_orientation": config.get("slice_orientation"),
         "pretrained": config,
+        "pretrained_folder": str(folder),  # where exported graphs may wait (see msa2net.engine.backends)
     }
     check_checkpoint(ckpt, where)
     if "slice_orientation" not in config:

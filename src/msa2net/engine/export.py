@@ -277,3 +277,21 @@ def _onnx_opset(staged: Mapping[str, Path]) -> int | None:
 
     model = onnx.load(str(staged["onnx"]), load_external_data=False)
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def export_onnx(model: MSA2Net, path: str | os.PathLike[str]) -> None:
+    """Write ``model`` as ONNX (dynamic batch, as :func:`export_model`) to ``path``, unchecked."""
+    (h, w), channels = model.img_size, model.config.in_channels
+    _export_onnx(model, torch.zeros(1, channels, h, w), Path(path))
+
+
+def convert_openvino(model: MSA2Net) -> Any:
+    """``model`` as an OpenVINO graph (``openvino.convert_model`` of the eager model; dynamic batch, fixed
+    channels and size)."""
+    import openvino as ov
+
+    (h, w), channels = model.img_size, model.config.in_channels
+    with _quiet_tracing(), torch.no_grad():
+        graph = ov.convert_model(model.eval(), example_input=torch.zeros(1, channels, h, w))
+    graph.reshape([-1, channels, h, w])
+    return graph

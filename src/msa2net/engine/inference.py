@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return next(itertools.chain(model.parameters(), model.buffers())).device  # a RuntimeModel holds buffers only
 
 
 def _autocast_dtype(amp: str | None) -> torch.dtype | None:

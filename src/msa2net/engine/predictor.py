@@ -27,6 +27,7 @@ from ..data.io import RASTER_SUFFIXES, image_suffix, read_image, resolve_max_pix
 from ..data.orientation import Reorientation, axis_code, check_axis_code, reorientation
 from ..data.preprocessing import Preprocessing
 from ..models import MSA2Net
+from .backends import BACKENDS, PRECISIONS, load_backend
 from .checkpoint import load_model_source, model_from_checkpoint
 from .distributed import resolve_device
 from .inference import predict_volume
@@ -49,6 +50,8 @@ class PredictOptions:
         keep_largest: ``"all"``, class names or ids whose largest connected component alone is kept; None: the
             model's recorded choice (a published folder's ``postprocessing``), else none. ``()``: none.
         progress: Show a progress bar per volume.
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"openvino"`` (:mod:`msa2net.engine.backends`).
+        precision: ``"fp32"``, ``"bf16"`` (torch: autocast) or ``"int8"`` (OpenVINO, after ``export --int8``).
     """
 
     batch_size: int = 8
@@ -59,6 +62,8 @@ class PredictOptions:
     max_pixels: int | None = None
     keep_largest: str | Sequence[str | int] | None = None
     progress: bool = False
+    backend: str = "torch"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         amp = None if self.amp == "none" else self.amp
@@ -66,6 +71,15 @@ class PredictOptions:
             raise ValueError(f"amp must be None, {', '.join(repr(m) for m in AMP_MODES[1:])}, got {self.amp!r}")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.backend not in BACKENDS or self.precision not in PRECISIONS:
+            raise ValueError(
+                f"backend must be one of {', '.join(BACKENDS)} and precision one of {', '.join(PRECISIONS)}, got "
+                f"{self.backend!r} and {self.precision!r}"
+            )
+        if amp is not None and (self.backend != "torch" or self.precision != "fp32"):
+            raise ValueError(f"amp is torch autocast; with backend {self.backend!r} choose the precision instead")
+        if self.backend == "torch" and self.precision == "bf16":
+            amp = "bf16"  # torch's bf16 is autocast
         object.__setattr__(self, "amp", amp)
         object.__setattr__(self, "max_pixels", resolve_max_pixels(self.max_pixels))
 
@@ -153,7 +167,9 @@ class Predictor:
     (:func:`~msa2net.engine.checkpoint.load_model_source` form) as they are.
     """
 
-    def __init__(self, model: MSA2Net, ckpt: Mapping[str, Any], options: PredictOptions | None = None) -> None:
+    def __init__(
+        self, model: MSA2Net | torch.nn.Module, ckpt: Mapping[str, Any], options: PredictOptions | None = None
+    ) -> None:
         self.model = model.eval()
         self.ckpt = ckpt
         self.options = options or PredictOptions()
@@ -183,7 +199,11 @@ class Predictor:
         opts = options or PredictOptions(**option_values)
         ckpt = load_model_source(source)
         device = resolve_device(device) if isinstance(device, str) else device
-        return cls(model_from_checkpoint(ckpt, device), ckpt, opts)
+        if opts.backend != "torch":
+            device = torch.device("cpu")  # the runtimes run on the CPU
+        model = model_from_checkpoint(ckpt, device)
+        folder = ckpt.get("pretrained_folder")
+        return cls(load_backend(model, opts.backend, opts.precision, folder=folder), ckpt, opts)
 
     @property
     def model_name(self) -> str:

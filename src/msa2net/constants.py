@@ -29,6 +29,9 @@ VALIDATION_MODES: tuple[str, ...] = get_args(ValidationMode)
 EMPTY_POLICIES: tuple[str, ...] = ("nan", "legacy", "diagonal")
 #: What ``predict`` can write per input (``--output-type``): the label mask, class probabilities, a DICOM SEG.
 OUTPUT_TYPES: tuple[str, ...] = ("nifti", "probabilities", "dicom-seg")
+#: Inference runtimes (``--backend``) and precisions (``--precision``); see :mod:`msa2net.engine.backends`.
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 
 #: Class names by Synapse class id (the paper's table columns are classes 1..8 in this order).
 SYNAPSE_CLASS_NAMES: tuple[str, ...] = (

@@ -14,21 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._atomic import atomic_path
+from ..constants import BACKENDS, PRECISIONS
 from ..models import MSA2Net
-from .export import ONNX_OPSET, convert_openvino, export_onnx
+from .export import ONNX_OPSET, convert_openvino, export_onnx, save_openvino
+from .inference import RuntimeModel
 
-__all__ = ["BACKENDS", "PRECISIONS", "BackendError", "RuntimeModel", "cache_dir", "load_backend"]
+__all__ = ["BACKENDS", "PRECISIONS", "BackendError", "cache_dir", "load_backend"]
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 _SUPPORTED = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16", "int8")}
 _EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 layers run int8; the rest stays f32
@@ -36,20 +35,6 @@ _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 layers ru
 
 class BackendError(RuntimeError):
     """A backend that is not installed, a precision it does not offer, or a graph it cannot load."""
-
-
-class RuntimeModel(torch.nn.Module):
-    """A converted graph behind the eager model's interface: ``forward((N, C, H, W) float32) -> logits``, on the
-    CPU."""
-
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], model: MSA2Net, name: str) -> None:
-        super().__init__()
-        self.config, self.img_size, self.num_classes = model.config, model.img_size, model.num_classes
-        self.run, self.name = run, name
-        self.register_buffer("anchor", torch.zeros(0), persistent=False)  # where the inputs go: the CPU
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.run(x.detach().cpu().float().numpy())))
 
 
 def cache_dir() -> Path:
@@ -128,18 +113,6 @@ def load_backend(
         core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision]}
     )
     return RuntimeModel(lambda x: compiled(x)[0], model, f"openvino-{precision}")
-
-
-def save_openvino(graph: Any, path: Path) -> None:
-    """Write an OpenVINO model (``.xml`` + ``.bin``) so that a reader never sees half of it: both are written
-    beside, the ``.bin`` renamed first, the ``.xml`` (what readers look for) last."""
-    import openvino as ov
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    ov.save_model(graph, str(tmp), compress_to_fp16=False)
-    os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
-    os.replace(tmp, path)
 
 
 def describe(model: torch.nn.Module) -> Mapping[str, str]:

@@ -26,6 +26,7 @@ from ..reporting.html import HtmlReport
 from ..reporting.overlays import OVERLAY_COLORS, write_overlay_png
 from ..reporting.summary import build_evaluation_summary, build_isic_summary
 from ..reporting.tables import write_evaluation_report
+from .backends import load_backend
 from .checkpoint import load_model_source, model_from_checkpoint, resolve_checkpoint_path
 from .distributed import resolve_device
 from .inference import AmpCheck, predict_volume
@@ -59,6 +60,8 @@ def evaluate(
     notes: Sequence[str] = (),
     compare_fp32: bool = False,
     keep_largest: str | Sequence[str | int] | None = None,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (ours or the authors') and write the report into ``out_dir``.
 
@@ -94,6 +97,10 @@ def evaluate(
     (:class:`~msa2net.engine.inference.AmpCheck`: share of identical labels, legacy Dice change per class); the
     reported scores stay those of the mixed-precision run.
 
+    ``backend`` and ``precision`` run the model on another runtime (:mod:`msa2net.engine.backends`); every run
+    other than torch float32 is then also segmented by torch float32 and their agreement recorded in
+    ``settings.amp_check`` (with ``backend``), as ``compare_fp32`` does for ``amp``.
+
     ``keep_largest`` (``"all"``, class names or ids; None: the published model's recorded choice, else none) reduces
     those classes of every prediction to their largest connected component before scoring, as ``predict`` does
     (:mod:`msa2net.engine.postprocess`); ``settings.keep_largest`` records it.
@@ -110,7 +117,16 @@ def evaluate(
     source = open_source(data, kind)
     _check_fits(source, class_names, prep, checkpoint, allow_mismatched_input)
     ids, training = _evaluation_cases(source, cases, split)
-    model = model_from_checkpoint(ckpt, resolve_device(device))
+    runtime = backend != "torch" or precision != "fp32"
+    if runtime and amp is not None:
+        raise ValueError(f"amp is torch autocast; with backend {backend!r} and precision {precision!r} give no amp")
+    if backend == "torch" and precision == "bf16":
+        backend, precision, amp, runtime = "torch", "fp32", "bf16", False  # torch's bf16 is autocast
+    model = model_from_checkpoint(ckpt, resolve_device("cpu" if runtime else device))
+    reference = model
+    if runtime:
+        model = load_backend(model, backend, precision, folder=ckpt.get("pretrained_folder"))  # type: ignore[assignment]
+        compare_fp32 = True
     out.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = {
         "checkpoint": str(checkpoint),
@@ -137,7 +153,9 @@ def evaluate(
         notes = [settings["warning"], *notes]
         title = f"{title or ckpt['model_name']} (TRAINING cases)"
         logger.warning("%s", settings["warning"])
-    amp_check = AmpCheck(class_names, amp) if compare_fp32 else None
+    check_name = f"{backend}-{precision}"
+    amp_check = AmpCheck(class_names, amp, reference if runtime else None, check_name) if compare_fp32 else None
+    settings["backend"], settings["precision"] = backend, precision
     if amp_check is not None:  # filled case by case, so complete when the summary is built
         settings["amp_check"] = amp_check.record
 

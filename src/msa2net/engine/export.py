@@ -150,7 +150,14 @@ def _onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
     return np.asarray(session.run(None, {name: x.numpy()})[0])
 
 
-_RUNNERS = {"torchscript": _torchscript_logits, "onnx": _onnx_logits}
+def _openvino_logits(path: Path, x: torch.Tensor) -> np.ndarray:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return np.asarray(compiled(x.numpy())[0])
+
+
+_RUNNERS = {"torchscript": _torchscript_logits, "onnx": _onnx_logits, "openvino": _openvino_logits}
 
 
 def export_model(
@@ -162,6 +169,9 @@ def export_model(
     atol: float = 1e-4,
     batch: int = 1,
     overwrite: bool = False,
+    openvino: bool = False,
+    int8_calibration: str | os.PathLike[str] | None = None,
+    calibration_count: int = 300,
 ) -> ExportResult:
     """Write a model's published folder with TorchScript and/or ONNX graphs inside, checked against eager PyTorch.
 
@@ -186,6 +196,11 @@ def export_model(
         atol: Allowed max absolute difference, scaled by ``max(1, max|eager logits|)``.
         batch: Batch size of the example input used for tracing/export.
         overwrite: Replace a non-empty ``out_dir``.
+        openvino: Also write the OpenVINO graph ``openvino/model.xml`` (checked like the others), which the openvino
+            backend then loads without converting.
+        int8_calibration: Also write ``openvino/model-int8.xml``, quantised by NNCF on ``calibration_count`` slices
+            of this dataset's training cases and kept only if it passes the agreement gate on its labelled cases
+            (:func:`msa2net.engine.quantize.quantize_int8`); implies ``openvino``.
 
     Returns:
         An :class:`ExportResult`: the written paths by kind (``"torchscript"``, ``"onnx"``, ``"safetensors"``,
@@ -228,6 +243,21 @@ def export_model(
                 raise ExportError(f"TorchScript export failed: {type(err).__name__}: {_first_line(err)}") from err
         if "onnx" in formats:
             onnx_exporter = _export_onnx(model, example, staged["onnx"])
+        openvino_record: dict[str, Any] | None = None
+        if openvino or int8_calibration is not None:
+            import openvino as ov
+
+            graph = convert_openvino(model)
+            save_openvino(graph, staging / "openvino" / "model.xml")
+            staged["openvino"] = staging / "openvino" / "model.xml"
+            openvino_record = {"version": ov.__version__, "fp32": "openvino/model.xml"}
+            if int8_calibration is not None:
+                from .quantize import quantize_int8
+
+                int8, openvino_record["int8"] = quantize_int8(
+                    model, graph, ckpt, int8_calibration, count=calibration_count
+                )
+                save_openvino(int8, staging / "openvino" / "model-int8.xml")
 
         differences: dict[str, float] = {}
         tolerance = None
@@ -236,7 +266,7 @@ def export_model(
             with torch.inference_mode():
                 eager = model(x).numpy()
             tolerance = float(atol * max(1.0, float(np.abs(eager).max())))
-            for name in formats:
+            for name in [*formats, *(["openvino"] if openvino_record else [])]:
                 logits = _RUNNERS[name](staged[name], x)
                 if logits.shape != eager.shape:
                     raise ExportError(
@@ -263,12 +293,19 @@ def export_model(
             if not check
             else {"batch": CHECK_BATCH, "atol": atol, "tolerance": tolerance, "max_abs_diff": differences},
         }
-        files = {_FILE_NAMES[name]: path for name, path in staged.items()}
+        if openvino_record is not None:
+            record["openvino"] = openvino_record
+        files = {_FILE_NAMES[name]: path for name, path in staged.items() if name in _FILE_NAMES}
+        files.update({f"openvino/{p.name}": p for p in sorted((staging / "openvino").glob("model*"))})
         given = checkpoint if isinstance(checkpoint, Mapping) else Path(checkpoint)  # a run folder: its evaluation
         publish(given, out, overwrite=overwrite or in_place, exports=record, extra_files=files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     paths = {name: out / _FILE_NAMES[name] for name in [*formats, "safetensors", "config"]}
+    if openvino_record is not None:
+        paths["openvino"] = out / "openvino" / "model.xml"
+        if "int8" in openvino_record:
+            paths["openvino-int8"] = out / "openvino" / "model-int8.xml"
     return ExportResult(paths, differences, tolerance, onnx_exporter)
 
 
@@ -295,3 +332,15 @@ def convert_openvino(model: MSA2Net) -> Any:
         graph = ov.convert_model(model.eval(), example_input=torch.zeros(1, channels, h, w))
     graph.reshape([-1, channels, h, w])
     return graph
+
+
+def save_openvino(graph: Any, path: Path) -> None:
+    """Write an OpenVINO model (``.xml`` + ``.bin``) so that a reader never sees half of it: both are written
+    beside, the ``.bin`` renamed first, the ``.xml`` (what readers look for) last."""
+    import openvino as ov
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    ov.save_model(graph, str(tmp), compress_to_fp16=False)
+    os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+    os.replace(tmp, path)

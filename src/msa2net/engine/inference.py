@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,20 @@ from ..data.preprocessing import SYNAPSE_PREPROCESSING, Preprocessing
 from ..data.transforms import resize_image, resize_label
 from ..metrics import label_agreement
 from ..models import MSA2Net
+
+
+class RuntimeModel(torch.nn.Module):
+    """A converted graph behind the eager model's interface: ``forward((N, C, H, W) float32) -> logits``, on the
+    CPU."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], model: MSA2Net, name: str) -> None:
+        super().__init__()
+        self.config, self.img_size, self.num_classes = model.config, model.img_size, model.num_classes
+        self.run, self.name = run, name
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)  # where the inputs go: the CPU
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.run(x.detach().cpu().float().numpy())))
 
 
 def _batches(n: int, size: int) -> Iterator[slice]:
@@ -235,23 +249,28 @@ class AmpCheck:
     "dice_change": {class: value}}]}``.
     """
 
-    def __init__(self, class_names: Sequence[str], amp: str | None) -> None:
-        if amp not in ("bf16", "fp16"):
+    def __init__(
+        self, class_names: Sequence[str], amp: str | None, reference: torch.nn.Module | None = None, name: str = ""
+    ) -> None:
+        if amp not in ("bf16", "fp16") and reference is None:
             raise ValueError(
                 "comparing with float32 checks a mixed-precision evaluation: give amp='bf16' (or 'fp16' on CUDA), "
                 f"got amp={amp!r}"
             )
-        self.amp = amp
+        self.amp, self.reference = amp, reference  # reference: torch float32 when the checked model is a runtime
         self.class_names = [str(c) for c in class_names]
         self.record: dict[str, Any] = {"amp": amp, "reference": "fp32", "n_cases": 0}
+        if reference is not None:
+            self.record.update(backend=name, reference="torch-fp32")
         self._voxels = self._different = 0
         self._changes: dict[str, list[float]] = {c: [] for c in self.class_names[1:]}
         self._agreements: dict[str, list[float]] = {c: [] for c in self.class_names[1:]}
 
     def predict(self, model: MSA2Net, case_id: str, image: np.ndarray, label: np.ndarray, **kwargs: Any) -> np.ndarray:
-        """:func:`predict_volume` of ``image`` under ``amp`` (returned) and in float32 (compared)."""
+        """:func:`predict_volume` of ``image`` under ``amp`` (returned) and in float32 (compared); with a
+        ``reference``, ``model`` is the runtime checked and ``reference`` gives the float32 labels."""
         mixed = predict_volume(model, image, amp=self.amp, **kwargs)
-        full = predict_volume(model, image, amp=None, **kwargs)
+        full = predict_volume(self.reference or model, image, amp=None, **kwargs)
         self.add(case_id, mixed, full, label)
         return mixed
 

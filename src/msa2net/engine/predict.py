@@ -250,6 +250,8 @@ def predict_files(
     statistics: bool = False,
     keep_largest: str | Sequence[str | int] | None = None,
     segment_codes: str | os.PathLike[str] | None = None,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> PredictReport:
     """Segment image files and DICOM series with a model; write label masks with the input's geometry.
 
@@ -343,6 +345,7 @@ def predict_files(
             bound); see :meth:`~msa2net.engine.predictor.Prediction.statistics`.
         keep_largest: Keep only the largest connected component of these classes (``"all"``, names or ids); None:
             as the model records (a published folder's ``postprocessing``), else none.
+        backend, precision: The runtime and its precision (:class:`~msa2net.engine.predictor.PredictOptions`).
         segment_codes: A JSON table of DICOM SEG codes for the model's classes
             (:func:`msa2net.data.dicom_seg.load_segment_codes`).
 
@@ -378,6 +381,8 @@ def predict_files(
         max_pixels=max_pixels,
         keep_largest=keep_largest,
         progress=progress,
+        backend=backend,
+        precision=precision,
     )
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"out_dir {out_dir} exists and is not a folder; give a folder (it is created if missing)")
@@ -426,6 +431,8 @@ def predict_files(
             "processes": info.world_size,
             "tta": options.tta,
             "amp": options.amp,
+            "backend": options.backend,
+            "precision": options.precision,
             "max_pixels": options.max_pixels,
             "allow_mismatched_input": options.allow_mismatched_input,
             "slice_orientation": predictor.slice_orientation,

@@ -167,6 +167,12 @@ def publish(
         PretrainedError: ``out_dir`` is a non-empty folder and ``overwrite`` is off.
         HubUnavailableError: ``push`` while the hub cannot be reached (within seconds); the folder is written.
     """
+    int8 = ((exports or {}).get("openvino") or {}).get("int8") or {}
+    if any(str(name).endswith("-int8.xml") for name in extra_files or {}) and not int8.get("agreement"):
+        raise ValueError(
+            "an int8 model is published only with its agreement with torch float32 (exports.openvino.int8.agreement);"
+            " make it with msa2net export --int8 --calibration DATA, which measures it"
+        )
     checkpoint, found = (Path("<checkpoint dict>"), None) if isinstance(source, Mapping) else find_run_files(source)
     notes: list[str] = []
     summary_path = Path(evaluation) if evaluation is not None else found

@@ -350,6 +350,7 @@ def save_pretrained(
                 text = str(card)
             (staging / CARD_NAME).write_text(text, encoding="utf-8")
         for name, path in (extra_files or {}).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(os.fspath(path), staging / name)
         _replace_folder(staging, target, overwrite)
     finally:

@@ -341,6 +341,7 @@ def model_card(config: Mapping[str, Any], *, repo_id: str | None = None) -> Mode
         ckpt=_checkpoint_context(config),
         recipe=_recipe_rows(config),
         evaluation=_evaluation_context(summary),
+        exports=config.get("exports") or {},
         where=repo_id or "path/to/this-folder",
         license=license,
         bibtex=MSA2NET_BIBTEX,

@@ -63,3 +63,19 @@ def test_bench_evaluate_refuses_unknown_parts() -> None:
         timeout=300,
     )
     assert done.returncode == 2 and "nonsense" in done.stderr and "evaluate" in done.stderr
+
+
+def test_bench_backends_runs_every_runtime_and_float32_ones_give_the_torch_labels(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MSA2NET_CACHE", str(tmp_path / "cache"))
+    bench = benchmark_module("bench_backends")
+    args = ["--slices", "4", "--size", "80", "--model", "msa2net_test", "--img-size", "64", "--rounds", "2"]
+    result = bench.main([*args, "--calibration-slices", "4", "--parts", "speed,evaluate", "--quiet"])
+    speed = result["speed"]
+    runtimes = {"torch_fp32", "torch_bf16", "ort_fp32", "openvino_fp32", "openvino_bf16", "openvino_int8"}
+    assert set(speed["speedup_vs_authors"]) == runtimes
+    assert all(_is_ratio(r) for r in speed["speedup_vs_authors"].values())
+    identical = speed["identical_to_torch_fp32"]
+    assert identical["authors"] == identical["ort_fp32"] == identical["openvino_fp32"] == 1.0
+    assert all(0.5 < identical[name] <= 1.0 for name in runtimes)
+    assert _is_ratio(result["evaluate"]["speedup_vs_authors"])
+    assert set(result["machine"]["flags"]) >= {"avx2", "avx512_vnni", "amx_tile"}

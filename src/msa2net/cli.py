@@ -534,9 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--amp", choices=AMP_MODES, help="mixed-precision inference: none (float32, default), bf16, fp16")
     p.add_argument(
-        "--amp-check", action="store_true", help="with --amp: also run float32 and record the agreement in summary.json"
+        "--amp-check",
+        action="store_true",
+        help="with --amp, or --backend/--precision other than torch fp32: also run torch float32 and record the "
+        "agreement in summary.json",
     )
-    _runtime_flags(p, "(any but torch fp32 records its agreement with torch fp32 in summary.json)")
+    _runtime_flags(p, "")
     p.add_argument(
         "--empty",
         type=_empty_policy,

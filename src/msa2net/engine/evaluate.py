@@ -97,9 +97,9 @@ def evaluate(
     (:class:`~msa2net.engine.inference.AmpCheck`: share of identical labels, legacy Dice change per class); the
     reported scores stay those of the mixed-precision run.
 
-    ``backend`` and ``precision`` run the model on another runtime (:mod:`msa2net.engine.backends`); every run
-    other than torch float32 is then also segmented by torch float32 and their agreement recorded in
-    ``settings.amp_check`` (with ``backend``), as ``compare_fp32`` does for ``amp``.
+    ``backend`` and ``precision`` run the model on another runtime (:mod:`msa2net.engine.backends`); with
+    ``compare_fp32`` every case is also segmented by torch float32 and the agreement recorded in
+    ``settings.amp_check`` (with ``backend``), as for ``amp``.
 
     ``keep_largest`` (``"all"``, class names or ids; None: the published model's recorded choice, else none) reduces
     those classes of every prediction to their largest connected component before scoring, as ``predict`` does
@@ -126,7 +126,6 @@ def evaluate(
     reference = model
     if runtime:
         model = load_backend(model, backend, precision, folder=ckpt.get("pretrained_folder"))  # type: ignore[assignment]
-        compare_fp32 = True
     out.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = {
         "checkpoint": str(checkpoint),

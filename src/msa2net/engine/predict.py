@@ -278,13 +278,9 @@ def predict_files(
 
     Masks have the input's array shape (without channel axis) and, except PNG, its spacing, origin and direction.
 
-    Orientation: a checkpoint trained on volumes records their axis code (``slice_orientation``, e.g. ``"AIR"`` for
-    sagittal slices). With ``reorient`` (default), a volume stored in another layout (e.g. an axial-first ``"RAS"``
-    brain) is re-indexed to that code before slicing, by permutation and flips only (no resampling), and its mask
-    is moved back, so the model always segments the plane it learnt; ``predictions.json`` records the input's code
-    (``axis_code``) and the layout segmented (``segmented_as``). Inputs whose headers are known to be wrong can be
-    segmented as stored with ``reorient=False``. Checkpoints without the record (older ones, 2D data, the authors')
-    segment every volume as stored.
+    Orientation (re-indexing volumes to the model's ``slice_orientation``), the intensity check and
+    post-processing are the :class:`~msa2net.engine.predictor.Predictor`'s; ``predictions.json`` records each
+    input's axis code (``axis_code``) and the layout segmented (``segmented_as``).
 
     Overlays (``overlays=True``) blend the class colours on the model's view of the image: ``<stem>_overlay.png``
     for 2D inputs, ``<stem>_overlay_zNNN.png`` for up to :data:`OVERLAY_SLICES` evenly spaced slices with foreground
@@ -309,11 +305,6 @@ def predict_files(
     name that collides with an earlier input's output, ...) is logged as a warning, listed in
     :attr:`PredictReport.failed` with the reason, and skipped; files already written for it are removed (every file
     is written atomically, so a failed write leaves nothing either).
-
-    Intensity check: the checkpoint's preprocessing says what input values mean, and an input of another kind is
-    refused unless ``allow_mismatched_input`` is set: a ``ct_window`` (CT) model takes Hounsfield units, not unsigned
-    integers (8/16-bit pictures, HU stored with an offset), a raster whose values all lie in 0..255, or floats already
-    scaled to [0, 1]; an ``rgb`` model takes 8-bit values, not floats already scaled to [0, 1].
 
     Args:
         checkpoint: The model: an msa2net checkpoint or the authors' MSA2Net ``.pth`` (path), a loaded checkpoint

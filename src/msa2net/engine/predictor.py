@@ -6,6 +6,12 @@
 
 ``msa2net predict`` writes files from the :class:`Prediction` objects of one :class:`Predictor`, and ``evaluate``
 applies the same post-processing (:mod:`msa2net.engine.postprocess`).
+
+Orientation: a model trained on volumes records their axis code (``slice_orientation``, e.g. ``"AIR"``: sagittal
+slices); a volume stored in another layout is re-indexed to it before slicing (permutations and flips, no
+resampling) and its mask moved back (``reorient=False`` segments as stored). Intensity check: the preprocessing says
+what input values mean; a CT model refuses unsigned-integer pictures and values already scaled to [0, 1], an RGB
+model floats in [0, 1], unless ``allow_mismatched_input``.
 """
 
 from __future__ import annotations

@@ -184,8 +184,8 @@ def test_monai_runs_the_bundle_without_msa2net_and_agrees_with_predict(
     assert len(np.unique(reference)) == len(CLASSES), "an untrained model predicting one class would prove nothing"
     labels = sitk.GetArrayFromImage(written)
     identical = float(np.mean(labels == reference))
+    # measured here: 100 % (24,534 of 24,534); only float rounding in the resampling products could flip a near-tie
     assert identical >= 0.999, f"{identical:.5%} of voxels agree"
-    assert identical == 1.0  # measured: the bundle is exact on this volume (a change in agreement is worth knowing)
 
 
 def test_cli_needs_an_output(model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

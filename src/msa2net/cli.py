@@ -356,21 +356,37 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .engine.export import export_model
+    from .engine.monai_bundle import write_monai_bundle
 
-    result = export_model(
-        args.checkpoint,
-        args.out,
-        formats=args.formats,
-        check=not args.no_check,
-        overwrite=args.overwrite,
-        openvino=args.openvino,
-        int8_calibration=args.int8,
-        calibration_count=args.calibration_slices,
-    )
-    for fmt, path in result.items():
-        print(f"{fmt:12s} {path}")
-    for fmt, diff in result.differences.items():
-        print(f"max |logits - eager| {fmt}: {diff:.3g} (allowed {result.tolerance:.3g})")
+    if args.out is None and args.monai_bundle is None:
+        args.parser.error("give -o/--out FOLDER (a published folder with graphs), --monai-bundle DIR, or both")
+    if args.out is not None:
+        result = export_model(
+            args.checkpoint,
+            args.out,
+            formats=args.formats,
+            check=not args.no_check,
+            overwrite=args.overwrite,
+            openvino=args.openvino,
+            int8_calibration=args.int8,
+            calibration_count=args.calibration_slices,
+        )
+        for fmt, path in result.items():
+            print(f"{fmt:12s} {path}")
+        for fmt, diff in result.differences.items():
+            print(f"max |logits - eager| {fmt}: {diff:.3g} (allowed {result.tolerance:.3g})")
+    if args.monai_bundle is not None:
+        bundle = write_monai_bundle(args.checkpoint, args.monai_bundle, overwrite=args.overwrite)
+        check = bundle.check
+        print(f"MONAI bundle {bundle.folder}: {', '.join(bundle.files)}")
+        print(
+            f"models/model.ts vs msa2net on a random slice: {check['labels_identical']}/{check['labels_total']} labels "
+            f"identical, max |probability difference| {check['max_abs_prob_diff']:.3g}"
+        )
+        print(
+            "run it: python -m monai.bundle run --config_file configs/inference.json "
+            f"--bundle_root {bundle.folder} --dataset_dir IN --output_dir OUT"
+        )
     return 0
 
 
@@ -673,7 +689,12 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="run folder (its best.pt, else last.pt), msa2net checkpoint, published folder, or an authors' .pth",
     )
-    p.add_argument("-o", "--out", required=True, help="output folder (the --checkpoint folder itself adds the graphs)")
+    p.add_argument("-o", "--out", help="output folder (the --checkpoint folder itself adds the graphs)")
+    p.add_argument(
+        "--monai-bundle",
+        metavar="DIR",
+        help="also (or only) write a MONAI bundle folder that python -m monai.bundle run executes on NIfTI volumes",
+    )
     p.add_argument(
         "--formats",
         nargs="+",
@@ -691,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         "labels agree with torch float32 on its labelled cases (>= 99.5%% identical, Dice drop <= 0.005)",
     )
     p.add_argument("--calibration-slices", type=_int_at_least(1), default=300, help="int8 calibration slices (300)")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, parser=p)
 
     p = sub.add_parser("demo", help="phantom -> prepare -> train -> evaluate -> predict, on CPU in minutes")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")

@@ -1,0 +1,64 @@
+"""`msa2net <command>`: parses arguments (:mod:`.parser`) and runs the command (:mod:`.commands`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from .parser import build_parser
+
+__all__ = ["BUSY_LOAD", "build_parser", "main"]
+
+#: Commands whose work is torch compute on the CPU (train steps, forward passes).
+_COMPUTE_COMMANDS = frozenset({"train", "evaluate", "predict", "demo", "export"})
+#: 1-minute load average (other processes, before msa2net starts) from which the CPU counts as shared.
+BUSY_LOAD = 0.75
+
+
+def _wait_policy_for_shared_cpus(command: str) -> str | None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` when other processes already keep the CPU busy; returns a note saying so.
+
+    OpenMP threads that finish early spin while they wait (the default, active policy): the fastest alone, but the
+    spinning takes the cores from every other process. Measured on 2 cores (``benchmarks/bench_contention.py``:
+    ``msa2net_paper`` training steps, batch 2 at 224, 2 threads per process, 3 interleaved rounds; JSON in
+    ``benchmarks/results/bench_contention_paper_b2_2core.json``): alone 1.52 s a step, PASSIVE alone 1.28x slower
+    (1.24-1.30); two processes at once 9.2x slower than alone each (7.2-10.7) with the default, 2.10x (2.09-2.13,
+    a fair share) with PASSIVE. So the policy is chosen here, before torch is imported (OpenMP reads it once, at
+    load): PASSIVE when the load average already shows another busy process, else OpenMP's default. An
+    ``OMP_WAIT_POLICY`` the user set is kept, and nothing is done once torch is loaded (e.g. inside Python).
+    """
+    if command not in _COMPUTE_COMMANDS or "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+        return None
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on this platform
+        return None
+    if load < BUSY_LOAD:
+        return None
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return (
+        f"note: other processes keep the CPU busy (load average {load:.1f} on {cores} core(s)), so msa2net runs with "
+        "OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning, which shares the cores far better). "
+        "Set OMP_WAIT_POLICY yourself to choose (ACTIVE spins), or give each process fewer threads "
+        "(OMP_NUM_THREADS=1)."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    note = _wait_policy_for_shared_cpus(args.command)
+    if note:
+        print(note, file=sys.stderr)
+    try:
+        from .commands import COMMANDS  # here, not on top: argument errors answer before anything loads
+
+        return int(COMMANDS[args.command](args) or 0)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"msa2net {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"msa2net {args.command}: interrupted", file=sys.stderr)
+        return 130

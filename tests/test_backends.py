@@ -21,7 +21,7 @@ from msa2net.engine.predictor import Predictor
 CLASSES = ["background", "liver", "tumour"]
 CT = Preprocessing(kind="ct_window", in_channels=1)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.openvino]
 
 
 @pytest.fixture(autouse=True)

@@ -65,6 +65,7 @@ def test_bench_evaluate_refuses_unknown_parts() -> None:
     assert done.returncode == 2 and "nonsense" in done.stderr and "evaluate" in done.stderr
 
 
+@pytest.mark.openvino
 def test_bench_backends_runs_every_runtime_and_float32_ones_give_the_torch_labels(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MSA2NET_CACHE", str(tmp_path / "cache"))
     bench = benchmark_module("bench_backends")

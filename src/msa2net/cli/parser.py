@@ -83,8 +83,20 @@ def _case_number(text: str) -> str:
     return text
 
 
-def _runtime_flags(p: argparse.ArgumentParser, note: str) -> None:
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help=f"inference runtime (default torch) {note}")
+def _inference_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """How ``evaluate`` and ``predict`` run the model: device, batch, test-time flips, precision and runtime."""
+    from ..config import AMP_MODES
+
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=batch_size,
+        help=f"slices per step: per forward pass on a GPU; on a CPU one slice per pass (default {batch_size})",
+    )
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--amp", choices=AMP_MODES, help="mixed-precision inference: none (float32, default), bf16, fp16")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="inference runtime (default torch)")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -222,22 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate even when the model's class names or input intensities differ from the data's",
     )
-    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument(
-        "--batch-size",
-        type=_int_at_least(1),
-        default=16,
-        help="slices per step: per forward pass on a GPU; on a CPU one slice per pass, two at once (default 16)",
-    )
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--amp", choices=AMP_MODES, help="mixed-precision inference: none (float32, default), bf16, fp16")
     p.add_argument(
         "--amp-check",
         action="store_true",
         help="with --amp, or --backend/--precision other than torch fp32: also run torch float32 and record the "
         "agreement in summary.json",
     )
-    _runtime_flags(p, "")
+    _inference_flags(p, batch_size=16)
     p.add_argument(
         "--empty",
         type=_empty_policy,
@@ -283,15 +286,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="write OUT/<stem>_volumes.json, class volumes in ml (default: on with --model)",
     )
-    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument(
-        "--batch-size",
-        type=_int_at_least(1),
-        default=8,
-        help="slices per step: per forward pass on a GPU; on a CPU one slice per pass, two at once (default 8)",
-    )
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--amp", choices=AMP_MODES, help="mixed-precision inference: none (float32, default), bf16, fp16")
     p.add_argument(
         "--max-pixels",
         type=_int_at_least(1),
@@ -306,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for a CT model) instead of skipping them",
     )
     p.add_argument("--overlays", action="store_true", help="also write PNG overlays")
-    _runtime_flags(p, "")
+    _inference_flags(p, batch_size=8)
     p.add_argument(
         "--output-type",
         nargs="+",

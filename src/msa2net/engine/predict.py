@@ -626,7 +626,8 @@ def _write_outputs(
             split_paths.append(path)
     prep = predictor.preprocessing
     shown_labels = prediction.in_model_plane(labels)  # overlays show the plane the model segmented
-    shown = _display_image(prep, prediction.in_model_plane(prediction.image))
+    drawn = "preview" in paths or outputs.overlays or page is not None
+    shown = _display_image(prep, prediction.in_model_plane(prediction.image)) if drawn else None  # only if drawn
     if "preview" in paths:
         _write_preview(shown, shown_labels, spatial, class_names, paths["preview"])
         written.append(paths["preview"])

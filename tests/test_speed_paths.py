@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from reference import benchmark_module
 from scipy import ndimage
 
 from msa2net.metrics import _distances as metrics  # the bounded-work engine, tested directly
-from msa2net.metrics import hd95, legacy_case_scores, surface_dice
+from msa2net.metrics import hd95, legacy_case_scores, overlap, surface_dice
 
 medpy_binary = pytest.importorskip("medpy.metric.binary")
 
@@ -185,7 +186,7 @@ def test_legacy_case_scores_on_a_noisy_label_map_match_medpy(monkeypatch: pytest
     gt[3:9, 10:30, 8:20] = 1
     gt[5:12, 30:44, 22:36] = 2
     gt[0:3, 0:6, 0:8] = 3  # touches the border
-    out = legacy_case_scores(pred, gt, 4, spacing=spacing, nsd_tolerance_mm=2.0, workers=2)
+    out = legacy_case_scores(pred, gt, 4, spacing=spacing, nsd_tolerance_mm=2.0)
     for label in (1, 2, 3):
         row = out[f"class_{label}"]
         p, g = pred == label, gt == label
@@ -195,17 +196,18 @@ def test_legacy_case_scores_on_a_noisy_label_map_match_medpy(monkeypatch: pytest
         assert row["hd95"] == hd95(p, g) and row["nsd"] == surface_dice(p, g, 2.0, spacing=spacing)
 
 
-def test_threads_do_not_change_the_scores() -> None:
+def test_threads_do_not_change_the_scores(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(8)
     pred = rng.integers(0, 5, size=(6, 30, 30))
     gt = ndimage.median_filter(rng.integers(0, 5, size=(6, 30, 30)), size=5)
-    one = legacy_case_scores(pred, gt, 5, spacing=(2.0, 0.7, 0.7), nsd_tolerance_mm=1.5, workers=1)
-    four = legacy_case_scores(pred, gt, 5, spacing=(2.0, 0.7, 0.7), nsd_tolerance_mm=1.5, workers=4)
+    monkeypatch.setattr(overlap, "os", SimpleNamespace(sched_getaffinity=lambda _: range(4)))
+    four = legacy_case_scores(pred, gt, 5, spacing=(2.0, 0.7, 0.7), nsd_tolerance_mm=1.5)
+    monkeypatch.setattr(overlap, "MAX_THREADS", 1)
+    one = legacy_case_scores(pred, gt, 5, spacing=(2.0, 0.7, 0.7), nsd_tolerance_mm=1.5)
+    assert overlap._thread_count(4) == 1
     assert one.keys() == four.keys()
     for name in one:
         assert one[name] == pytest.approx(four[name], nan_ok=True, rel=0, abs=0)
-    with pytest.raises(ValueError, match="workers"):
-        legacy_case_scores(pred, gt, 5, workers=0)
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])

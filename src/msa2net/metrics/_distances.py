@@ -52,9 +52,6 @@ _Sampling = tuple[float, ...] | None
 _TREE_BUILD_COST = 2.0
 _TREE_QUERY_COST = 8.0
 
-#: Default cap on the threads of :func:`legacy_case_scores`.
-_DEFAULT_MAX_WORKERS = 4
-
 
 @dataclass(frozen=True)
 class _Plan:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-from ._distances import _DEFAULT_MAX_WORKERS, _check_tolerance, _Sampling, _surface_figures
+from ._distances import _check_tolerance, _Sampling, _surface_figures
 from ._masks import (
     EmptyPolicy,
     _check_empty_policy,
@@ -19,6 +19,9 @@ from ._masks import (
     _mask_pair,
     _normalize_spacing,
 )
+
+#: Most threads :func:`legacy_case_scores` scores classes in (fewer on machines with fewer usable cores).
+MAX_THREADS = 4
 
 # ----------------------------------------------------------------------------------------------
 # Per-mask metrics
@@ -134,13 +137,12 @@ def legacy_case_scores(
     empty: EmptyPolicy = "nan",
     nsd_tolerance_mm: float | None = None,
     class_names: Sequence[str] | None = None,
-    workers: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per-class ``{"dice", "hd95", "hd95_mm", ["nsd"], "pred_empty", "gt_empty"}`` of one case.
 
     ``dice`` and ``hd95`` (voxels) follow the legacy rule of :func:`legacy_case_metrics`; ``hd95_mm`` and ``nsd``
     follow ``spacing`` and the ``empty`` policy. Each class is cropped once and its surfaces computed once; classes
-    are scored in ``workers`` threads (default: usable cores, at most 4) with results independent of their number.
+    are scored in threads (usable cores, at most :data:`MAX_THREADS`) with results independent of their number.
     """
     if int(num_classes) < 2:
         raise ValueError(f"num_classes counts background too and must be >= 2, found {num_classes}")
@@ -191,7 +193,7 @@ def legacy_case_scores(
         return row
 
     labels = range(1, num_classes)
-    threads = _worker_count(workers, len(labels))
+    threads = _thread_count(len(labels))
     if threads > 1:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="msa2net-metrics") as pool:
             rows = list(pool.map(score, labels))
@@ -216,16 +218,12 @@ def _label_boxes(labels: np.ndarray, num_classes: int) -> list[tuple[slice, ...]
     return list(boxes) + [None] * (num_classes - 1 - len(boxes))
 
 
-def _worker_count(workers: int | None, tasks: int) -> int:
-    if workers is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            cores = os.cpu_count() or 1
-        workers = min(cores, _DEFAULT_MAX_WORKERS)
-    if int(workers) < 1:
-        raise ValueError(f"workers must be a positive number of threads, found {workers}")
-    return max(1, min(int(workers), tasks))
+def _thread_count(tasks: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_THREADS, tasks))
 
 
 def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:

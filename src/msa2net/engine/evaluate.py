@@ -32,6 +32,7 @@ from .distributed import resolve_device
 from .inference import AmpCheck, predict_volume
 from .postprocess import keep_largest as keep_largest_components
 from .postprocess import parse_keep_largest
+from .predictor import PredictOptions, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -63,47 +64,32 @@ def evaluate(
     backend: str = "torch",
     precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint (ours or the authors') and write the report into ``out_dir``.
+    """Evaluate a model on a labelled dataset and write the report into ``out_dir``.
 
-    Synapse and dataset folders: per case and class, the legacy protocol's Dice and HD95 (voxels, the paper's
-    empty-mask rules) and the honest figures: HD95 in millimetres with the case's spacing under the ``empty``
-    policy (``"nan"``: a missed or hallucinated organ is a failure, counted, not a 0) and normalised surface Dice
-    at ``nsd_tolerance_mm``. Writes ``summary.json``, ``per_case.csv``, ``table.md``, optional NIfTI predictions
-    (``predictions/``, in the source geometry where known), overlay PNGs (``overlays/``) and, with ``html``,
-    ``report.html`` (:class:`~msa2net.reporting.html.HtmlReport`: the tables, a per-case table, a slice browser per
-    case and the training curves; each case is encoded into it as it is evaluated). ``notes`` are paragraphs shown
-    at the top of ``report.html``. The curves come from ``metrics.csv`` beside the checkpoint (its run folder) when
-    it agrees with the history recorded in the checkpoint, else from that history; a checkpoint without one has no
-    curves. ``report.html`` is skipped, with a warning, for models with more classes than overlay colours.
+    Synapse and dataset folders, per case and class: the legacy protocol's Dice and HD95 (voxels, the paper's
+    empty-mask rules), HD95 in mm with the case's spacing under the ``empty`` policy (``"nan"``: a missed or
+    hallucinated organ is a counted failure, not a 0) and normalised surface Dice at ``nsd_tolerance_mm``. ISIC 2018:
+    pixels pooled over the split (DSC, IoU, sensitivity, specificity, accuracy), with ``postprocess`` after that
+    protocol's opening + hole filling. Writes ``summary.json``, ``per_case.csv``, ``table.md``, ``overlays/``,
+    ``predictions/`` (``save_predictions``, in the source geometry where known) and with ``html`` ``report.html``
+    (tables, per-case table, a slice browser per case, training curves from the run's ``metrics.csv`` when it agrees
+    with the checkpoint's history, else that history; ``notes`` on top; skipped with a warning beyond the overlay
+    colours).
 
-    ISIC 2018: pixels pooled over the test split (DSC, IoU, sensitivity, specificity, accuracy), optionally
-    after the opening + hole-filling post-process of that protocol.
-
-    ``checkpoint`` is a checkpoint file (ours or the authors' ``.pth``), a run folder (its ``best.pt``, else
-    ``last.pt``), a published model folder or a hub repo id of one. ``data`` is any dataset folder
-    :func:`~msa2net.data.registry.open_source` recognises (``kind`` forces one). The cases are ``cases``, else those of
-    ``split``: ``"test"`` (the labelled test cases: Synapse's and ISIC's test sets, a dataset folder's ``imagesTs/``
-    with ``labelsTs/``; a source without any is refused) or ``"train"`` (the labelled training cases). Scores of
-    cases the model trained on measure fit, not generalisation: when any evaluated case is a training case, the
-    summary's ``settings.warning`` says so, its table rows are labelled "TRAINING cases", and ``report.html`` shows
-    the warning on top.
-
-    The model must be one for the data's task: the class count and input channels must match, and so must the class
-    names (unless either side has only generic ``class_N`` names) and what input intensities mean (the
-    preprocessing kind and CT window); ``allow_mismatched_input`` evaluates despite the last two.
-
-    ``compare_fp32`` (with ``amp``) also segments every case in float32 and records the agreement of the
-    mixed-precision labels with the float32 ones in ``summary.json`` under ``settings.amp_check``
-    (:class:`~msa2net.engine.inference.AmpCheck`: share of identical labels, legacy Dice change per class); the
-    reported scores stay those of the mixed-precision run.
-
-    ``backend`` and ``precision`` run the model on another runtime (:mod:`msa2net.engine.backends`); with
-    ``compare_fp32`` every case is also segmented by torch float32 and the agreement recorded in
-    ``settings.amp_check`` (with ``backend``), as for ``amp``.
-
-    ``keep_largest`` (``"all"``, class names or ids; None: the published model's recorded choice, else none) reduces
-    those classes of every prediction to their largest connected component before scoring, as ``predict`` does
-    (:mod:`msa2net.engine.postprocess`); ``settings.keep_largest`` records it.
+    Args:
+        checkpoint: Any model source of :func:`~msa2net.engine.checkpoint.load_model_source`, or a run folder (its
+            ``best.pt``, else ``last.pt``).
+        data: A dataset folder :func:`~msa2net.data.registry.open_source` recognises (``kind`` forces one).
+        cases: Case ids to score; default those of ``split``: ``"test"`` (labelled test cases; a source without any
+            is refused) or ``"train"``. When any scored case is a training case, ``settings.warning`` says so, the
+            table rows read "TRAINING cases" and ``report.html`` shows the warning.
+        allow_mismatched_input: Score a model whose class names or input meaning (preprocessing kind, CT window)
+            differ from the data's; class count and channels must always match.
+        compare_fp32: Also segment every case with torch float32 and record the agreement of the ``amp`` or
+            ``backend``/``precision`` labels in ``settings.amp_check`` (:class:`~msa2net.engine.inference.AmpCheck`);
+            the scores stay those of the run asked for.
+        keep_largest: As :class:`~msa2net.engine.predictor.PredictOptions`; recorded in ``settings.keep_largest``.
+        batch_size, tta, amp, backend, precision: As :class:`~msa2net.engine.predictor.PredictOptions`.
 
     Returns:
         The content of ``summary.json`` (undefined figures None; see :mod:`msa2net.reporting.summary`).
@@ -117,15 +103,14 @@ def evaluate(
     source = open_source(data, kind)
     _check_fits(source, class_names, prep, checkpoint, allow_mismatched_input)
     ids, training = _evaluation_cases(source, cases, split)
-    runtime = backend != "torch" or precision != "fp32"
-    if runtime and amp is not None:
-        raise ValueError(f"amp is torch autocast; with backend {backend!r} and precision {precision!r} give no amp")
+    opts = PredictOptions(amp=amp, keep_largest=keep_largest, backend=backend, precision=precision)
+    amp = opts.amp
     if backend == "torch" and precision == "bf16":
-        backend, precision, amp, runtime = "torch", "fp32", "bf16", False  # torch's bf16 is autocast
-    model = model_from_checkpoint(ckpt, resolve_device("cpu" if runtime else device))
-    reference = model
-    if runtime:
-        model = load_backend(model, backend, precision, folder=ckpt.get("pretrained_folder"))  # type: ignore[assignment]
+        precision = "fp32"  # torch's bf16 is autocast, recorded as amp
+    runtime = backend != "torch" or precision != "fp32"
+    reference = model_from_checkpoint(ckpt, resolve_device("cpu" if runtime else device))
+    model = load_backend(reference, backend, precision, folder=ckpt.get("pretrained_folder"))
+    largest = Predictor(model, ckpt, opts).keep_largest
     out.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = {
         "checkpoint": str(checkpoint),
@@ -138,8 +123,6 @@ def evaluate(
         "empty_policy_mm": empty,
         "nsd_tolerance_mm": nsd_tolerance_mm,
     }
-    recorded = ((ckpt.get("pretrained") or {}).get("postprocessing") or {}).get("keep_largest")
-    largest = parse_keep_largest(keep_largest if keep_largest is not None else recorded, class_names)
     settings["keep_largest"] = [class_names[i] for i in largest]
     if allow_mismatched_input:
         settings["allow_mismatched_input"] = True

@@ -1,13 +1,5 @@
-"""Segment image files with a model: read, predict, write masks that keep the input's geometry.
-
-:func:`predict_files` is what ``msa2net predict`` calls. It loads one model (a checkpoint, ours or the authors'
-``.pth``, or a published model folder or hub repo id), expands the inputs (files, folders of files, DICOM series
-folders) and writes one label mask per input into ``out_dir``, plus optional per-class binary masks, a preview PNG
-with a legend, per-class volumes, overlay PNGs and a ``predictions.json`` report. An input that cannot be segmented
-(corrupt or truncated file, a raster above the pixel limit, NaN values, a colour image for a grey model, an 8-bit
-picture for a CT model, ...) is reported and skipped; the others are still processed, and no output file is left
-behind for a failed input.
-"""
+"""Segment image files (``msa2net predict``): :func:`predict_files` writes masks that keep the input's geometry,
+and the other outputs a user asks for, from the :class:`~msa2net.engine.predictor.Prediction` of each input."""
 
 from __future__ import annotations
 
@@ -253,105 +245,53 @@ def predict_files(
     backend: str = "torch",
     precision: str = "fp32",
 ) -> PredictReport:
-    """Segment image files and DICOM series with a model; write label masks with the input's geometry.
+    """Segment image files and DICOM series with one :class:`~msa2net.engine.predictor.Predictor`; write masks.
 
-    Volumes (NIfTI, NRRD, MetaImage, DICOM series) are segmented slice by slice along the first array axis (Z) with
-    :class:`~msa2net.engine.predictor.Predictor` (2D images, PNG, JPEG, BMP, TIFF, 2D NIfTI, as one-slice volumes).
-    Intensities are mapped by the checkpoint's preprocessing. Under ``torchrun`` each process segments every
-    ``WORLD_SIZE``-th input (process ``RANK`` starts at input ``RANK``); rank 0 writes ``predictions.json`` for all,
-    and each process its own ``report-rank<N>.html``.
+    Each input's outputs go to ``out_dir`` only, all written or none (atomically; a failed input's files are
+    removed). An input that cannot be segmented (unreadable, truncated, over ``max_pixels``, NaN/inf, a channel
+    layout or value range the model does not take, an output name an earlier input took) is logged, listed in
+    :attr:`PredictReport.failed` and skipped. Under ``torchrun`` process ``RANK`` segments inputs ``RANK::WORLD_SIZE``;
+    rank 0 writes ``predictions.json`` for all, each process ``report-rank<N>.html``.
 
-    Output types (``output_types``, several at once): ``"nifti"``, the label mask named as below; ``"probabilities"``,
-    ``<stem>_probabilities.npz`` with ``probabilities`` ((C, *mask shape) float16 in the input's grid, before
-    ``keep_largest``), ``class_names`` and the SimpleITK ``spacing``, ``origin`` and ``direction``; ``"dicom-seg"``,
-    ``<stem>.seg.dcm``, a DICOM Segmentation of a DICOM series input (one segment per non-empty class; see
-    :mod:`msa2net.data.dicom_seg`; other inputs fail with the reason).
+    Output names, per input ``<stem>``:
 
-    Output names in ``out_dir`` (nothing is written anywhere else):
-
-    * ``case.nii.gz`` / ``case.nii`` / ``case.nrrd`` / ``case.mha`` -> a mask of the same name and format
-      (``case.mhd`` -> ``case.mha``); ``output_format`` (``".nii.gz"``, ``".nii"``, ``".nrrd"``, ``".mha"``)
-      replaces the suffix of every non-raster input.
-    * DICOM series folder ``series1/`` -> ``series1.nii.gz`` (or ``output_format``).
-    * Rasters ``img.png`` / ``img.jpg`` / ... -> ``img.png``, pixel value = class id (uint8; not a picture: use
-      ``overlays``).
-
-    Masks have the input's array shape (without channel axis) and, except PNG, its spacing, origin and direction.
-
-    Orientation (re-indexing volumes to the model's ``slice_orientation``), the intensity check and
-    post-processing are the :class:`~msa2net.engine.predictor.Predictor`'s; ``predictions.json`` records each
-    input's axis code (``axis_code``) and the layout segmented (``segmented_as``).
-
-    Overlays (``overlays=True``) blend the class colours on the model's view of the image: ``<stem>_overlay.png``
-    for 2D inputs, ``<stem>_overlay_zNNN.png`` for up to :data:`OVERLAY_SLICES` evenly spaced slices with foreground
-    (the middle slice when there is none) for volumes. ``out_dir/predictions.json`` records the run, per-input class
-    voxel counts and sizes (:func:`class_volumes`) and the failures. With ``html``, ``out_dir/report.html`` shows
-    every segmented input in a slice browser (image and predicted mask; no ground truth, no scores; see
-    :class:`~msa2net.reporting.html.HtmlReport`), with the class voxel counts of ``predictions.json``; it is skipped,
-    with a warning, for models with more classes than overlay colours. Every file is written atomically.
-
-    Per input ``<stem>`` (the mask's name without suffix), on request:
-
-    * ``split``: ``<stem>/<class>.<mask suffix>``, one binary mask (uint8, 1 inside the class) per foreground class,
-      named by :func:`class_file_names`, with the mask's geometry.
-    * ``preview``: ``<stem>_preview.png``, the overlay of a 2D image or of up to :data:`PREVIEW_SLICES` slices with
-      foreground side by side, with a legend of the class colours below.
-    * ``volumes``: ``<stem>_volumes.json``, per foreground class the voxel count and volume in ml (voxel count x
-      voxel volume in mm^3 / 1000); for 2D images pixel counts and area in mm^2 (null for rasters, whose spacing is
-      unknown).
-
-    An input that cannot be segmented (unreadable, truncated or corrupt, a raster larger than ``max_pixels``, NaN/inf
-    values, a channel layout the model does not take, intensities that do not fit the checkpoint's preprocessing, a
-    name that collides with an earlier input's output, ...) is logged as a warning, listed in
-    :attr:`PredictReport.failed` with the reason, and skipped; files already written for it are removed (every file
-    is written atomically, so a failed write leaves nothing either).
+    * mask (``output_types`` ``"nifti"``): ``case.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.mha`` keep name and format
+      (``.mhd`` -> ``.mha``), a DICOM series folder ``series1/`` gives ``series1.nii.gz``; ``output_format``
+      replaces the suffix of non-raster inputs. Rasters give ``img.png`` with pixel value = class id (uint8).
+      Masks have the input's array shape and, except PNG, its spacing, origin and direction.
+    * ``"probabilities"``: ``<stem>_probabilities.npz``: ``probabilities`` ((C, *mask shape) float16, before
+      ``keep_largest``), ``class_names`` and the SimpleITK ``spacing``, ``origin``, ``direction``.
+    * ``"dicom-seg"``: ``<stem>.seg.dcm`` for a DICOM series input (:mod:`msa2net.data.dicom_seg`).
+    * ``split``: ``<stem>/<class>.<suffix>``, binary uint8 masks named by :func:`class_file_names`.
+    * ``preview``: ``<stem>_preview.png``, up to :data:`PREVIEW_SLICES` slices with foreground and a legend.
+    * ``overlays``: ``<stem>_overlay.png`` (2D) or ``<stem>_overlay_zNNN.png`` for up to :data:`OVERLAY_SLICES`
+      slices with foreground (the middle slice if none), drawn in the plane the model segmented.
+    * ``volumes``: ``<stem>_volumes.json`` (:func:`class_volumes`); ``statistics``: ``<stem>_statistics.json``
+      (:meth:`~msa2net.engine.predictor.Prediction.statistics`).
+    * ``out_dir/predictions.json`` (the run, each input's counts, sizes, ``axis_code``, ``segmented_as``, the
+      failures) and, with ``html``, ``report.html`` (skipped with a warning beyond the overlay colours).
 
     Args:
-        checkpoint: The model: an msa2net checkpoint or the authors' MSA2Net ``.pth`` (path), a loaded checkpoint
-            dict, a published model folder (``msa2net publish``) or a hub repo id ``owner/name`` of one (see
-            :func:`~msa2net.engine.checkpoint.load_model_source`).
-        inputs: One or more files, folders of files, or DICOM series folders (see
-            :func:`msa2net.data.io.list_inputs`).
+        checkpoint: A model source :func:`~msa2net.engine.checkpoint.load_model_source` takes (checkpoint, run
+            folder, published folder, hub repo id, the authors' ``.pth``) or a loaded checkpoint dict.
+        inputs: Files, folders of files, or DICOM series folders (:func:`msa2net.data.io.list_inputs`).
         out_dir: Output folder (created).
-        device: Where the model runs (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
-        batch_size: Slices per forward pass.
-        tta: Flip test-time augmentation.
-        amp: ``None``, ``"bf16"`` or ``"fp16"`` autocast.
-        overlays: Also write overlay PNGs.
-        output_format: Mask suffix for non-raster inputs; None keeps the input's (``.nii.gz`` for DICOM).
-        progress: Show progress bars.
-        split: Also write one binary mask per foreground class.
-        preview: Also write a preview PNG with a legend.
-        volumes: Also write the per-class volumes JSON.
-        max_pixels: Largest raster input (width x height) decoded; larger ones are skipped as possible decompression
-            bombs. None: the environment variable ``MSA2NET_MAX_PIXELS`` if set, else
-            :data:`msa2net.data.io.DEFAULT_MAX_PIXELS` (see :func:`msa2net.data.io.resolve_max_pixels`).
-        allow_mismatched_input: Segment inputs whose type or value range does not fit the checkpoint's preprocessing
-            (see above) instead of skipping them.
-        reorient: Re-index volumes to the checkpoint's ``slice_orientation`` (see above).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"mps"``.
+        batch_size, tta, amp, allow_mismatched_input, reorient, max_pixels, keep_largest, progress, backend,
+            precision: The :class:`~msa2net.engine.predictor.PredictOptions`.
+        overlays, split, preview, volumes, statistics, output_format, output_types: What to write (see above).
         html: Also write ``report.html``.
-        output_types: One or more of :data:`OUTPUT_TYPES` (see above).
-        statistics: Also write ``<stem>_statistics.json``: per class voxels, volume (ml), mean/median/std of the
-            input values (HU for CT) and whether the mask touches the image border (its volume is then a lower
-            bound); see :meth:`~msa2net.engine.predictor.Prediction.statistics`.
-        keep_largest: Keep only the largest connected component of these classes (``"all"``, names or ids); None:
-            as the model records (a published folder's ``postprocessing``), else none.
-        backend, precision: The runtime and its precision (:class:`~msa2net.engine.predictor.PredictOptions`).
-        segment_codes: A JSON table of DICOM SEG codes for the model's classes
-            (:func:`msa2net.data.dicom_seg.load_segment_codes`).
+        segment_codes: A JSON table of DICOM SEG codes (:func:`msa2net.data.dicom_seg.load_segment_codes`).
 
     Returns:
         The :class:`PredictReport`; ``report.ok`` is False when any input failed.
 
     Raises:
-        CheckpointError: the checkpoint or folder is missing, unreadable, or lacks fields (the message names them).
-        HubUnavailableError: a repo id whose files are not cached while the hub cannot be reached (within seconds).
-        FileNotFoundError: the only input path does not exist (with several, a missing one is listed in
-            :attr:`PredictReport.failed` and skipped, like an unsupported file or a folder without images).
-        ValueError: no input is usable (an unsupported suffix, a folder without images); an unknown ``output_format``,
-            ``amp`` or ``batch_size``; ``overlays`` or ``preview`` for a model with more classes than overlay
-            colours; ``max_pixels`` (or ``MSA2NET_MAX_PIXELS``) is not a positive whole number; ``out_dir`` is an
-            existing file.
+        CheckpointError: the model source is missing, unreadable or incomplete (the message names it).
+        HubUnavailableError: a repo id not cached while the hub cannot be reached (within seconds).
+        FileNotFoundError: the only input path does not exist (one of several is reported and skipped).
+        ValueError: no usable input; an unknown ``output_format``, ``output_types``, ``amp`` or ``batch_size``;
+            ``overlays``/``preview`` beyond the overlay colours; a bad ``max_pixels``; ``out_dir`` is a file.
     """
     outputs = OutputOptions(
         types=_output_types(output_types),

@@ -39,8 +39,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import shutil
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._atomic import atomic_folder
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import resize_image, resize_label
 from ..models import MSA2Net
@@ -578,35 +577,25 @@ def write_monai_bundle(
         ExportError: TorchScript failed, or ``models/model.ts`` differs from msa2net's procedure.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MonaiBundleError(f"{out} exists and is not a folder; choose another --monai-bundle folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise MonaiBundleError(
-            f"bundle folder {out} exists and is not empty; choose a new folder, or replace it (--overwrite on the "
-            "command line, overwrite=True in Python)"
-        )
-    ckpt = load_model_source(source)
-    prep = Preprocessing.from_dict(ckpt["preprocessing"])
-    if prep.kind == "rgb":
-        raise MonaiBundleError(
-            f"the model {source if not isinstance(source, Mapping) else '(checkpoint dict)'} takes 8-bit images "
-            "(preprocessing 'rgb'), but a MONAI bundle from msa2net segments NIfTI volumes; export it with msa2net "
-            "export -o FOLDER (TorchScript/ONNX) instead"
-        )
-    model = model_from_checkpoint(ckpt, "cpu").eval()
-    config = _published_config(ckpt, model, source)
-    class_names = [str(c) for c in ckpt["class_names"]]
-    orientation = ckpt.get("slice_orientation") or None
-    keep = parse_keep_largest(((config.get("postprocessing") or {}).get("keep_largest")) or None, class_names)
-    metadata = _metadata(config, prep, orientation, model)
-    inference = _inference_config(prep, orientation, keep, model.num_classes)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".monai-bundle-{uuid.uuid4().hex[:12]}-{out.name}"
-    old = out.parent / f".monai-bundle-old-{uuid.uuid4().hex[:12]}-{out.name}"
-    try:
+    with atomic_folder(out, overwrite=overwrite, what="bundle folder", error=MonaiBundleError) as staging:
+        ckpt = load_model_source(source)
+        prep = Preprocessing.from_dict(ckpt["preprocessing"])
+        if prep.kind == "rgb":
+            raise MonaiBundleError(
+                f"the model {source if not isinstance(source, Mapping) else '(checkpoint dict)'} takes 8-bit images "
+                "(preprocessing 'rgb'), but a MONAI bundle from msa2net segments NIfTI volumes; export it with "
+                "msa2net export -o FOLDER (TorchScript/ONNX) instead"
+            )
+        model = model_from_checkpoint(ckpt, "cpu").eval()
+        try:
+            config = _published_config(ckpt, model, source)
+        except PretrainedError as err:
+            raise MonaiBundleError(str(err)) from err
+        class_names = [str(c) for c in ckpt["class_names"]]
+        orientation = ckpt.get("slice_orientation") or None
+        keep = parse_keep_largest(((config.get("postprocessing") or {}).get("keep_largest")) or None, class_names)
         for sub in ("configs", "models", "docs"):
-            (staging / sub).mkdir(parents=True)
+            (staging / sub).mkdir()
         try:
             _script_model(model, prep.mean, prep.std).save(str(staging / "models" / "model.ts"))
         except Exception as err:
@@ -614,20 +603,15 @@ def write_monai_bundle(
                 f"TorchScript export of the bundle's model failed: {type(err).__name__}: {_first_line(err)}"
             ) from err
         check = _check_scripted(staging / "models" / "model.ts", model, prep)
+        metadata = _metadata(config, prep, orientation, model)
         _write_json(staging / "configs" / "metadata.json", metadata)
-        _write_json(staging / "configs" / "inference.json", inference)
+        _write_json(
+            staging / "configs" / "inference.json", _inference_config(prep, orientation, keep, model.num_classes)
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             card = build_model_card(config)
         (staging / "docs" / "README.md").write_text(_readme(metadata, card, check), encoding="utf-8")
         (staging / "LICENSE").write_text(_license(str(config.get("license") or "mit")), encoding="utf-8")
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-    except PretrainedError as err:
-        raise MonaiBundleError(str(err)) from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     return MonaiBundleResult(folder=out, files=files, check=check)

@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import _hooks
+from .._atomic import atomic_folder
 from .._json import json_safe
 from .hub import HubUnreachable, check_hub, hub_endpoint
 from .weights_io import WeightsFileError, read_weights_file
@@ -250,30 +250,6 @@ def _check_config(config: Any, where: str, valid_args: Collection[str] | None = 
 # ---------------------------------------------------------------------------------------------- write
 
 
-def _replace_folder(staging: Path, target: Path, overwrite: bool) -> None:
-    """Rename the complete ``staging`` folder onto ``target``; an existing non-empty target needs ``overwrite``."""
-    if target.exists() and not target.is_dir():
-        raise PretrainedError(f"{target} exists and is not a folder; choose another output folder")
-    if target.is_dir() and any(target.iterdir()):
-        if not overwrite:
-            raise PretrainedError(
-                f"output folder {target} exists and is not empty; choose a new folder, or replace it (--overwrite on "
-                "the command line, overwrite=True in Python)"
-            )
-        trash = target.parent / f".trash-{uuid.uuid4().hex[:12]}-{target.name}"
-        os.replace(target, trash)
-        try:
-            os.replace(staging, target)
-        except BaseException:
-            os.replace(trash, target)  # put the previous folder back
-            raise
-        shutil.rmtree(trash, ignore_errors=True)
-        return
-    if target.is_dir():
-        target.rmdir()
-    os.replace(staging, target)
-
-
 def save_pretrained(
     model: MSA2Net,
     save_directory: str | os.PathLike[str],
@@ -323,17 +299,7 @@ def save_pretrained(
             f"config model_args {dict(cfg['model_args'])} do not describe this model ({model.config.to_dict()}); "
             "build the config with build_pretrained_config(model, ...)"
         )
-    if target.exists() and not target.is_dir():
-        raise PretrainedError(f"{target} exists and is not a folder; choose another output folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise PretrainedError(
-            f"output folder {target} exists and is not empty; choose a new folder, or replace it (--overwrite on the "
-            "command line, overwrite=True in Python)"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".tmp-{uuid.uuid4().hex[:12]}-{target.name}"
-    staging.mkdir()
-    try:
+    with atomic_folder(target, overwrite=overwrite, error=PretrainedError) as staging:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         # one metadata key: safetensors stores several in hash order, and the bytes would vary between saves
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -344,17 +310,11 @@ def save_pretrained(
         os.umask(umask)
         os.chmod(staging / WEIGHTS_NAME, 0o666 & ~umask)
         if card is not False:
-            if card is True:
-                text = builder(cfg, repo_id=repo_id)  # type: ignore[misc]
-            else:
-                text = str(card)
+            text = builder(cfg, repo_id=repo_id) if card is True else str(card)  # type: ignore[misc]
             (staging / CARD_NAME).write_text(text, encoding="utf-8")
         for name, path in (extra_files or {}).items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(os.fspath(path), staging / name)
-        _replace_folder(staging, target, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

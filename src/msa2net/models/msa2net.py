@@ -287,24 +287,16 @@ class MSA2Net(nn.Module):
         repo_id: str | None = None,
         overwrite: bool = False,
     ) -> Path:
-        """Write the model as a hub-layout folder: ``config.json``, ``model.safetensors`` and a model card.
-
-        :meth:`from_pretrained` of the folder gives a model with bit-identical weights (hence logits). The folder
-        is written atomically (see :func:`msa2net.models.pretrained.save_pretrained`). Arguments left None are taken
-        from :attr:`pretrained_config` when the model was loaded with :meth:`from_pretrained` (a re-save keeps
-        them), else default.
+        """Write the model as a hub-layout folder (:func:`msa2net.models.pretrained.save_pretrained`, atomic):
+        ``config.json``, ``model.safetensors`` and a model card; :meth:`from_pretrained` of it gives bit-identical
+        weights.
 
         Args:
-            save_directory: Target folder; it may not exist yet or be empty (a non-empty one needs ``overwrite``).
-            model_name: Registered name to rebuild with; default the preset of this variant and encoder.
-            preprocessing: :meth:`msa2net.data.preprocessing.Preprocessing.to_dict` of the training data; needed
-                by ``msa2net predict`` to map raw intensities.
-            class_names: One per output class, background first; default ``class_0 ..``.
-            provenance: Where the weights come from (source checkpoint, epoch, metrics, run config).
-            evaluation: ``summary.json`` of ``msa2net evaluate`` (per-case rows dropped); shown in the card.
-            license: Hub licence id of the weights; default ``mit``.
-            slice_orientation: Axis code of the training volumes (e.g. ``"AIR"``), which prediction re-indexes new
-                volumes to; None: 2D data, or volumes sliced as stored.
+            save_directory: Target folder: new or empty; a non-empty one needs ``overwrite``.
+            model_name, preprocessing, class_names, provenance, evaluation, license, slice_orientation: The
+                ``config.json`` fields (:func:`~msa2net.models.pretrained.build_pretrained_config`); None keeps the
+                value of :attr:`pretrained_config` when the model was loaded with :meth:`from_pretrained`, else
+                the default.
             repo_id: The hub repo the folder is meant for (the card's usage examples).
             overwrite: Replace a non-empty ``save_directory``.
 
@@ -312,8 +304,7 @@ class MSA2Net(nn.Module):
             The folder.
 
         Raises:
-            PretrainedError: a non-empty folder without ``overwrite``; class names or preprocessing that do not fit
-                the model.
+            PretrainedError: a non-empty folder without ``overwrite``; class names or preprocessing that do not fit.
         """
         config = self._pretrained_config(
             model_name, preprocessing, class_names, provenance, evaluation, license, slice_orientation

@@ -531,12 +531,8 @@ def _history_page(
 ) -> dict[str, Any]:
     """The curves' numbers: per epoch loss, learning rate, validation mean Dice and Dice per class."""
 
-    def column(key: str) -> list[float | None]:
-        out: list[float | None] = []
-        for row in history:
-            value = row.get(key)
-            out.append(None if value is None or not math.isfinite(float(value)) else float(value))
-        return out
+    def column(key: str) -> list[float | None]:  # NaN and inf become null with the rest of the page's JSON
+        return [None if row.get(key) is None else float(row[key]) for row in history]
 
     names = list(dict.fromkeys(k[len("val_dice_") :] for row in history for k in row if k.startswith("val_dice_")))
     index = {name: i for i, name in enumerate(class_names)}

@@ -37,10 +37,7 @@ AmpMode = Literal["none", "bf16", "fp16"]
 LrScaling = Literal["authors", "none"]
 #: What ``evaluate`` scores by default: the labelled test cases, or (asked for) the labelled training cases.
 EvaluationSplit = Literal["test", "train"]
-OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
-SCHEDULERS: tuple[str, ...] = typing.get_args(Scheduler)
 AMP_MODES: tuple[str, ...] = typing.get_args(AmpMode)
-LR_SCALINGS: tuple[str, ...] = typing.get_args(LrScaling)
 EVALUATION_SPLITS: tuple[str, ...] = typing.get_args(EvaluationSplit)
 #: ``train.loss_weights`` keys (``train.loss=ce_dice`` only).
 LOSS_WEIGHT_KEYS: tuple[str, ...] = ("ce", "dice")
@@ -84,47 +81,23 @@ def _number(text: str, ok: Callable[[float], bool]) -> _Rule:
     return _Rule(lambda: f"a number {text}", ok)
 
 
-def _one_of(names: Callable[[], Sequence[str]], fold_case: bool = False) -> _Rule:
-    return _Rule(lambda: "one of " + ", ".join(names()), lambda v: (v.lower() if fold_case else v) in names())
-
-
-def _model_names() -> tuple[str, ...]:
+def _registered(what: str) -> tuple[str, ...]:
+    """The names the lower floors register for ``what`` (a model, augmentation recipe, loss, data kind, or a
+    kind-specific data option such as Synapse's ``labels``); imported when validating, not when importing."""
+    from .data.registry import source_kinds, source_option_choices
+    from .data.transforms import RECIPES
+    from .losses import LOSS_NAMES
     from .models import list_models
 
-    return tuple(list_models())
+    registries = {"model": list_models, "augment": lambda: RECIPES, "loss": lambda: LOSS_NAMES, "kind": source_kinds}
+    return tuple(registries[what]() if what in registries else source_option_choices(what))
 
 
-def _recipes() -> tuple[str, ...]:
-    from .data.transforms import RECIPES
-
-    return tuple(RECIPES)
-
-
-def _loss_names() -> tuple[str, ...]:
-    from .losses import LOSS_NAMES
-
-    return tuple(LOSS_NAMES)
-
-
-def _data_kinds() -> tuple[str, ...]:
-    from .data.registry import source_kinds
-
-    return source_kinds()
-
-
-def _source_option(name: str) -> tuple[str, ...]:
-    """The values a kind-specific data option takes (e.g. Synapse's ``labels``), from the sources that have it."""
-    from .data.registry import source_option_choices
-
-    return source_option_choices(name)
-
-
-def _img_size_ok(v: list[int]) -> bool:
-    return len(v) == 2 and all(s > 0 and s % _SIZE_MULTIPLE == 0 for s in v)
-
-
-def _loss_weights_ok(v: dict[str, float]) -> bool:
-    return set(v) <= set(LOSS_WEIGHT_KEYS) and all(w >= 0 for w in v.values())
+def _one_of(what: str, fold_case: bool = False) -> _Rule:
+    return _Rule(
+        lambda: "one of " + ", ".join(_registered(what)),
+        lambda v: (v.lower() if fold_case else v) in _registered(what),
+    )
 
 
 def _option(default: Any = dataclasses.MISSING, rule: _Rule | None = None, *, factory: Any = None) -> Any:
@@ -135,10 +108,12 @@ def _option(default: Any = dataclasses.MISSING, rule: _Rule | None = None, *, fa
 
 
 _IMG_SIZE = _Rule(
-    lambda: f"a list of two positive multiples of {_SIZE_MULTIPLE} (height, width), e.g. [224, 224]", _img_size_ok
+    lambda: f"a list of two positive multiples of {_SIZE_MULTIPLE} (height, width), e.g. [224, 224]",
+    lambda v: len(v) == 2 and all(s > 0 and s % _SIZE_MULTIPLE == 0 for s in v),
 )
 _LOSS_WEIGHTS = _Rule(
-    lambda: "a mapping with keys ce and/or dice to numbers >= 0, e.g. {ce: 0.4, dice: 0.6}", _loss_weights_ok
+    lambda: "a mapping with keys ce and/or dice to numbers >= 0, e.g. {ce: 0.4, dice: 0.6}",
+    lambda v: set(v) <= set(LOSS_WEIGHT_KEYS) and all(w >= 0 for w in v.values()),
 )
 _SEED = _Rule(lambda: "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
 _DEVICE = _Rule(lambda: _DEVICE_TEXT, lambda v: device_is_valid(v))
@@ -149,7 +124,7 @@ class ModelConfig:
     """``model:``: which network, its size and starting weights. ``num_classes`` / ``in_channels`` None: taken from the
     dataset (when given, the data layer checks them against it)."""
 
-    name: str = _option("msa2net_paper", _one_of(_model_names))
+    name: str = _option("msa2net_paper", _one_of("model"))
     num_classes: int | None = _option(None, _int_min(2))  # background included
     in_channels: int | None = _option(None, _int_min(1))
     img_size: list[int] = _option(rule=_IMG_SIZE, factory=lambda: [224, 224])
@@ -162,7 +137,7 @@ class DataConfig:
     """``data:``: where the data are and how they are split and augmented. ``kind`` None: detected from the folder;
     the kind-specific options (``labels`` / ``intensity``: Synapse) None: that kind's default."""
 
-    kind: str | None = _option(None, _one_of(_data_kinds))
+    kind: str | None = _option(None, _one_of("kind"))
     root: str = "data/Synapse"
     # held_out: cases held out of the training set; test: the test set doubles as validation (the
     # authors' practice; results on it are then not a clean test); none: no validation
@@ -170,9 +145,9 @@ class DataConfig:
     val_fraction: float = _option(0.2, _number("in [0, 1)", lambda v: 0 <= v < 1))
     val_cases: list[str] | None = None
     train_cases: list[str] | None = None
-    labels: str | None = _option(None, _one_of(lambda: _source_option("labels")))
-    intensity: str | None = _option(None, _one_of(lambda: _source_option("intensity")))
-    augment: str = _option("msa2net", _one_of(_recipes))
+    labels: str | None = _option(None, _one_of("labels"))
+    intensity: str | None = _option(None, _one_of("intensity"))
+    augment: str = _option("msa2net", _one_of("augment"))
     num_workers: int = _option(2, _int_min(0))
 
     def source_options(self) -> dict[str, Any]:
@@ -188,7 +163,7 @@ class TrainConfig:
 
     epochs: int = _option(700, _int_min(1))
     batch_size: int = _option(20, _int_min(1))  # global, over all processes
-    loss: str = _option("boundary_dou", _one_of(_loss_names, fold_case=True))
+    loss: str = _option("boundary_dou", _one_of("loss", fold_case=True))
     loss_weights: dict[str, float] | None = _option(None, _LOSS_WEIGHTS)
     optimizer: Optimizer = "sgd"
     lr: float = _option(0.05, _number("> 0", lambda v: v > 0))
@@ -483,30 +458,49 @@ def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
-def _type_ok(value: Any, tp: Any) -> bool:
-    """Whether ``value`` has annotation ``tp`` (bool is not an int; floats must be finite)."""
+_SCALARS: dict[Any, Callable[[Any], bool]] = {
+    type(None): lambda v: v is None,
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    str: lambda v: isinstance(v, str),
+}
+
+
+def _mismatch(value: Any, tp: Any) -> str | None:
+    """None when ``value`` has annotation ``tp`` (bool is not an int; floats must be finite), else what a message
+    adds: which item of a list or mapping is wrong, or ''."""
     if _is_union(tp):
-        return any(_type_ok(value, a) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        details = [_mismatch(value, a) for a in args if a is not type(None)]
+        if None in details or value is None and type(None) in args:
+            return None
+        return details[0] if len(details) == 1 else ""
     origin = typing.get_origin(tp)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if tp is str:
-        return isinstance(value, str)
     if origin is Literal:
-        return isinstance(value, str) and value in typing.get_args(tp)
+        return None if isinstance(value, str) and value in typing.get_args(tp) else ""
     if origin is list:
+        if not isinstance(value, list):
+            return ""
         (item,) = typing.get_args(tp)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+        for i, v in enumerate(value):
+            if _mismatch(v, item) is not None:
+                extra = "; quote names that look like numbers, e.g. ['0005']" if item is str else ""
+                return f"; item {i} is {_found(v)}{extra}"
+        return None
     if origin is dict:
-        key, item = typing.get_args(tp)
-        return isinstance(value, dict) and all(_type_ok(k, key) and _type_ok(v, item) for k, v in value.items())
-    raise TypeError(f"config annotation {tp!r} is not supported by the validator")
+        if not isinstance(value, dict):
+            return ""
+        key_tp, item = typing.get_args(tp)
+        for k, v in value.items():
+            if _mismatch(k, key_tp) is not None:
+                return f"; key {_found(k)} is not {_NAMES.get(key_tp, key_tp)}"
+            if _mismatch(v, item) is not None:
+                return f"; the value of {k!r} is {_found(v)}"
+        return None
+    if tp not in _SCALARS:
+        raise TypeError(f"config annotation {tp!r} is not supported by the validator")
+    return None if _SCALARS[tp](value) else ""
 
 
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
@@ -543,28 +537,6 @@ def _found(value: Any) -> str:
     return f"{text} ({kind})"
 
 
-def _first_bad_item(value: Any, tp: Any) -> str:
-    """For a list or mapping of the wrong item type: which item is wrong, else ''."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
-    if len(args) != 1:
-        return ""
-    origin = typing.get_origin(args[0])
-    if origin is list and isinstance(value, list):
-        (item,) = typing.get_args(args[0])
-        for i, v in enumerate(value):
-            if not _type_ok(v, item):
-                extra = "; quote names that look like numbers, e.g. ['0005']" if item is str else ""
-                return f"; item {i} is {_found(v)}{extra}"
-    if origin is dict and isinstance(value, dict):
-        key_tp, item = typing.get_args(args[0])
-        for k, v in value.items():
-            if not _type_ok(k, key_tp):
-                return f"; key {_found(k)} is not {_NAMES.get(key_tp, key_tp)}"
-            if not _type_ok(v, item):
-                return f"; the value of {k!r} is {_found(v)}"
-    return ""
-
-
 def _check(option: str, value: Any, tp: Any, rule: _Rule | None = None) -> str | None:
     """The problem of one option's value (annotation ``tp``, extra ``rule``), or None."""
     optional = _is_union(tp) and type(None) in typing.get_args(tp)
@@ -572,8 +544,9 @@ def _check(option: str, value: Any, tp: Any, rule: _Rule | None = None) -> str |
         expected = _type_text(tp)
     else:
         expected = rule.expected() + (" or null" if optional else "")
-    if not _type_ok(value, tp):
-        return f"{option}: expected {expected}, found {_found(value)}{_first_bad_item(value, tp)}"
+    detail = _mismatch(value, tp)
+    if detail is not None:
+        return f"{option}: expected {expected}, found {_found(value)}{detail}"
     if rule is not None and value is not None and not rule.ok(value):
         return f"{option}: expected {expected}, found {_found(value)}"
     return None

@@ -7,13 +7,35 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["COMMANDS"]
 
 
-def _amp(mode: str | None) -> str | None:
-    """``--amp`` of evaluate and predict -> their ``amp`` argument (float32 is None)."""
-    return None if mode in (None, "none") else mode
+def _inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of the options evaluate and predict share: how the model runs (``--amp none`` is None)."""
+    return {
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "tta": args.tta,
+        "amp": None if args.amp in (None, "none") else args.amp,
+        "backend": args.backend,
+        "precision": args.precision,
+        "allow_mismatched_input": args.allow_mismatched_input,
+    }
+
+
+def _scoring_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords evaluating a model and scoring masks share: which cases, the mm metrics, the report."""
+    return {
+        "cases": args.cases,
+        "split": args.split,
+        "empty": args.empty,
+        "nsd_tolerance_mm": args.nsd_tolerance,
+        "overlays_per_case": args.overlays,
+        "keep_largest": args.keep_largest,
+        "html": not args.no_html,
+    }
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -81,8 +103,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def _train_overrides(args: argparse.Namespace) -> list[str]:
     """``--set`` items preceded by the dedicated options as ``key=value`` items (the ``--set`` items win).
 
-    Text options are written as quoted YAML strings, so a folder named ``2024`` or ``yes`` stays a string;
-    ``--pretrained-encoder none`` becomes ``null`` (no pretrained weights).
+    Text options are written as quoted YAML strings, so a folder named ``2024`` or ``yes`` stays a string (the
+    config reads ``model.pretrained_encoder`` ``"none"`` as null: no pretrained weights).
     """
     sets = list(args.set or [])
     for flag, key in (
@@ -101,11 +123,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag)
         if value is None:
             continue
-        if flag == "pretrained_encoder" and value.strip().lower() == "none":
-            text = "null"
-        else:
-            text = json.dumps(value) if isinstance(value, str) else str(value)
-        sets.insert(0, f"{key}={text}")
+        sets.insert(0, f"{key}={json.dumps(value) if isinstance(value, str) else value}")
     return sets
 
 
@@ -138,7 +156,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import resolve_checkpoint_path
     from ..engine.evaluate import evaluate
 
-    empty: str | float = args.empty
     if args.predictions is not None or args.labels is not None:
         return _score_predictions(args)
     checkpoint = resolve_checkpoint_path(args.checkpoint)  # a run folder: its best.pt, else last.pt
@@ -147,23 +164,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         checkpoint,
         args.data,
         out,
-        cases=args.cases,
-        split=args.split,
-        allow_mismatched_input=args.allow_mismatched_input,
-        device=args.device,
-        batch_size=args.batch_size,
-        tta=args.tta,
-        amp=_amp(args.amp),
-        empty=empty,
-        nsd_tolerance_mm=args.nsd_tolerance,
         save_predictions=args.save_predictions,
-        overlays_per_case=args.overlays,
         postprocess=args.postprocess,
-        html=not args.no_html,
         compare_fp32=args.amp_check,
-        keep_largest=args.keep_largest,
-        backend=args.backend,
-        precision=args.precision,
+        **_inference_options(args),
+        **_scoring_options(args),
     )
     return _print_evaluation(report, out, args)
 
@@ -181,13 +186,7 @@ def _score_predictions(args: argparse.Namespace) -> int:
         data=args.data,
         labels=args.labels,
         class_names=args.classes,
-        cases=args.cases,
-        split=args.split,
-        empty=args.empty,
-        nsd_tolerance_mm=args.nsd_tolerance,
-        overlays_per_case=args.overlays,
-        keep_largest=args.keep_largest,
-        html=not args.no_html,
+        **_scoring_options(args),
     )
     return _print_evaluation(report, args.out, args)
 
@@ -217,25 +216,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.model if one_command else args.checkpoint,
         inputs,
         args.out,
-        device=args.device,
-        batch_size=args.batch_size,
-        tta=args.tta,
-        amp=_amp(args.amp),
         overlays=args.overlays,
         output_format=args.format,
         split=args.split,
         preview=one_command if args.preview is None else args.preview,
         volumes=one_command if args.volumes is None else args.volumes,
         max_pixels=args.max_pixels,
-        allow_mismatched_input=args.allow_mismatched_input,
         reorient=not args.no_reorient,
         html=not args.no_html,
         output_types=args.output_type,
         statistics=args.statistics,
         keep_largest=args.keep_largest,
         segment_codes=args.segment_codes,
-        backend=args.backend,
-        precision=args.precision,
+        **_inference_options(args),
     )
     print(f"wrote {len(report.written)} file(s) to {args.out}")
     if report.html_path is not None:

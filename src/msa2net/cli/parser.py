@@ -10,6 +10,9 @@ from ..constants import BACKENDS, EMPTY_POLICIES, OUTPUT_TYPES, PRECISIONS
 
 __all__ = ["build_parser"]
 
+#: ``--checkpoint`` of predict and export: what it may name.
+_CHECKPOINT_HELP = "run folder (its best.pt, else last.pt), msa2net checkpoint, published folder, or an authors' .pth"
+
 
 def _size(text: str) -> tuple[int, int]:
     """``N`` or ``HxW`` (also ``H,W``) -> ``(H, W)``, both positive."""
@@ -115,31 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="parameters, GFLOPs and settings of a model name or checkpoint")
     p.add_argument("target", nargs="?", help="registered model name (omit to list them) or checkpoint path")
-    p.add_argument("--img-size", type=_size, default=None, help="input size for the FLOP count, N or HxW")
-    p.add_argument(
-        "--num-classes",
-        type=_int_at_least(1),
-        default=None,
-        help="output classes for the FLOP count (model names only)",
-    )
+    p.add_argument("--img-size", type=_size, help="input size for the FLOP count, N or HxW")
+    p.add_argument("--num-classes", type=_int_at_least(1), help="output classes for the FLOP count (model names only)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("phantom", help="write built-in phantom data (no download needed)")
     p.add_argument("dataset", choices=["synapse", "isic2018"], help="CT phantom (synapse) or lesion images (isic2018)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (same seed, same files; default 0)")
-    p.add_argument(
-        "--cases", nargs="+", type=_case_number, default=None, help="BTCV case numbers, e.g. 1 2 or 0001 (synapse)"
-    )
+    p.add_argument("--cases", nargs="+", type=_case_number, help="BTCV case numbers, e.g. 1 2 or 0001 (synapse)")
     p.add_argument(
         "--size",
         type=_int_at_least(16),
         nargs="+",
-        default=None,
         metavar="PIXELS",
         help="synapse: in-plane size N (default 512); isic2018: H W or one value for a square (default 192 256)",
     )
-    p.add_argument("-n", type=_int_at_least(1), default=None, help="number of images (isic2018, default 24)")
+    p.add_argument("-n", type=_int_at_least(1), help="number of images (isic2018, default 24)")
 
     p = sub.add_parser(
         "prepare",
@@ -161,7 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--slabs",
         type=_int_at_least(2),
-        default=None,
         help="aal: contiguous training cases the left hemisphere is cut into (default 4)",
     )
 
@@ -169,7 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "config",
         nargs="?",
-        default=None,
         help=f"preset ({', '.join(PRESETS)}) or YAML file (default synapse; with --resume: the checkpoint's config)",
     )
     p.add_argument("--data", help="data root (data.root)")
@@ -262,10 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-i", "--input", action="append", metavar="PATH", help="an input (repeatable; same as the positional inputs)"
     )
     weights = p.add_mutually_exclusive_group(required=True)
-    weights.add_argument(
-        "--checkpoint",
-        help="run folder (its best.pt, else last.pt), msa2net checkpoint, published folder, or an authors' .pth",
-    )
+    weights.add_argument("--checkpoint", help=_CHECKPOINT_HELP)
     weights.add_argument(
         "--model",
         metavar="DIR_OR_REPO",
@@ -277,19 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preview",
         action=argparse.BooleanOptionalAction,
-        default=None,
         help="write OUT/<stem>_preview.png with a class legend (default: on with --model)",
     )
     p.add_argument(
         "--volumes",
         action=argparse.BooleanOptionalAction,
-        default=None,
         help="write OUT/<stem>_volumes.json, class volumes in ml (default: on with --model)",
     )
     p.add_argument(
         "--max-pixels",
         type=_int_at_least(1),
-        default=None,
         help="largest raster (width x height) to decode; larger files are skipped as possible decompression bombs "
         "(default: $MSA2NET_MAX_PIXELS, else 89478485)",
     )
@@ -359,11 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", help="published model folder with TorchScript and ONNX graphs inside, checked against eager PyTorch"
     )
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        help="run folder (its best.pt, else last.pt), msa2net checkpoint, published folder, or an authors' .pth",
-    )
+    p.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
     p.add_argument("-o", "--out", help="output folder (the --checkpoint folder itself adds the graphs)")
     p.add_argument(
         "--monai-bundle",

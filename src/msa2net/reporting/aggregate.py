@@ -92,11 +92,8 @@ class MetricAggregator:
         }
 
     def write_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write the rows as CSV (``case_id,class_name,<metrics>``; NaN as ``nan``, a missing value empty), atomically.
-
-        Returns:
-            The written path.
-        """
+        """Write the rows as CSV (``case_id,class_name,<metrics>``; NaN as ``nan``, a missing value empty) atomically;
+        returns the path."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow([*_RESERVED, *self._metrics])

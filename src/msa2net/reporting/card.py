@@ -122,14 +122,10 @@ def _evaluation_dataset(summary: Summary, record: Mapping[str, Any]) -> tuple[st
 # ---------------------------------------------------------------------------------------------- figures
 
 
-def _pct(value: object) -> float | None:
+def _rounded(value: object, scale: float = 1.0) -> float | None:
+    """``scale * value`` to two decimals for the ``model-index``; None when undefined."""
     figure = number(value)
-    return None if math.isnan(figure) else round(100.0 * figure, 2)
-
-
-def _plain(value: object) -> float | None:
-    figure = number(value)
-    return None if math.isnan(figure) else round(figure, 2)
+    return None if math.isnan(figure) else round(scale * figure, 2)
 
 
 def _metrics(summary: Summary) -> list[tuple[str, float | None, str]]:
@@ -137,19 +133,19 @@ def _metrics(summary: Summary) -> list[tuple[str, float | None, str]]:
     if isinstance(summary, PooledSummary):
         post = " after post-processing" if summary.postprocess else ""
         return [
-            (key, _pct(summary.pooled.get(key)), f"{label} (%, pixels pooled over the test set{post})")
+            (key, _rounded(summary.pooled.get(key), 100.0), f"{label} (%, pixels pooled over the test set{post})")
             for key, label in _POOLED_NAMES.items()
         ]
     legacy, mm = summary.legacy, summary.mm
     rows = [
-        ("dice", _pct(legacy.mean_dice), "Mean Dice (%, legacy protocol)"),
-        ("hd95", _plain(legacy.mean_hd95_voxels), "Mean HD95 (voxels, legacy protocol)"),
-        ("hd95_mm", _plain(mm.mean_hd95_mm), f"Mean HD95 (mm; {mm.n_failed} failures left out)"),
+        ("dice", _rounded(legacy.mean_dice, 100.0), "Mean Dice (%, legacy protocol)"),
+        ("hd95", _rounded(legacy.mean_hd95_voxels), "Mean HD95 (voxels, legacy protocol)"),
+        ("hd95_mm", _rounded(mm.mean_hd95_mm), f"Mean HD95 (mm; {mm.n_failed} failures left out)"),
     ]
     nsd = summary.mean.get("nsd")
     if nsd is not None:
         tolerance = summary.settings.get("nsd_tolerance_mm")
-        rows.append(("nsd", _pct(nsd), f"Mean NSD (%, {number(tolerance):g} mm)"))
+        rows.append(("nsd", _rounded(nsd, 100.0), f"Mean NSD (%, {number(tolerance):g} mm)"))
     return rows
 
 

@@ -18,10 +18,8 @@ def write_metrics_csv(path: str | os.PathLike[str], history: Sequence[Mapping[st
     """Write the per-epoch history as CSV, atomically (columns in order of first appearance); None when empty."""
     if not history:
         return None
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
     buffer = io.StringIO()
+    keys = list(dict.fromkeys(key for row in history for key in row))
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)

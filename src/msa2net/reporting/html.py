@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import math
 import os
@@ -26,9 +27,10 @@ import numpy as np
 
 from .._json import json_safe
 from .._version import __version__
+from .aggregate import mean_omit_nan
 from .overlays import OVERLAY_COLORS
-from .summary import CaseSummary, PooledSummary, Summary, as_summary
-from .tables import evaluation_tables
+from .summary import CaseSummary, PooledSummary, Summary, as_summary, number
+from .tables import cell, evaluation_tables
 
 __all__ = [
     "BACKGROUND_STRIDE",
@@ -67,13 +69,6 @@ def _json_for_script(data: object) -> str:
     """Strict compact JSON that can sit inside a ``<script>`` element (``<`` escaped)."""
     text = json.dumps(json_safe(data), separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def _template() -> tuple[str, str]:
-    """The page template split at the place where case data go: ``(head, tail)``."""
-    text = resources.files("msa2net.reporting").joinpath("report_template.html").read_text(encoding="utf-8")
-    head, tail = text.split(_CASES_MARKER)
-    return head, tail
 
 
 def slice_confusion(label: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
@@ -140,11 +135,6 @@ def _display_range(image: np.ndarray) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
-def _grey_or_rgb(image: np.ndarray) -> np.ndarray:
-    """``(D, H, W)`` or ``(D, H, W, 3)``: one-channel volumes squeezed, other channel counts show their first."""
-    return image[..., 0] if image.ndim == 4 and image.shape[3] != 3 else image
-
-
 class HtmlReport:
     """Writer of one ``report.html``: add cases one by one, then :meth:`finish`.
 
@@ -187,9 +177,16 @@ class HtmlReport:
         started = time.perf_counter()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.parent / f".tmp-{uuid.uuid4().hex[:12]}-{self.path.name}"
-        head, self._tail = _template()
+        import jinja2
+
+        environment = jinja2.Environment(
+            autoescape=True, trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
+        )
+        template = resources.files("msa2net.reporting").joinpath("report_template.html").read_text(encoding="utf-8")
+        text = environment.from_string(template).render(report=self)
+        head, self._tail = text.split(_CASES_MARKER)  # case data go between the two
         self._file: io.TextIOWrapper | None = open(self._tmp, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
-        self._file.write(head.replace("__TITLE__", html.escape(self.title)))
+        self._file.write(head)
         self.seconds += time.perf_counter() - started
 
     # -- context manager ------------------------------------------------------------------------------------------
@@ -231,7 +228,9 @@ class HtmlReport:
         pred = np.asarray(prediction)
         if pred.ndim != 3:
             raise ValueError(f"prediction must be (D, H, W), found shape {pred.shape}")
-        img = _grey_or_rgb(np.asarray(image))
+        img = np.asarray(image)
+        if img.ndim == 4 and img.shape[3] != 3:  # (D, H, W) or (D, H, W, 3): other channel counts show their first
+            img = img[..., 0]
         if img.shape[:3] != pred.shape:
             raise ValueError(f"image shape {img.shape} does not match prediction shape {pred.shape}")
         k = len(self.class_names)
@@ -365,9 +364,6 @@ class HtmlReport:
         self.seconds += time.perf_counter() - started
         return self.path
 
-    def _classes(self) -> list[dict[str, Any]]:
-        return [{"id": i, "name": n, "colour": _hex(OVERLAY_COLORS[i])} for i, n in enumerate(self.class_names) if i]
-
     def _page(
         self,
         evaluation: Summary | None,
@@ -385,14 +381,15 @@ class HtmlReport:
             "settings": [],
             "summary_heading": "Summary",
             "tables_html": "",
-            "classes": self._classes(),
+            "classes": [
+                {"id": i, "name": n, "colour": _hex(OVERLAY_COLORS[i])} for i, n in enumerate(self.class_names) if i
+            ],
             "case_columns": [],
             "case_rows": [],
             "default_sort": {"key": "dice", "ascending": True},
             "history": _history_page(history, self.class_names, history_note, mark_epoch) if history else None,
             "cases_heading": "Cases",
             "cases": [],
-            "method": self._method(),
         }
         means: dict[str, float] = {}
         if isinstance(evaluation, CaseSummary):
@@ -411,7 +408,7 @@ class HtmlReport:
             page["summary_heading"] = "Pooled scores (from summary.json)"
             pooled = evaluation.pooled
             header = ["Metric", *(str(k) for k in pooled)]
-            row = ["percent", *(_percent(v) for v in pooled.values())]
+            row = ["percent", *(cell(v, 100.0) for v in pooled.values())]
             page["tables_html"] = _table_html(
                 "Scores of the pixels of every test image pooled (ISIC protocol), in percent"
                 + (", after opening and hole filling" if evaluation.postprocess else "")
@@ -458,7 +455,7 @@ class HtmlReport:
             shown = f"{len(case['shown'])} of {case['depth']} {case['word']}s shown" if case["depth"] > 1 else "2D"
             summary = f"{case['name']}: {shown}"
             if case["name"] in means:
-                summary = f"{case['name']}: mean Dice {_percent(means[case['name']])} %, {shown}"
+                summary = f"{case['name']}: mean Dice {cell(means[case['name']], 100.0)} %, {shown}"
             info = (
                 f"{case['name']}: shown slices {_ranges(case['shown'])} of 0..{case['depth'] - 1}."
                 if case["depth"] > 1
@@ -467,50 +464,15 @@ class HtmlReport:
             page["cases"].append({"index": i, "name": case["name"], "summary": summary, "info": info})
         return page
 
-    def _method(self) -> list[str]:
-        fg = "ground-truth or predicted foreground" if self.kind == "evaluation" else "predicted foreground"
-        lines = [
-            f"Slices shown: every slice with {fg} and every {self.stride}th of the others, at most "
-            f"{self.max_slices} per case (when more qualify: the {self.max_slices // 2} "
-            + ("that disagree most" if self.kind == "evaluation" else "with the most predicted foreground")
-            + " and an even spread of the rest).",
-            f"Slices are downsampled to at most {self.max_side} pixels on the longer side (box filter for the image, "
-            f"nearest neighbour for the label maps), and embedded in this file as JPEG (quality {self.jpeg_quality}) "
-            "and palette-PNG data URIs: the page needs no network and no server. Images are shown with the model's "
-            "intensity window (the unit representation, [0, 1]); label colours are those of the PNG overlays.",
-        ]
-        if self.kind == "evaluation":
-            lines.append(
-                "The jump lists and the strip above the images count, per slice and class, the pixels where ground "
-                "truth and prediction disagree (false positives + false negatives) at full resolution. Figures in "
-                "the tables are read from summary.json."
-            )
-        else:
-            lines.append("The jump lists and the strip count, per slice and class, the predicted pixels.")
-        return lines
-
 
 def _nan_last(value: float) -> float:
     return math.inf if value is None or math.isnan(value) else value
 
 
-def _percent(value: object) -> str:
-    number = math.nan if value is None else float(value)  # type: ignore[arg-type]
-    return "n/a" if math.isnan(number) else f"{100.0 * number:.2f}"
-
-
 def _ranges(indices: Sequence[int]) -> str:
     """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
-    parts: list[str] = []
-    start = prev = None
-    for z in list(indices) + [None]:
-        if z is not None and prev is not None and z == prev + 1:
-            prev = z
-            continue
-        if start is not None:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = z
-    return ", ".join(parts)
+    runs = [[z for _, z in run] for _, run in itertools.groupby(enumerate(indices), lambda iz: iz[1] - iz[0])]
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
 
 
 def _table_html(caption: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -560,11 +522,8 @@ def _case_means(summary: CaseSummary) -> dict[str, float]:
     """Mean legacy Dice over the classes of each case (undefined values left out), from ``summary.cases``."""
     values: dict[str, list[float]] = {}
     for row in summary.cases or []:
-        dice = row.get("dice")
-        values.setdefault(str(row["case_id"]), [])
-        if dice is not None and not math.isnan(float(dice)):
-            values[str(row["case_id"])].append(float(dice))
-    return {case: (float(np.mean(v)) if v else math.nan) for case, v in values.items()}
+        values.setdefault(str(row["case_id"]), []).append(number(row.get("dice")))
+    return {case: mean_omit_nan(v) for case, v in values.items()}
 
 
 def _history_page(
@@ -572,12 +531,8 @@ def _history_page(
 ) -> dict[str, Any]:
     """The curves' numbers: per epoch loss, learning rate, validation mean Dice and Dice per class."""
 
-    def column(key: str) -> list[float | None]:
-        out: list[float | None] = []
-        for row in history:
-            value = row.get(key)
-            out.append(None if value is None or not math.isfinite(float(value)) else float(value))
-        return out
+    def column(key: str) -> list[float | None]:  # NaN and inf become null with the rest of the page's JSON
+        return [None if row.get(key) is None else float(row[key]) for row in history]
 
     names = list(dict.fromkeys(k[len("val_dice_") :] for row in history for k in row if k.startswith("val_dice_")))
     index = {name: i for i, name in enumerate(class_names)}

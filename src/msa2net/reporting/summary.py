@@ -57,9 +57,16 @@ def _require(data: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
         raise SummaryError(f"{where} lacks {missing}")
 
 
-def _settings_title(settings: Mapping[str, Any]) -> str:
-    """Row label of the tables: ``settings.title``, else the checkpoint's model name."""
-    return str(settings.get("title") or settings.get("model", "model"))
+@dataclass
+class _Summary:
+    """What both kinds of summary hold first: the evaluation's settings."""
+
+    settings: dict[str, Any]
+
+    @property
+    def title(self) -> str:
+        """Row label of the tables: ``settings.title``, else the checkpoint's model name."""
+        return str(self.settings.get("title") or self.settings.get("model", "model"))
 
 
 @dataclass
@@ -96,10 +103,9 @@ class ClassTotals:
 
 
 @dataclass
-class CaseSummary:
+class CaseSummary(_Summary):
     """An evaluation scored per case; the fields are the keys of ``summary.json`` (``cases`` None: left out)."""
 
-    settings: dict[str, Any]
     class_names: list[str]
     legacy: LegacyFigures
     mm: MillimetreFigures
@@ -109,11 +115,6 @@ class CaseSummary:
     per_class: dict[str, ClassTotals]
     mean: dict[str, Figure]
     cases: list[dict[str, Any]] | None = None
-
-    @property
-    def title(self) -> str:
-        """Row label of the tables: ``settings.title``, else the checkpoint's model name."""
-        return _settings_title(self.settings)
 
     @property
     def foreground(self) -> list[str]:
@@ -213,17 +214,11 @@ class CaseSummary:
 
 
 @dataclass
-class PooledSummary:
+class PooledSummary(_Summary):
     """An evaluation whose pixels are pooled over every test image (the ISIC 2018 protocol), scores as fractions."""
 
-    settings: dict[str, Any]
     n_images: int
     pooled: dict[str, Figure]
-
-    @property
-    def title(self) -> str:
-        """Row label of the tables: ``settings.title``, else the checkpoint's model name."""
-        return _settings_title(self.settings)
 
     @property
     def postprocess(self) -> bool:
@@ -264,7 +259,7 @@ def summary_from_json(data: Mapping[str, Any]) -> Summary:
 
 def as_summary(value: Summary | Mapping[str, Any]) -> Summary:
     """``value`` itself when typed, else :func:`summary_from_json` of it."""
-    return value if isinstance(value, (CaseSummary, PooledSummary)) else summary_from_json(value)
+    return value if isinstance(value, _Summary) else summary_from_json(value)
 
 
 def read_summary(path: str | os.PathLike[str]) -> Summary:

@@ -113,17 +113,13 @@ def _paper_row(
     return headers, [title, cell(dsc, 100.0), cell(hd), *(cell(v, 100.0) for v in dice_values)]
 
 
-def _empty_rule(empty: object) -> str:
-    if empty == "nan":
-        return (
-            "Failures (HD95 undefined: the prediction or the ground truth is empty) are left out of the means and "
-            "counted in the `failed` row."
-        )
-    if empty == "diagonal":
-        return "An empty prediction or ground truth scores the diagonal of the image."
-    if empty == "legacy":
-        return "An empty prediction or ground truth scores 0 mm, as in the legacy protocol."
-    return f"An empty prediction or ground truth scores {number(empty):g} mm."
+#: What each ``--empty`` policy means, for the millimetre table's caption (a number of mm is said as such).
+_EMPTY_RULES = {
+    "nan": "Failures (HD95 undefined: the prediction or the ground truth is empty) are left out of the means and "
+    "counted in the `failed` row.",
+    "diagonal": "An empty prediction or ground truth scores the diagonal of the image.",
+    "legacy": "An empty prediction or ground truth scores 0 mm, as in the legacy protocol.",
+}
 
 
 def evaluation_tables(summary: CaseSummary | Mapping[str, Any]) -> list[Table]:
@@ -165,8 +161,9 @@ def evaluation_tables(summary: CaseSummary | Mapping[str, Any]) -> list[Table]:
         "organ scores Dice 0 and HD95 0, an organ predicted where there is none Dice 1 and HD95 0."
     )
     empty = settings.get("empty_policy_mm")
+    rule = _EMPTY_RULES.get(empty) or f"An empty prediction or ground truth scores {number(empty):g} mm."
     mm_caption = (
-        f"HD95 in mm, {title}: with the voxel spacing of each case, empty={empty}. {_empty_rule(empty)} Class means "
+        f"HD95 in mm, {title}: with the voxel spacing of each case, empty={empty}. {rule} Class means "
         "are over cases, the Mean column is the mean over classes of the class means (classes without a value left "
         f"out){'; NSD in percent' if with_nsd else ''}."
     )

@@ -88,20 +88,16 @@ _SPLIT_RULE = (
 _CASE_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 
 
-def _missing_message(folder: Path, missing: Sequence[str]) -> str:
-    return (
-        f"the AAL task needs {IMAGE_FILE}, {LABEL_FILE} and {NAMES_FILE} from Debian's {PACKAGE} package; "
-        f"{', '.join(missing)} not found in {folder}. Install the package ({INSTALL_HINT}, as root; it puts them in "
-        f"{DEFAULT_RAW_DIR}) or pass --raw DIR pointing at a folder that holds them"
-    )
-
-
 def find_raw_dir(raw_dir: str | os.PathLike[str] | None = None) -> Path:
     """The folder holding the three source files (``raw_dir``, else the package's); FileNotFoundError names the fix."""
     folder = DEFAULT_RAW_DIR if raw_dir is None else Path(raw_dir)
     missing = [name for name in (IMAGE_FILE, LABEL_FILE, NAMES_FILE) if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(_missing_message(folder, missing))
+        raise FileNotFoundError(
+            f"the AAL task needs {IMAGE_FILE}, {LABEL_FILE} and {NAMES_FILE} from Debian's {PACKAGE} package; "
+            f"{', '.join(missing)} not found in {folder}. Install the package ({INSTALL_HINT}, as root; it puts them "
+            f"in {DEFAULT_RAW_DIR}) or pass --raw DIR pointing at a folder that holds them"
+        )
     return folder
 
 

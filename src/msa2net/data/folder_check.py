@@ -273,11 +273,6 @@ def _scan_images(folder: Path, spec: DatasetSpec, root: Path, problems: list[str
     return cases
 
 
-def _scan_labels(folder: Path, spec: DatasetSpec, root: Path, problems: list[str]) -> dict[str, Path]:
-    """Case -> label file for ``labelsTr``; unexpected names and unreadable entries are problems."""
-    return {stem: path for path, stem in _visible_files(folder, spec, root, problems)}
-
-
 def _channels_ok(case: str, channels: dict[int, Path], spec: DatasetSpec, folder: str, problems: list[str]) -> bool:
     """Whether every channel file is there (a single RGB file counts for 3-channel 2D data); else a problem."""
     n = spec.in_channels
@@ -304,10 +299,6 @@ def _geometry_differences(a: Geometry, b: Geometry) -> list[str]:
     if any(abs(x - y) > tol for x, y in zip(a.direction, b.direction)):
         diffs.append(f"direction {a.direction} vs {b.direction}")
     return diffs
-
-
-def _label_storage_dtype(num_classes: int) -> np.dtype:
-    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int32)
 
 
 @dataclass
@@ -396,7 +387,7 @@ def _read_case(
                 )
         if problems:
             return None, problems
-        label = label_raw.astype(_label_storage_dtype(spec.num_classes))
+        label = label_raw.astype(np.uint8 if spec.num_classes <= 256 else np.int32)
     return _Case(image, label, geometries[0]), []
 
 
@@ -443,7 +434,7 @@ def _validate(
         raise FolderValidationError(root, problems)
 
     images = _scan_images(root / "imagesTr", spec, root, problems)
-    labels = _scan_labels(root / "labelsTr", spec, root, problems)
+    labels = {stem: path for path, stem in _visible_files(root / "labelsTr", spec, root, problems)}
     if not images and not labels:
         problems.append(
             f"no cases found: imagesTr/ and labelsTr/ hold no {spec.file_ending} files; add "
@@ -503,7 +494,7 @@ def _check_test_labels(
     """Labels of the labelled test cases (``labelsTs/``), pairing problems appended; empty without ``labelsTs/``."""
     if not (root / "labelsTs").is_dir():
         return {}
-    labels = _scan_labels(root / "labelsTs", spec, root, problems)
+    labels = {stem: path for path, stem in _visible_files(root / "labelsTs", spec, root, problems)}
     if not (root / "imagesTs").is_dir():
         problems.append(
             f"labelsTs/ exists but imagesTs/ does not; put the test images in {root / 'imagesTs'} "

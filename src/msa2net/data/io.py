@@ -133,11 +133,8 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk that ends every PNG: no data, hence a fixed CRC
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def _corrupt(path: Path, detail: str) -> ImageReadError:
-    """The refusal of a file whose content cannot be decoded."""
-    return ImageReadError(f"cannot read {path}: the file is corrupt: {detail}; {REDO}")
+#: The array dtype of each Pillow mode read as is (the others become L or RGB, uint8).
+_RASTER_DTYPES = {"P": np.uint8, "L": np.uint8, "I;16": np.uint16, "I": np.int32, "F": np.float32}
 
 
 def _check_nifti(path: Path) -> bool:
@@ -290,22 +287,16 @@ def _read_raster(path: Path, max_pixels: int) -> np.ndarray:
                     f"{MAX_PIXELS_ENV}={pixels}"
                 )
             img.load()
-            mode = img.mode
+            mode = "I;16" if img.mode.startswith("I;16") else img.mode
             if mode == "P":
                 palette = np.asarray(img.getpalette() or [], dtype=np.int32).reshape(-1, 3)
-                grey = palette.size > 0 and bool(np.all(palette == palette[:, :1]))
-                return np.asarray(img.convert("L") if grey else img, dtype=np.uint8).copy()
-            if mode in ("1", "LA", "La"):
-                return np.asarray(img.convert("L"), dtype=np.uint8).copy()
-            if mode == "L":
-                return np.asarray(img, dtype=np.uint8).copy()
-            if mode.startswith("I;16"):
-                return np.asarray(img).astype(np.uint16)
-            if mode == "I":
-                return np.asarray(img).astype(np.int32)
-            if mode == "F":
-                return np.asarray(img).astype(np.float32)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+                if palette.size > 0 and np.all(palette == palette[:, :1]):
+                    img = img.convert("L")
+            elif mode in ("1", "LA", "La"):
+                img = img.convert("L")
+            elif mode not in _RASTER_DTYPES:
+                img = img.convert("RGB")
+            return np.array(img, dtype=_RASTER_DTYPES.get(mode, np.uint8))
     except ImageReadError:
         raise
     except PermissionError as err:
@@ -362,7 +353,9 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     except EOFError as err:  # the gzip module: the stream stops before its end marker or trailer
         raise truncated_error(p, f"its gzip stream stops early ({err})") from err
     except (gzip.BadGzipFile, zlib.error) as err:
-        raise _corrupt(p, f"its gzip data cannot be decoded ({err})") from err
+        raise ImageReadError(
+            f"cannot read {p}: the file is corrupt: its gzip data cannot be decoded ({err}); {REDO}"
+        ) from err
     except PermissionError as err:
         raise ImageReadError(f"cannot read {p}: permission denied ({err}); make the file readable") from err
     except OSError as err:

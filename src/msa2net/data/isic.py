@@ -129,11 +129,6 @@ def _load_pair(image_path: Path, mask_path: Path, size: tuple[int, int]) -> tupl
     return np.asarray(resized, dtype=np.uint8), (np.asarray(soft) >= 0.5).astype(np.uint8)
 
 
-def _save_split(path: Path, images: np.ndarray, masks: np.ndarray, names: list[str]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, images=images, masks=masks, names=np.asarray(names, dtype=str))
-
-
 def prepare_isic2018(
     raw_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -177,7 +172,8 @@ def prepare_isic2018(
     # split.json goes last: it marks a complete preparation.
     for i, split in enumerate(SPLITS):
         part = slice(bounds[i], bounds[i + 1])
-        _save_split(out / f"{split}.npz", images[part], masks[part], split_names[split])
+        with atomic_path(out / f"{split}.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, images=images[part], masks=masks[part], names=np.asarray(split_names[split], dtype=str))
     record = {"note": _SPLIT_NOTE, "size": [height, width], "counts": summary["counts"], **split_names}
     write_text_atomic(out / "split.json", json.dumps(record, indent=1) + "\n")
     return {**summary, "skipped": False}

@@ -5,7 +5,7 @@ it. One-channel data have no channel axis; several channels are channels-last.""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -108,14 +108,7 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (lists for tuples, ``window`` may be None)."""
-        return {
-            "kind": self.kind,
-            "in_channels": self.in_channels,
-            "window": None if self.window is None else list(self.window),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "clip_percentiles": list(self.clip_percentiles),
-        }
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:

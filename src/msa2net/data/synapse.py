@@ -309,10 +309,6 @@ class SynapseVolumeDataset(Dataset):
         for index in range(len(self)):
             yield self[index]
 
-    def _spacing_of(self, case: str) -> tuple[float, float, float] | None:
-        value = self._spacing.get(case)
-        return None if value is None else (float(value[0]), float(value[1]), float(value[2]))
-
     def _load_h5(self, case: str) -> tuple[np.ndarray, np.ndarray, Path]:
         path = self.root / "test_vol_h5" / f"{case}.npy.h5"
         if not path.is_file():
@@ -355,9 +351,9 @@ class SynapseVolumeDataset(Dataset):
         if image.ndim != 3:
             raise ValueError(f"{case}: expected a (D, H, W) volume in {source}, found shape {image.shape}")
         image, label = _checked_arrays(image, label, case, source, self.labels, self.intensity)
-        spacing = self._spacing_of(case)
-        geometry = None
-        if spacing is not None:
+        spacing, geometry = None, None
+        if (value := self._spacing.get(case)) is not None:
+            spacing = (float(value[0]), float(value[1]), float(value[2]))
             geometry = Geometry(spacing=spacing[::-1], origin=(0.0,) * 3, direction=Geometry.identity(3).direction)
         return Case(case, image, label, spacing, geometry)
 

@@ -138,12 +138,6 @@ def _save_slice(path: Path, image: np.ndarray, label: np.ndarray) -> None:
         np.savez(handle, image=image, label=label)
 
 
-def _save_volume(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
-        handle.create_dataset("image", data=image)
-        handle.create_dataset("label", data=label)
-
-
 def _slice_names(case: str, depth: int) -> list[str]:
     return [f"{case}_slice{z:03d}" for z in range(depth)]
 
@@ -237,7 +231,9 @@ def prepare_synapse(
         image, label, geometry = _load_case(case, image_path, label_path)
         _merge_spacing(out, {case: _spacing_zyx(geometry.spacing)})
         if is_test:
-            _save_volume(outputs[0], image, label)
+            with atomic_path(outputs[0]) as tmp, h5py.File(tmp, "w") as handle:
+                handle.create_dataset("image", data=image)
+                handle.create_dataset("label", data=label)
         else:
             _write_train_case(train_dir, case, image, label)
         done.append(case)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from msa2net.metrics import binary_confusion, pooled_binary_metrics
 from msa2net.reporting.aggregate import MetricAggregator, PooledBinaryMetrics
 from msa2net.reporting.curves import plot_curves, read_metrics_csv, write_metrics_csv
 from msa2net.reporting.demo import write_demo_report
+from msa2net.reporting.html import HtmlReport, open_report
 from msa2net.reporting.overlays import OVERLAY_COLORS, OVERLAY_PAD, overlay_rgb, write_overlay_png
 from msa2net.reporting.summary import (
     CaseSummary,
@@ -572,3 +574,17 @@ def test_demo_report_quotes_the_evaluation(tmp_path: Path) -> None:
     assert "![case0001_z003](eval/overlays/case0001_z003.png)" in text and "![curves](curves.png)" in text
     assert "- train: 12.5" in text
     assert re.search(r"best validation Dice 0\.5000 at epoch 3", text)
+
+
+def test_a_report_page_is_skipped_with_a_warning_when_the_classes_outnumber_the_colours(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    too_many = [f"class_{i}" for i in range(len(OVERLAY_COLORS) + 1)]
+    with caplog.at_level(logging.WARNING, logger="msa2net.reporting.html"):
+        assert open_report(tmp_path / "report.html", too_many, title="t", kind="prediction") is None
+    assert f"draws at most {len(OVERLAY_COLORS)} classes and this model has {len(too_many)}" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # nothing started
+    with open_report(tmp_path / "report.html", too_many[:3], title="t", kind="evaluation") as page:
+        assert isinstance(page, HtmlReport)
+        assert page.finish() == tmp_path / "report.html"
+    assert (tmp_path / "report.html").is_file()

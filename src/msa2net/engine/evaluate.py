@@ -22,8 +22,8 @@ from ..data.source import Case, Source
 from ..metrics import legacy_case_scores
 from ..reporting.aggregate import MetricAggregator, PooledBinaryMetrics
 from ..reporting.curves import read_metrics_csv
-from ..reporting.html import HtmlReport
-from ..reporting.overlays import OVERLAY_COLORS, write_overlay_png
+from ..reporting.html import HtmlReport, open_report
+from ..reporting.overlays import write_overlay_png
 from ..reporting.summary import build_evaluation_summary, build_isic_summary
 from ..reporting.tables import write_evaluation_report
 from .backends import load_backend
@@ -142,9 +142,8 @@ def evaluate(
         settings["amp_check"] = amp_check.record
 
     model_prep = prep.unit_input()  # case images arrive mapped to [0, 1] by the source
-    page = _open_html(
-        out, class_names, html, f"msa2net evaluation: {title or ckpt['model_name']} on {source.root.name}"
-    )
+    heading = f"msa2net evaluation: {title or ckpt['model_name']} on {source.root.name}"
+    page = open_report(out / "report.html", class_names, title=heading, kind="evaluation") if html else None
     history, history_note, mark_epoch = (
         _training_history(Path(checkpoint), ckpt) if page and not isinstance(checkpoint, Mapping) else (None, "", None)
     )
@@ -290,7 +289,8 @@ def evaluate_predictions(
         settings["training_cases"] = training
     out.mkdir(parents=True, exist_ok=True)
     title = f"masks in {pred_dir.name}"
-    page = _open_html(out, names, html, f"msa2net evaluation: {title} against {Path(where).name}")
+    heading = f"msa2net evaluation: {title} against {Path(where).name}"
+    page = open_report(out / "report.html", names, title=heading, kind="evaluation") if html else None
 
     def pairs() -> Iterable[tuple[Case, np.ndarray]]:
         for case in truth(ids):
@@ -329,20 +329,6 @@ def _class_names_of(files: Mapping[str, Path], masks: Mapping[str, Path]) -> lis
     """``class_0 .. class_N`` for the largest id in the label and mask files."""
     top = max(int(read_image(p)[0].max(initial=0)) for p in [*files.values(), *masks.values()])
     return [f"class_{i}" for i in range(max(top, 1) + 1)]
-
-
-def _open_html(out: Path, class_names: list[str], html: bool, title: str) -> HtmlReport | None:
-    """The report.html writer, or None when off or when the classes outnumber the overlay colours (warned)."""
-    if not html:
-        return None
-    if len(class_names) > len(OVERLAY_COLORS):
-        logger.warning(
-            "report.html skipped: it draws at most %d classes and this model has %d",
-            len(OVERLAY_COLORS),
-            len(class_names),
-        )
-        return None
-    return HtmlReport(out / "report.html", class_names, title=title, kind="evaluation")
 
 
 def _training_history(

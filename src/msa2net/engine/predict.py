@@ -25,7 +25,7 @@ from ..constants import OUTPUT_TYPES
 from ..data.dicom_seg import load_segment_codes, write_dicom_seg
 from ..data.io import RASTER_SUFFIXES, VOLUME_SUFFIXES, image_suffix, list_inputs, write_image, write_text_atomic
 from ..data.preprocessing import Preprocessing
-from ..reporting.html import HtmlReport
+from ..reporting.html import open_report
 from ..reporting.overlays import OVERLAY_COLORS, write_overlay_png
 from .distributed import cleanup, setup
 from .predictor import Prediction, PredictOptions, Predictor
@@ -332,16 +332,10 @@ def predict_files(
     report = PredictReport(failed=unusable if info.is_main else [])
     for path, reason in report.failed:
         logger.warning("skipped %s: %s", path, reason)
-    page: HtmlReport | None = None
-    if html and len(class_names) > len(OVERLAY_COLORS):
-        logger.warning(
-            "report.html skipped: it draws at most %d classes and this model has %d",
-            len(OVERLAY_COLORS),
-            len(class_names),
-        )
-    elif html:
+    page = None
+    if html:
         name = f"report-rank{info.rank}.html" if info.enabled else "report.html"
-        page = HtmlReport(out / name, class_names, title=f"msa2net predict: {predictor.model_name}", kind="prediction")
+        page = open_report(out / name, class_names, title=f"msa2net predict: {predictor.model_name}", kind="prediction")
     with page if page is not None else contextlib.nullcontext():
         _predict_all(sources[info.rank :: info.world_size], out, predictor, outputs, report, page)
         cases, failed = report.cases, report.failed

@@ -13,6 +13,7 @@ import html
 import io
 import itertools
 import json
+import logging
 import math
 import os
 import time
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_SIDE",
     "MAX_SLICES",
     "HtmlReport",
+    "open_report",
     "select_slices",
     "slice_confusion",
 ]
@@ -133,6 +135,20 @@ def _display_range(image: np.ndarray) -> tuple[float, float]:
         return 0.0, 1.0
     lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def open_report(
+    path: Path, class_names: Sequence[str], *, title: str, kind: Literal["evaluation", "prediction"]
+) -> HtmlReport | None:
+    """An :class:`HtmlReport` at ``path``, or None with a warning when the classes outnumber the overlay colours."""
+    if len(class_names) > len(OVERLAY_COLORS):
+        logging.getLogger(__name__).warning(
+            "report.html skipped: it draws at most %d classes and this model has %d",
+            len(OVERLAY_COLORS),
+            len(class_names),
+        )
+        return None
+    return HtmlReport(path, class_names, title=title, kind=kind)
 
 
 class HtmlReport:

@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# pytest-xdist workers of the test suite (tests/conftest.py gives each one OpenMP thread); 0 runs it in one process
+TEST_WORKERS ?= 2
+
 .PHONY: setup demo test lint format bench bench-aal clean
 
 setup: $(STAMP)
@@ -21,8 +24,8 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -m "not openvino"
-	$(BIN)/python -m pytest -q -m openvino  # OpenVINO's thread pool in a long test process crashed later tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not openvino"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m openvino  # OpenVINO in a long test process crashed later tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -3,10 +3,17 @@ files copy them first."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 from pathlib import Path
 
 import pytest
+
+# Every test, and every process a test starts, runs torch on one OpenMP thread (unless the caller set
+# OMP_NUM_THREADS) and imports this checkout's msa2net. make test runs two pytest workers on two cores: a second
+# thread per process only competes for them, and makes the small models here many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+_SRC = str(Path(__file__).resolve().parents[1] / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join([_SRC, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 #: Tiny Synapse phantom: two test cases and two training cases, 64x64 pixels, 6-8 slices.
 DATA_SYNAPSE_CASES = ("0001", "0002", "0005", "0006")
@@ -40,19 +47,6 @@ def data_isic_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("isic_raw")
     make_isic_phantom(root, n=24, seed=5, size=(48, 64))
     return root
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """Run the torch ops of the module that asks for it on one thread (``pytestmark =
-    pytest.mark.usefixtures("one_thread")``, or per test). On a shared 2-core machine, two OpenMP threads competing
-    with other processes make the small models many times slower; they gain nothing from a second thread anyway."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

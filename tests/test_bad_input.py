@@ -317,7 +317,6 @@ def test_invalid_pixel_limits_are_refused(bad: object, monkeypatch: pytest.Monke
         resolve_max_pixels()
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

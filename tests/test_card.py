@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 from reference import write_liver_folder
 
@@ -125,12 +124,7 @@ def test_train_stores_the_record_and_publish_puts_it_on_the_card(tmp_path: Path)
         f"data.root={root}",
         f"out_dir={tmp_path / 'run'}",
     ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(load_config("folder", overrides))
-    finally:
-        torch.set_num_threads(threads)
+    train(load_config("folder", overrides))
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["dataset"] == FolderSource(root).dataset_record()
     folder = publish(tmp_path / "run", tmp_path / "published").folder

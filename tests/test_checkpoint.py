@@ -23,7 +23,6 @@ from msa2net.models.weights_io import WeightsFileError, read_weights_file, unwra
 CLASSES = ["background", "a", "b"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ CLASSES = ["background", "a", "b"]
 PREP = Preprocessing(kind="ct_window", in_channels=1)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

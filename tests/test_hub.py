@@ -50,7 +50,6 @@ SPACING = (0.8, 0.7, 3.0)
 ORIGIN = (-10.0, 20.0, 30.5)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise_buffers(model: torch.nn.Module, seed: int) -> None:

@@ -23,7 +23,6 @@ from msa2net.engine.predictor import Predictor
 LEGACY = Path(__file__).parent / "data" / "legacy"
 CLASSES = ["background", "liver", "spleen"]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

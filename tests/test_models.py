@@ -65,7 +65,6 @@ def test_parity_float64_is_tighter(official_model):
     assert np.abs(logits - ref["logits"]).max() <= 2e-6 * np.abs(ref["logits"]).max()
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("variant", ["paper", "released"])
 def test_batch_and_channels_consistency(variant):
     """Raw reshapes must stay per sample: a batch equals its samples; 3 equal channels equal 1 channel.
@@ -104,7 +103,6 @@ def test_parameter_counts(variant, used, official):
     assert from_keys == official
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("variant", ["paper", "released"])
 def test_every_parameter_runs(variant):
     """No dead modules: every parameter of both variants gets a gradient (on the pico encoder, of the full
@@ -124,7 +122,6 @@ def test_registry_lists_variants():
         create_model("nope")
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(("in_channels", "size"), [(1, (64, 64)), (3, (64, 96)), (1, (96, 64))])
 def test_small_variant_shapes_and_backward(in_channels, size):
     model = create_model("msa2net_test", num_classes=4, in_channels=in_channels, img_size=size)
@@ -136,7 +133,6 @@ def test_small_variant_shapes_and_backward(in_channels, size):
     assert missing == []
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_released_design_on_small_encoder():
     model = create_model("msa2net_test", variant="released", num_classes=2, img_size=64)
     assert model.decoder.stage2.masag is None
@@ -153,7 +149,6 @@ def test_bad_input_size_error_names_sizes():
         MSA2Net(encoder="test_maxvit", img_size=(80, 80))
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_same_weights_load_at_every_size():
     small = create_model("msa2net_pico", num_classes=3, img_size=64)
     other = create_model("msa2net_pico", num_classes=3, img_size=(96, 128))
@@ -161,7 +156,6 @@ def test_same_weights_load_at_every_size():
     assert other(torch.randn(1, 1, 96, 128)).shape == (1, 3, 96, 128)
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_inference_mode_and_bf16_autocast():
     model = create_model("msa2net_test", num_classes=3, img_size=64).eval()
     x = torch.randn(1, 1, 64, 64)

@@ -34,7 +34,6 @@ PREP = Preprocessing(kind="ct_window", in_channels=1)
 ORIENTATION = "LPS"  # the volume below is stored otherwise, so the bundle must re-index it as msa2net does
 
 pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),
 ]
 

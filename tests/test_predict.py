@@ -81,7 +81,6 @@ def _write_dicom_series(volume: np.ndarray, folder: Path, spacing: tuple, origin
     return folder
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ from msa2net.engine.predictor import Prediction, Predictor
 CLASSES = ["background", "liver", "spleen"]
 CT = Preprocessing(kind="ct_window", in_channels=1)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -317,8 +317,6 @@ def test_invalid_pixel_limits_are_refused(bad: object, monkeypatch: pytest.Monke
         resolve_max_pixels()
 
 
-
-
 @pytest.fixture(scope="module")
 def ct_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
     return tiny_checkpoint(CLASSES, CT, tmp_path_factory.mktemp("ckpt") / "ct.pt", seed=CT.in_channels)

@@ -23,8 +23,6 @@ from msa2net.models.weights_io import WeightsFileError, read_weights_file, unwra
 CLASSES = ["background", "a", "b"]
 
 
-
-
 @pytest.fixture(scope="module")
 def ckpt(tiny_checkpoint) -> dict[str, Any]:
     return tiny_checkpoint(CLASSES, Preprocessing(kind="ct_window"))

@@ -21,8 +21,6 @@ CLASSES = ["background", "a", "b"]
 PREP = Preprocessing(kind="ct_window", in_channels=1)
 
 
-
-
 @pytest.fixture(scope="module")
 def ckpt(tiny_checkpoint) -> dict[str, Any]:
     return tiny_checkpoint(CLASSES, PREP)

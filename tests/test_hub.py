@@ -50,8 +50,6 @@ SPACING = (0.8, 0.7, 3.0)
 ORIGIN = (-10.0, 20.0, 30.5)
 
 
-
-
 def _randomise_buffers(model: torch.nn.Module, seed: int) -> None:
     """Non-default BatchNorm statistics, so that a round trip that lost buffers would show."""
     generator = torch.Generator().manual_seed(seed)

@@ -24,7 +24,6 @@ LEGACY = Path(__file__).parent / "data" / "legacy"
 CLASSES = ["background", "liver", "spleen"]
 
 
-
 @pytest.fixture(scope="module")
 def state(tiny_checkpoint) -> dict[str, torch.Tensor]:
     return tiny_checkpoint(CLASSES, Preprocessing(kind="ct_window", in_channels=1), seed=0)["model"]

@@ -81,8 +81,6 @@ def _write_dicom_series(volume: np.ndarray, folder: Path, spacing: tuple, origin
     return folder
 
 
-
-
 @pytest.fixture(scope="module")
 def grey_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
     return tiny_checkpoint(CLASSES, CT, tmp_path_factory.mktemp("ckpt") / "grey.pt", seed=1)

@@ -29,7 +29,6 @@ CLASSES = ["background", "liver", "spleen"]
 CT = Preprocessing(kind="ct_window", in_channels=1)
 
 
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
     return tiny_checkpoint(CLASSES, CT, tmp_path_factory.mktemp("ckpt") / "ct.pt", seed=3)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from ._atomic import write_text_atomic
-from .constants import ValidationMode
+from .constants import DEVICE_TEXT, ValidationMode
 
 #: Built-in presets, the YAML files in ``msa2net/configs``.
 PRESETS: tuple[str, ...] = ("synapse", "isic2018", "folder", "demo", "aal")
@@ -43,7 +43,6 @@ EVALUATION_SPLITS: tuple[str, ...] = typing.get_args(EvaluationSplit)
 LOSS_WEIGHT_KEYS: tuple[str, ...] = ("ce", "dice")
 
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
-_DEVICE_TEXT = "auto, cpu, cuda, cuda:N (N a GPU index) or mps"
 _SIZE_MULTIPLE = 32
 
 
@@ -116,7 +115,7 @@ _LOSS_WEIGHTS = _Rule(
     lambda v: set(v) <= set(LOSS_WEIGHT_KEYS) and all(w >= 0 for w in v.values()),
 )
 _SEED = _Rule(lambda: "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
-_DEVICE = _Rule(lambda: _DEVICE_TEXT, lambda v: device_is_valid(v))
+_DEVICE = _Rule(lambda: DEVICE_TEXT, lambda v: device_is_valid(v))
 
 
 @dataclass

@@ -32,6 +32,10 @@ OUTPUT_TYPES: tuple[str, ...] = ("nifti", "probabilities", "dicom-seg")
 #: Inference runtimes (``--backend``) and precisions (``--precision``); see :mod:`msa2net.engine.backends`.
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+#: Graph formats ``export`` writes (``--formats``; the folder's config.json, weights and card are always written).
+EXPORT_FORMATS: tuple[str, ...] = ("torchscript", "onnx")
+#: The device names msa2net takes (``--device``, ``train.device``), in words.
+DEVICE_TEXT = "auto, cpu, cuda, cuda:N (N a GPU index) or mps"
 
 #: Class names by Synapse class id (the paper's table columns are classes 1..8 in this order).
 SYNAPSE_CLASS_NAMES: tuple[str, ...] = (

@@ -6,7 +6,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-from ..constants import BACKENDS, EMPTY_POLICIES, OUTPUT_TYPES, PRECISIONS
+from ..constants import BACKENDS, DEVICE_TEXT, EMPTY_POLICIES, EXPORT_FORMATS, OUTPUT_TYPES, PRECISIONS
 
 __all__ = ["build_parser"]
 
@@ -74,7 +74,7 @@ def _device(text: str) -> str:
     from ..config import device_is_valid
 
     if not device_is_valid(text):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N (N a GPU index) or mps, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {DEVICE_TEXT}, got {text!r}")
     return text
 
 
@@ -356,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--formats",
         nargs="+",
-        default=["torchscript", "onnx"],
-        choices=["torchscript", "onnx"],
+        default=list(EXPORT_FORMATS),
+        choices=EXPORT_FORMATS,
         help="formats to write (default: both)",
     )
     p.add_argument("--no-check", action="store_true", help="skip comparing the exported model with eager PyTorch")

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import EXPORT_FORMATS
 from ..models import MSA2Net
 from ..models.pretrained import CONFIG_NAME, WEIGHTS_NAME
 from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
@@ -36,8 +37,7 @@ from .publish import publish
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ExportError", "ExportResult", "export_model"]
 
-#: Graph formats :func:`export_model` writes (the folder's config.json, weights and card are always written).
-FORMATS: tuple[str, ...] = ("torchscript", "onnx")
+FORMATS = EXPORT_FORMATS
 #: ONNX opset of the legacy exporter.
 ONNX_OPSET: int = 17
 #: Batch size of the parity check; not 1, so the dynamic batch axis is exercised.

@@ -64,34 +64,12 @@ def _probabilities(model: MSA2Net, x: torch.Tensor, tta: bool, amp: str | None) 
 
 
 @torch.inference_mode()
-def predict_slices(
-    model: MSA2Net,
-    slices: np.ndarray,
-    *,
-    tta: bool = False,
-    amp: str | None = None,
-) -> np.ndarray:
-    """Class probabilities of a batch of model-ready slices, in one forward pass (per flip).
-
-    Args:
-        slices: (N, C, H, W) float32 in model space, H x W the model's size.
-        tta: average the softmax over the identity and horizontal/vertical flips.
-        amp: None or ``"bf16"``/``"fp16"`` autocast on the model's device.
-
-    Returns:
-        (N, num_classes, H, W) float32 probabilities.
-    """
-    x = torch.from_numpy(np.ascontiguousarray(slices)).to(_device_of(model))
-    return _probabilities(model, x, tta, amp).cpu().numpy()
-
-
-@torch.inference_mode()
 def _predict_labels(
     model: MSA2Net, slices: np.ndarray, chunk: int, tta: bool, amp: str | None, keep: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """argmax of :func:`predict_slices` (first maximum on ties, as ``torch.argmax`` and ``np.argmax``), computed
-    on the device in forward passes of at most ``chunk`` slices: (N, H, W) int64, and with ``keep`` the
-    probabilities (N, C, H, W) float32."""
+    """argmax of the class probabilities of model-ready slices (N, C, H, W) (first maximum on ties, as
+    ``torch.argmax`` and ``np.argmax``), computed on the device in forward passes of at most ``chunk`` slices:
+    (N, H, W) int64, and with ``keep`` the probabilities (N, C, H, W) float32."""
     device = _device_of(model)
     x = torch.from_numpy(np.ascontiguousarray(slices))
     probs = [_probabilities(model, x[sl].to(device), tta, amp) for sl in _batches(len(x), chunk)]

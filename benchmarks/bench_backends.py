@@ -21,9 +21,11 @@ The CPU's instruction sets go into the JSON, since bf16 and int8 gains depend on
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -115,6 +117,7 @@ def bench_evaluate(model: msa2net.MSA2Net, prepared: Path, case: Any, args: argp
     from msa2net.engine.evaluate import evaluate
 
     folder = Path(tempfile.mkdtemp(prefix="bench_backends_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # scratch: gone when the script ends
     checkpoint = folder / "untrained.pt"
     prep = open_source(prepared).preprocessing
     save_checkpoint(make_checkpoint(model, args.model_name, prep.to_dict(), list(CLASS_NAMES)), checkpoint)
@@ -144,6 +147,7 @@ def bench_agreement(aal: Path, args: argparse.Namespace, log: Any) -> dict:
 
     checkpoint = resolve_checkpoint_path(aal / "run")
     out = Path(tempfile.mkdtemp(prefix="bench_backends_aal_"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # scratch: gone when the script ends
     common = {"device": "cpu", "progress": False, "html": False, "overlays_per_case": 0, "compare_fp32": True}
     result: dict[str, Any] = {"checkpoint": str(checkpoint)}
     for name, (backend, precision) in RUNTIMES.items():
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         report["versions"].update(onnxruntime=onnxruntime.__version__, openvino=openvino.__version__)
     root = Path(tempfile.mkdtemp(prefix="bench_backends_case_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # scratch: gone when the script ends
     if "speed" in parts or "evaluate" in parts:
         prepared, case = phantom_case(root, args.slices, args.size, args.seed)
         with torch.inference_mode():

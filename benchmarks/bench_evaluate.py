@@ -28,8 +28,10 @@ object (and writes it with ``--out``)::
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -255,6 +257,7 @@ def bench_evaluate(
     from msa2net.engine.evaluate import evaluate
 
     folder = Path(tempfile.mkdtemp(prefix="bench_evaluate_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # scratch: gone when the script ends
     checkpoint = folder / "untrained.pt"
     prep = open_source(prepared).preprocessing
     save_checkpoint(make_checkpoint(model, args.model_name, prep.to_dict(), list(CLASS_NAMES)), checkpoint)
@@ -313,6 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="bench_evaluate_data_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # scratch: gone when the script ends
     prepared, case = phantom_case(root, args.slices, args.size, args.seed)
     torch.manual_seed(args.seed)
     model = msa2net.create_model(args.model_name, num_classes=NUM_CLASSES, in_channels=1, img_size=args.img_size)

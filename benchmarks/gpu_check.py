@@ -24,9 +24,11 @@ step, gloo instead of NCCL, a 4-slice volume) so that the script cannot rot with
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -299,6 +301,7 @@ def check_torchrun_resume(settings: Settings, device: torch.device) -> dict[str,
     from msa2net.data.synapse_prepare import prepare_synapse
 
     root = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # scratch: gone when the script ends
     make_synapse_phantom(root / "raw", cases=("0001", "0002", "0005", "0006"), seed=3, slices=(4, 5), size=64)
     prepare_synapse(root / "raw", root / "data", progress=False)
     run = root / "run"

@@ -11,7 +11,9 @@ to the input's grid are all exercised. Prints voxels identical out of all, and t
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +48,10 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args()
-    work = args.out or Path(tempfile.mkdtemp(prefix="monai-bundle-"))
+    work = args.out
+    if work is None:
+        work = Path(tempfile.mkdtemp(prefix="monai-bundle-"))
+        atexit.register(shutil.rmtree, work, ignore_errors=True)  # scratch: gone when the script ends
     torch.set_num_threads(1)
 
     x, y, z = args.size

@@ -201,6 +201,7 @@ def test_threads_do_not_change_the_scores(monkeypatch: pytest.MonkeyPatch) -> No
     pred = rng.integers(0, 5, size=(6, 30, 30))
     gt = ndimage.median_filter(rng.integers(0, 5, size=(6, 30, 30)), size=5)
     monkeypatch.setattr(overlap, "os", SimpleNamespace(sched_getaffinity=lambda _: range(4)))
+    assert overlap._thread_count(4) == 4
     four = legacy_case_scores(pred, gt, 5, spacing=(2.0, 0.7, 0.7), nsd_tolerance_mm=1.5)
     monkeypatch.setattr(overlap, "MAX_THREADS", 1)
     one = legacy_case_scores(pred, gt, 5, spacing=(2.0, 0.7, 0.7), nsd_tolerance_mm=1.5)

@@ -62,10 +62,7 @@ MAX_PIXELS_ENV: str = "MSA2NET_MAX_PIXELS"
 def image_suffix(path: str | os.PathLike[str]) -> str | None:
     """The supported suffix of ``path`` in lower case (``".nii.gz"`` counts as one), or None."""
     name = Path(path).name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return suffix
-    return None
+    return next((suffix for suffix in IMAGE_SUFFIXES if name.endswith(suffix) and len(name) > len(suffix)), None)
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -277,8 +274,7 @@ def _read_raster(path: Path, max_pixels: int) -> np.ndarray:
                     f"save the stack as NIfTI (.nii.gz) or as one file per slice"
                 )
             width, height = img.size
-            if width * height > max_pixels:
-                pixels = width * height
+            if (pixels := width * height) > max_pixels:
                 raise ImageReadError(
                     f"cannot read {path}: it declares {width} x {height} = {pixels:,} pixels, more than the limit of "
                     f"{max_pixels:,} (a guard against decompression bombs, small files that expand to huge images); "
@@ -465,14 +461,12 @@ def _write_png(array: np.ndarray, target: Path) -> None:
                 f"cannot write {target}: PNG holds integer data, got {array.dtype}; write a label map (integers) "
                 f"or scale the image to uint8 first, or write .nii.gz/.nrrd/.mha for floating point data"
             )
-        lo = int(array.min()) if array.size else 0
-        hi = int(array.max()) if array.size else 0
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
         if lo < 0 or hi > 65535:
             raise ValueError(
                 f"cannot write {target}: PNG holds values 0..65535, found {lo}..{hi}; write .nii.gz instead"
             )
         img = Image.fromarray(array.astype(np.uint8 if hi < 256 else np.uint16))
-
     else:
         raise ValueError(f"cannot write {target}: PNG takes (Y, X) or (Y, X, 3|4) arrays, got shape {array.shape}")
     with atomic_path(target) as tmp:

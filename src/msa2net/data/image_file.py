@@ -35,20 +35,16 @@ class Geometry:
     direction: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        spacing = tuple(float(v) for v in self.spacing)
-        origin = tuple(float(v) for v in self.origin)
-        direction = tuple(float(v) for v in self.direction)
-        ndim = len(spacing)
-        if ndim < 1 or len(origin) != ndim or len(direction) != ndim * ndim:
+        for name in ("spacing", "origin", "direction"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        ndim = len(self.spacing)
+        if ndim < 1 or len(self.origin) != ndim or len(self.direction) != ndim * ndim:
             raise ValueError(
-                f"inconsistent geometry: spacing has {ndim} values, origin {len(origin)}, direction {len(direction)}; "
-                f"expected ndim, ndim and ndim*ndim values"
+                f"inconsistent geometry: spacing has {ndim} values, origin {len(self.origin)}, direction "
+                f"{len(self.direction)}; expected ndim, ndim and ndim*ndim values"
             )
-        if any(not np.isfinite(v) or v <= 0 for v in spacing):
-            raise ValueError(f"spacing must be positive and finite, got {spacing}")
-        object.__setattr__(self, "spacing", spacing)
-        object.__setattr__(self, "origin", origin)
-        object.__setattr__(self, "direction", direction)
+        if any(not np.isfinite(v) or v <= 0 for v in self.spacing):
+            raise ValueError(f"spacing must be positive and finite, got {self.spacing}")
 
     @property
     def ndim(self) -> int:

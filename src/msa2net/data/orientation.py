@@ -70,12 +70,8 @@ class Reorientation:
 
     def inverse(self) -> Reorientation:
         """The re-indexing that undoes this one."""
-        axes = [0, 0, 0]
-        flips = [False, False, False]
-        for new, old in enumerate(self.axes):
-            axes[old] = new
-            flips[old] = self.flips[new]
-        return Reorientation(tuple(axes), tuple(flips))  # type: ignore[arg-type]
+        axes = tuple(self.axes.index(old) for old in range(3))  # the inverse permutation
+        return Reorientation(axes, tuple(self.flips[new] for new in axes))  # type: ignore[arg-type]
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         """Re-index a ``(Z, Y, X)`` or ``(Z, Y, X, C)`` array (a view where numpy allows; copy it to own it)."""

@@ -326,13 +326,12 @@ class SynapseVolumeDataset(Dataset):
 
     def _load_slices(self, case: str) -> tuple[np.ndarray, np.ndarray, Path]:
         slice_dir = self.root / "train_npz"
-        found: dict[int, Path] = {}
-        for path in slice_dir.glob(f"{case}_slice*.npz"):
-            match = _SLICE_RE.match(path.stem)
-            if match:
-                found[int(match.group(2))] = path
-        expected = set(range(max(found) + 1)) if found else set()
-        gaps = sorted(expected - set(found))
+        found = {
+            int(match.group(2)): path
+            for path in slice_dir.glob(f"{case}_slice*.npz")
+            if (match := _SLICE_RE.match(path.stem))
+        }
+        gaps = sorted(set(range(max(found, default=-1) + 1)) - set(found))
         if not found or gaps:
             raise ValueError(
                 f"{case}: slices {gaps[:10]} missing in {slice_dir}; the volume cannot be assembled: "
@@ -406,7 +405,6 @@ class SynapseSource(Source):
             if case in test:
                 yield SynapseVolumeDataset(self.root, cases=[case], labels=self.labels, intensity=self.intensity)[0]
             else:
-                volumes = SynapseVolumeDataset.from_train_slices(
+                yield SynapseVolumeDataset.from_train_slices(
                     self.root, [case], labels=self.labels, intensity=self.intensity
-                )
-                yield volumes[0]
+                )[0]

@@ -27,11 +27,6 @@ __all__ = ["prepare_synapse"]
 _IMAGE_RE = re.compile(r"^img(\d+)\.nii(\.gz)?$")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Preparation
-# --------------------------------------------------------------------------------------------------------------------
-
-
 def _find_training_dir(raw_dir: Path) -> Path:
     for candidate in (raw_dir / "RawData" / "Training", raw_dir / "Training", raw_dir):
         if (candidate / "img").is_dir() and (candidate / "label").is_dir():
@@ -165,7 +160,6 @@ def _write_train_case(train_dir: Path, case: str, image: np.ndarray, label: np.n
     try:
         for z, name in enumerate(names):
             _save_slice(staging / f"{name}.npz", image[z], label[z])
-
         for old in train_dir.glob(f"{case}_slice*.npz"):
             old.unlink()
         for name in names:

@@ -35,10 +35,7 @@ def source_option_names() -> tuple[str, ...]:
 def source_option_choices(name: str) -> tuple[str, ...]:
     """The allowed values of the kind-specific option ``name`` over every registered kind (empty if none has it)."""
     kinds = registered_sources()
-    values: list[str] = []
-    for kind in source_kinds():
-        values += [v for v in kinds[kind].OPTIONS.get(name, ()) if v not in values]
-    return tuple(values)
+    return tuple(dict.fromkeys(value for kind in source_kinds() for value in kinds[kind].OPTIONS.get(name, ())))
 
 
 def open_source(

@@ -331,12 +331,11 @@ def prepare_aal(
 
     if out.exists():
         for sub in _CASE_FOLDERS:
-            if (out / sub).is_dir():
-                for stale in (out / sub).glob(f"{CASE_PREFIX}*"):
-                    if stale.is_dir():
-                        shutil.rmtree(stale)
-                    else:
-                        stale.unlink()
+            for stale in (out / sub).glob(f"{CASE_PREFIX}*"):  # nothing when the folder is absent
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
         (out / "dataset.json").unlink(missing_ok=True)
     voxels: dict[str, dict[str, int]] = {"training": {}, "test": {}}
     slices: dict[str, int] = {}

@@ -32,6 +32,7 @@ import torch
 from ..constants import EXPORT_FORMATS
 from ..models import MSA2Net
 from ..models.pretrained import CONFIG_NAME, WEIGHTS_NAME
+from ..models.weights_io import _first_line
 from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
 from .publish import publish
 
@@ -121,11 +122,6 @@ def _export_onnx(model: MSA2Net, example: torch.Tensor, path: Path) -> str:
             "whose legacy ONNX exporter works"
         ) from err
     return "legacy"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _check_input(model: MSA2Net) -> torch.Tensor:

@@ -4,7 +4,6 @@ and the other outputs a user asks for, from the :class:`~msa2net.engine.predicto
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -19,11 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .._atomic import atomic_path
+from .._json import write_json
 from .._progress import progress_enabled
 from .._version import __version__
 from ..constants import OUTPUT_TYPES
 from ..data.dicom_seg import load_segment_codes, write_dicom_seg
-from ..data.io import RASTER_SUFFIXES, VOLUME_SUFFIXES, image_suffix, list_inputs, write_image, write_text_atomic
+from ..data.io import RASTER_SUFFIXES, VOLUME_SUFFIXES, image_suffix, list_inputs, write_image
 from ..data.preprocessing import Preprocessing
 from ..reporting.html import open_report
 from ..reporting.overlays import OVERLAY_COLORS, write_overlay_png
@@ -367,7 +367,7 @@ def predict_files(
             "failed": [{"input": str(path), "reason": reason} for path, reason in failed],
         }
         if info.is_main:
-            report.report_path = write_text_atomic(out / "predictions.json", json.dumps(record, indent=2) + "\n")
+            report.report_path = write_json(out / "predictions.json", record)
         if page is not None:
             report.html_path = page.finish(predictions={**record, "cases": report.cases})
     if info.enabled and not joined:
@@ -398,25 +398,16 @@ class OutputOptions:
 
     def names(self, out: Path, stem: str, suffix: str) -> dict[str, Path]:
         """Every file or folder the options write for an input whose mask is ``<stem><suffix>``."""
-        wanted = {
-            "mask": "nifti" in self.types,
-            "probabilities": "probabilities" in self.types,
-            "dicom-seg": "dicom-seg" in self.types,
-            "split": self.split,
-            "preview": self.preview,
-            "volumes": self.volumes,
-            "statistics": self.statistics,
-        }
         names = {
-            "mask": f"{stem}{suffix}",
-            "probabilities": f"{stem}_probabilities.npz",
-            "dicom-seg": f"{stem}.seg.dcm",
-            "split": stem,
-            "preview": f"{stem}_preview.png",
-            "volumes": f"{stem}_volumes.json",
-            "statistics": f"{stem}_statistics.json",
+            "mask": ("nifti" in self.types, f"{stem}{suffix}"),
+            "probabilities": ("probabilities" in self.types, f"{stem}_probabilities.npz"),
+            "dicom-seg": ("dicom-seg" in self.types, f"{stem}.seg.dcm"),
+            "split": (self.split, stem),
+            "preview": (self.preview, f"{stem}_preview.png"),
+            "volumes": (self.volumes, f"{stem}_volumes.json"),
+            "statistics": (self.statistics, f"{stem}_statistics.json"),
         }
-        return {key: out / names[key] for key, on in wanted.items() if on}
+        return {key: out / name for key, (on, name) in names.items() if on}
 
 
 def _expand_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -575,12 +566,12 @@ def _write_outputs(
             ("voxel_volume_mm3" if spatial == 3 else "pixel_area_mm2"): None if spacing is None else math.prod(spacing),
             "classes": sizes,
         }
-        write_text_atomic(paths["volumes"], json.dumps(volumes, indent=2) + "\n")
+        write_json(paths["volumes"], volumes)
         written.append(paths["volumes"])
     if "statistics" in paths:
         stats = {"input": str(source), "keep_largest": [class_names[i] for i in prediction.keep_largest]}
         stats["classes"] = prediction.statistics()
-        write_text_atomic(paths["statistics"], json.dumps(stats, indent=2) + "\n")
+        write_json(paths["statistics"], stats)
         written.append(paths["statistics"])
     overlay_paths: list[Path] = []
     if outputs.overlays:

@@ -148,49 +148,14 @@ def evaluate(
         _training_history(Path(checkpoint), ckpt) if page and not isinstance(checkpoint, Mapping) else (None, "", None)
     )
 
-    def finish_html(summary: Mapping[str, Any]) -> None:
-        if page is None:
-            return
-        path = page.finish(
-            evaluation=summary, history=history, history_note=history_note, mark_epoch=mark_epoch, notes=notes
-        )
-        if progress:
-            print(f"{path}: {path.stat().st_size / 1e6:.1f} MB, written in {page.seconds:.1f} s")
+    common: dict[str, Any] = {"preprocessing": model_prep, "batch_size": batch_size, "tta": tta, "progress": progress}
 
-    predictions = (
-        (
-            case,
-            _post(
-                largest,
-                predict_volume(
-                    model,
-                    case.image,
-                    preprocessing=model_prep,
-                    batch_size=batch_size,
-                    tta=tta,
-                    amp=amp,
-                    progress=progress,
-                    desc=case.name,
-                ),
-            )
-            if amp_check is None
-            else _post(
-                largest,
-                amp_check.predict(
-                    model,
-                    case.name,
-                    case.image,
-                    case.label,
-                    preprocessing=model_prep,
-                    batch_size=batch_size,
-                    tta=tta,
-                    progress=progress,
-                    desc=case.name,
-                ),
-            ),
-        )
-        for case in source.cases(ids, prep)
-    )
+    def segment(case: Case) -> np.ndarray:
+        if amp_check is None:
+            return predict_volume(model, case.image, amp=amp, desc=case.name, **common)
+        return amp_check.predict(model, case.name, case.image, case.label, desc=case.name, **common)
+
+    predictions = ((case, _post(largest, segment(case))) for case in source.cases(ids, prep))
     with page if page is not None else contextlib.nullcontext():
         if source.pooled:
             summary = _evaluate_pooled(predictions, out, settings, class_names, postprocess, overlays_per_case, page)
@@ -208,7 +173,12 @@ def evaluate(
                 progress,
                 page,
             )
-        finish_html(summary)
+        if page is not None:
+            path = page.finish(
+                evaluation=summary, history=history, history_note=history_note, mark_epoch=mark_epoch, notes=notes
+            )
+            if progress:
+                print(f"{path}: {path.stat().st_size / 1e6:.1f} MB, written in {page.seconds:.1f} s")
     return summary
 
 

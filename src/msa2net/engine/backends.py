@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +112,3 @@ def load_backend(
         core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision]}
     )
     return RuntimeModel(lambda x: compiled(x)[0], model, f"openvino-{precision}")
-
-
-def describe(model: torch.nn.Module) -> Mapping[str, str]:
-    """``{"backend", "precision"}`` of a model :func:`load_backend` returned."""
-    name = getattr(model, "name", "torch-fp32")
-    backend, precision = name.rsplit("-", 1)
-    return {"backend": backend, "precision": precision}

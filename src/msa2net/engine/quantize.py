@@ -19,9 +19,8 @@ import torch
 
 from ..data.preprocessing import Preprocessing
 from ..data.registry import open_source
-from ..data.transforms import resize_image
 from ..models import MSA2Net
-from .inference import AmpCheck, RuntimeModel
+from .inference import AmpCheck, RuntimeModel, _model_input
 
 __all__ = ["GATE", "KEEP_FLOAT", "calibration_slices", "quantize_int8"]
 
@@ -37,13 +36,6 @@ GATE: dict[str, float] = {"min_identical_fraction": 0.995, "max_dice_drop": 0.00
 
 class QuantizationError(RuntimeError):
     """No int8 candidate passed the agreement gate, or the calibration data do not fit the model."""
-
-
-def _model_input(unit: np.ndarray, prep: Preprocessing, size: tuple[int, int]) -> np.ndarray:
-    """One unit-range slice ``(H, W[, C])`` as the model takes it: ``(C, h, w)`` float32, resized (cubic) and
-    normalised as :func:`~msa2net.engine.inference.predict_volume` does."""
-    x = prep.normalize(resize_image(unit, size, order=3))
-    return (x[None] if x.ndim == 2 else x.transpose(2, 0, 1)).astype(np.float32)
 
 
 def calibration_slices(
@@ -88,8 +80,8 @@ def quantize_int8(
     import nncf
     import openvino as ov
 
-    prep = Preprocessing.from_dict(ckpt["preprocessing"]).unit_input()
     full = Preprocessing.from_dict(ckpt["preprocessing"])
+    prep = full.unit_input()
     slices, check_ids = calibration_slices(data, model, full, count, kind)
     source = open_source(data, kind)
     cases = list(source.cases(check_ids, full))

@@ -204,9 +204,7 @@ def amp_agreement(
         amp: ``"bf16"`` or ``"fp16"``.
         label: Optional ground truth of the volume's shape: adds the legacy Dice change per class.
         class_names: Names of the foreground classes (default ``class_1``, ...).
-        preprocessing: As :func:`predict_volume`.
-        batch_size: As :func:`predict_volume`.
-        tta: As :func:`predict_volume`.
+        preprocessing, batch_size, tta: As :func:`predict_volume`.
 
     Returns:
         ``(labels under amp, agreement)``, the agreement as :func:`msa2net.metrics.label_agreement` with the

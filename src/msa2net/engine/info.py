@@ -18,9 +18,7 @@ def count_flops(model: MSA2Net, img_size: tuple[int, int] | None = None, batch: 
     """FLOPs of one forward pass, counted by ``torch.utils.flop_counter`` (a multiply-add counts 2)."""
     h, w = img_size or model.img_size
     if (h, w) != tuple(model.img_size):
-        args = model.config.to_dict()
-        args["img_size"] = (h, w)
-        model = MSA2Net(**args)
+        model = MSA2Net(**{**model.config.to_dict(), "img_size": (h, w)})
     x = torch.zeros(batch, model.config.in_channels, h, w)
     # timm's attention calls scaled_dot_product_attention, whose CPU kernel the counter does not see; count
     # the same attention through its explicit matmuls instead

@@ -24,7 +24,6 @@ from .._version import __version__
 from ..constants import OUTPUT_TYPES
 from ..data.dicom_seg import load_segment_codes, write_dicom_seg
 from ..data.io import RASTER_SUFFIXES, VOLUME_SUFFIXES, image_suffix, list_inputs, write_image
-from ..data.preprocessing import Preprocessing
 from ..reporting.html import open_report
 from ..reporting.overlays import OVERLAY_COLORS, write_overlay_png
 from .distributed import cleanup, setup
@@ -487,14 +486,6 @@ def _predict_all(
     bar.close()
 
 
-def _display_image(prep: Preprocessing, image: np.ndarray) -> np.ndarray:
-    """What the model sees, in [0, 1], as a grey ``(..., H, W)`` or colour ``(..., H, W, 3)`` image for overlays."""
-    unit = prep.to_unit(image)
-    if prep.in_channels not in (1, 3):
-        unit = unit[..., 0]  # overlays draw grey or RGB; show the first channel of other layouts
-    return unit
-
-
 def _write_outputs(
     prediction: Prediction,
     source: Path,
@@ -551,8 +542,11 @@ def _write_outputs(
             split_paths.append(path)
     prep = predictor.preprocessing
     shown_labels = prediction.in_model_plane(labels)  # overlays show the plane the model segmented
-    drawn = "preview" in paths or outputs.overlays or page is not None
-    shown = _display_image(prep, prediction.in_model_plane(prediction.image)) if drawn else None  # only if drawn
+    shown = None  # what the model sees, in [0, 1]: grey (..., H, W) or colour (..., H, W, 3); only if drawn
+    if "preview" in paths or outputs.overlays or page is not None:
+        shown = prep.to_unit(prediction.in_model_plane(prediction.image))
+        if prep.in_channels not in (1, 3):
+            shown = shown[..., 0]  # overlays draw grey or RGB; show the first channel of other layouts
     if "preview" in paths:
         _write_preview(shown, shown_labels, spatial, class_names, paths["preview"])
         written.append(paths["preview"])

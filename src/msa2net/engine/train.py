@@ -26,8 +26,7 @@ from ..data.transforms import build_transform
 from ..losses import build_loss
 from ..metrics import dice
 from ..models import create_model, load_official_weights
-from ..reporting.curves import plot_curves
-from ..reporting.curves import write_metrics_csv as _write_metrics_csv
+from ..reporting.curves import plot_curves, write_metrics_csv
 from . import distributed
 from .checkpoint import load_checkpoint, make_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .inference import predict_volume
@@ -539,7 +538,7 @@ def _end_of_epoch(run: _Run, epoch: int, row: dict[str, float]) -> None:
         if improved:
             save_checkpoint(state, run.out / "best.pt")
         save_checkpoint(state, run.out / "last.pt")
-        _write_metrics_csv(run.out / "metrics.csv", run.history)
+        write_metrics_csv(run.out / "metrics.csv", run.history)
         plot_curves(run.history, run.out / "curves.png")
     distributed.barrier(info)
 

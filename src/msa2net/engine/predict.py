@@ -136,16 +136,11 @@ def class_volumes(
     if spacing is not None and len(spacing) != np.ndim(labels):
         raise ValueError(f"spacing {tuple(spacing)} does not fit labels of shape {np.shape(labels)}")
     cell = math.prod(float(s) for s in spacing) if spacing is not None else None
-    out: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(class_names):
-        if i == 0:
-            continue
-        n = counts[name]
-        if np.ndim(labels) == 3:
-            out[name] = {"id": i, "voxels": n, "volume_ml": None if cell is None else n * cell / 1000.0}
-        else:
-            out[name] = {"id": i, "pixels": n, "area_mm2": None if cell is None else n * cell}
-    return out
+    count_key, size_key, per = ("voxels", "volume_ml", 1000.0) if np.ndim(labels) == 3 else ("pixels", "area_mm2", 1.0)
+    return {
+        name: {"id": i, count_key: counts[name], size_key: None if cell is None else counts[name] * cell / per}
+        for i, name in enumerate(class_names[1:], start=1)
+    }
 
 
 def class_file_names(class_names: Sequence[str]) -> list[str]:
@@ -155,9 +150,7 @@ def class_file_names(class_names: Sequence[str]) -> list[str]:
     ``class_<id>``; a stem already taken gets ``_<id>`` appended.
     """
     stems: list[str] = []
-    for i, name in enumerate(class_names):
-        if i == 0:
-            continue
+    for i, name in enumerate(class_names[1:], start=1):
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or f"class_{i}"
         if stem.lower() in {s.lower() for s in stems}:
             stem = f"{stem}_{i}"

@@ -143,9 +143,7 @@ class Prediction:
         values = self.image[..., 0] if self.image.ndim > self.labels.ndim else self.image
         cell = self.voxel_volume
         out: dict[str, dict[str, Any]] = {}
-        for class_id, name in enumerate(self.class_names):
-            if class_id == 0:
-                continue
+        for class_id, name in enumerate(self.class_names[1:], start=1):
             mask = self.labels == class_id
             n = int(mask.sum())
             inside = values[mask].astype(np.float64)

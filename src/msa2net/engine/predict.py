@@ -507,14 +507,13 @@ def _write_outputs(
         written.append(paths["probabilities"])
     segments = None
     if "dicom-seg" in paths:
-        algorithm = {"name": "msa2net", "version": __version__, "source": predictor.model_name}
         segments = write_dicom_seg(
             labels,
             source,
             paths["dicom-seg"],
             class_names,
             colors=OVERLAY_COLORS,
-            algorithm=algorithm,
+            algorithm={"name": "msa2net", "version": __version__, "source": predictor.model_name},
             codes=outputs.segment_codes,
         )
         if segments:
@@ -557,8 +556,7 @@ def _write_outputs(
         written.append(paths["volumes"])
     if "statistics" in paths:
         stats = {"input": str(source), "keep_largest": [class_names[i] for i in prediction.keep_largest]}
-        stats["classes"] = prediction.statistics()
-        write_json(paths["statistics"], stats)
+        write_json(paths["statistics"], {**stats, "classes": prediction.statistics()})
         written.append(paths["statistics"])
     overlay_paths: list[Path] = []
     if outputs.overlays:

@@ -93,7 +93,7 @@ def test_export_writes_the_openvino_graph_which_the_backend_loads_without_conver
         Predictor.from_pretrained(tmp_path / "model", backend="openvino", precision="int8")
 
 
-def test_int8_is_published_only_through_its_agreement_gate(ckpt, volume, tmp_path, monkeypatch) -> None:
+def test_int8_is_published_only_through_its_agreement_gate(ckpt, volume, tmp_path, monkeypatch, capsys) -> None:
     import nncf
 
     root = write_liver_folder(tmp_path / "ds")
@@ -113,7 +113,10 @@ def test_int8_is_published_only_through_its_agreement_gate(ckpt, volume, tmp_pat
 
     monkeypatch.setitem(quantize.GATE, "min_identical_fraction", 0.0)
     monkeypatch.setitem(quantize.GATE, "max_dice_drop", 1.0)
+    capsys.readouterr()
     result = export_model(ckpt, tmp_path / "int8", formats=("onnx",), int8_calibration=root, calibration_count=8)
+    printed = capsys.readouterr()
+    assert "Statistics collection" in printed.err and "Statistics collection" not in printed.out  # NNCF's bars
     record = json.loads(result["config"].read_text())["exports"]["openvino"]["int8"]
     assert record["kept_float"] == "transformer-rules" and record["calibration"]["slices"] == 8
     assert record["agreement"]["n_cases"] == 3 and set(record["agreement"]["per_class_dice_change"]) == {

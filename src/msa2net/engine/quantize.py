@@ -10,6 +10,8 @@ folder whose int8 model has none is refused by ``msa2net export``.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,13 +90,14 @@ def quantize_int8(
     tried: dict[str, Any] = {}
     for name in keep_float:
         scope = nncf.IgnoredScope(patterns=KEEP_FLOAT[name], validate=False) if KEEP_FLOAT[name] else None
-        candidate = nncf.quantize(
-            graph,
-            nncf.Dataset(slices),
-            model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(slices),
-            ignored_scope=scope,
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF draws its progress bars on stdout, which carries results
+            candidate = nncf.quantize(
+                graph,
+                nncf.Dataset(slices),
+                model_type=nncf.ModelType.TRANSFORMER,
+                subset_size=len(slices),
+                ignored_scope=scope,
+            )
         compiled = ov.Core().compile_model(candidate, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         runtime = RuntimeModel(lambda x, c=compiled: c(x)[0], model, "openvino-int8")
         check = AmpCheck(ckpt["class_names"], None, reference=model, name=f"openvino-int8 ({name})")

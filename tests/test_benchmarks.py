@@ -74,7 +74,7 @@ def test_bench_backends_runs_every_runtime_and_float32_ones_give_the_torch_label
     command = [sys.executable, str(BENCHMARKS / "bench_backends.py"), *args]
     done = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "b.json").read_text())  # NNCF draws its progress bars on stdout
+    result = json.loads((tmp_path / "b.json").read_text())  # its nncf.quantize call draws bars on stdout
     speed = result["speed"]
     runtimes = {"torch_fp32", "torch_bf16", "ort_fp32", "openvino_fp32", "openvino_bf16", "openvino_int8"}
     assert set(speed["speedup_vs_authors"]) == runtimes

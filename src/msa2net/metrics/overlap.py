@@ -97,16 +97,19 @@ def legacy_case_metrics(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]
     """
     pred_mask, gt_mask = _mask_pair(pred, gt)
     pred_crop, gt_crop = _joint_crop(pred_mask, gt_mask)
-    return _legacy_from_crop(pred_crop, gt_crop)
-
-
-def _legacy_from_crop(pred_crop: np.ndarray, gt_crop: np.ndarray) -> tuple[float, float]:
-    pred_any, gt_any = bool(pred_crop.any()), bool(gt_crop.any())
-    if not pred_any:
-        return 0.0, 0.0
-    if not gt_any:
-        return 1.0, 0.0
+    if not pred_crop.any() or not gt_crop.any():
+        return _legacy_dice(pred_crop, gt_crop), 0.0
     return _dice_counts(pred_crop, gt_crop), _surface_figures(pred_crop, gt_crop, {None: (True, None)})[None][0]
+
+
+def _legacy_dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice under the legacy empty-mask rule (:func:`legacy_case_metrics`): 0 for an empty prediction, 1 for a
+    prediction where the ground truth is empty."""
+    if not pred.any():
+        return 0.0
+    if not gt.any():
+        return 1.0
+    return _dice_counts(pred, gt)
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray:
@@ -176,7 +179,8 @@ def legacy_case_scores(
         pred_empty, gt_empty = not pred_crop.any(), not gt_crop.any()
         row: dict[str, float] = {}
         if pred_empty or gt_empty:
-            row["dice"], row["hd95"] = _legacy_from_crop(pred_crop, gt_crop)
+            row["dice"] = _legacy_dice(pred_crop, gt_crop)
+            row["hd95"] = 0.0
             row["hd95_mm"] = _empty_value(empty, pred_array.shape, sizes)
             if tolerance is not None:
                 row["nsd"] = float("nan") if (pred_empty and gt_empty) else 0.0
@@ -231,16 +235,6 @@ def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[st
     if len(names) != num_classes - 1:
         raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, found {len(names)} names")
     return names
-
-
-def _legacy_dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice under the legacy empty-mask rule (:func:`legacy_case_metrics`): 0 for an empty prediction, 1 for a
-    prediction where the ground truth is empty."""
-    if not pred.any():
-        return 0.0
-    if not gt.any():
-        return 1.0
-    return _dice_counts(pred, gt)
 
 
 def label_agreement(

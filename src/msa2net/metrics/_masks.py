@@ -55,11 +55,9 @@ def _normalize_spacing(spacing: float | Sequence[float] | None, ndim: int) -> tu
 
 
 def _check_empty_policy(empty: EmptyPolicy) -> None:
-    if isinstance(empty, str):
-        if empty not in EMPTY_POLICIES:
-            raise ValueError(f"empty must be one of {EMPTY_POLICIES} or a non-negative number, found {empty!r}")
+    if isinstance(empty, str) and empty in EMPTY_POLICIES:
         return
-    if isinstance(empty, bool) or not isinstance(empty, (int, float, np.integer, np.floating)):
+    if isinstance(empty, (str, bool)) or not isinstance(empty, (int, float, np.integer, np.floating)):
         raise ValueError(f"empty must be one of {EMPTY_POLICIES} or a non-negative number, found {empty!r}")
     if math.isnan(float(empty)) or float(empty) < 0:
         raise ValueError(f"an empty-mask penalty must be a non-negative number (e.g. the diagonal), found {empty!r}")

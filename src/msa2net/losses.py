@@ -51,12 +51,9 @@ def _as_label_map(target: torch.Tensor, logits: torch.Tensor, num_classes: int, 
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(target.shape) != expected:
         raise ValueError(f"expected integer labels of shape {expected} for these logits, found {tuple(target.shape)}")
-    if target.is_floating_point():
-        if validate and not bool(torch.equal(target, target.round())):
-            raise ValueError("labels are floating point with non-integer values; pass integer class indices")
-        target = target.long()
-    elif target.dtype != torch.int64:
-        target = target.long()
+    if validate and target.is_floating_point() and not bool(torch.equal(target, target.round())):
+        raise ValueError("labels are floating point with non-integer values; pass integer class indices")
+    target = target.long()  # the same tensor when already int64
     if validate and target.numel():
         low, high = (int(v) for v in torch.aminmax(target))
         if low < 0 or high >= num_classes:
@@ -197,12 +194,9 @@ def build_loss(name: str, num_classes: int, weights: Mapping[str, float] | None 
         raise ValueError(f"unknown loss {name!r}; choose one of {LOSS_NAMES}")
     if weights and key != "ce_dice":
         raise ValueError(f"weights only apply to 'ce_dice', found {dict(weights)} for {name!r}")
-    if key == "boundary_dou":
-        return BoundaryDoULoss(num_classes)
-    if key == "ce":
-        return CrossEntropyLoss(num_classes)
-    if key == "dice":
-        return DiceLoss(num_classes)
+    single = {"boundary_dou": BoundaryDoULoss, "ce": CrossEntropyLoss, "dice": DiceLoss}
+    if key in single:
+        return single[key](num_classes)
     chosen = {"ce": 0.4, "dice": 0.6}
     unknown = set(weights or {}) - set(chosen)
     if unknown:

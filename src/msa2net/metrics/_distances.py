@@ -81,8 +81,7 @@ def _offset_norms(offsets: np.ndarray, sampling: _Sampling) -> np.ndarray:
     """Lengths of integer offset vectors ``(ndim, n)``, with the arithmetic of ``distance_transform_edt``."""
     squares = offsets.astype(np.float64)
     if sampling is not None:
-        for axis, size in enumerate(sampling):
-            squares[axis] *= size
+        squares *= np.asarray(sampling, dtype=np.float64)[:, None]
     np.multiply(squares, squares, out=squares)
     return np.sqrt(np.add.reduce(squares, axis=0))
 

@@ -18,10 +18,8 @@ def binary_confusion(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int, i
     """``(tp, fp, fn, tn)`` pixel counts (Python ints) of a thresholded prediction against the ground truth."""
     pred_mask, gt_mask = _mask_pair(pred, gt)
     tp = int(np.count_nonzero(pred_mask & gt_mask))
-    pred_total = int(np.count_nonzero(pred_mask))
-    gt_total = int(np.count_nonzero(gt_mask))
-    fp = pred_total - tp
-    fn = gt_total - tp
+    fp = int(np.count_nonzero(pred_mask)) - tp
+    fn = int(np.count_nonzero(gt_mask)) - tp
     tn = int(pred_mask.size) - tp - fp - fn
     return tp, fp, fn, tn
 

@@ -187,12 +187,11 @@ def _evaluation_context(summary: Summary | None) -> dict[str, Any] | None:
         context["cases"] = [str(c) for c in settings.get("cases") or []]
         context["tables"] = format_evaluation_tables(summary).rstrip("\n")
         return context
-    keys = list(_POOLED_NAMES)
     context["n_images"] = int(summary.n_images)
     context["postprocess"] = summary.postprocess
     context["tables"] = markdown_table(
         ["Method", "DSC", "IoU", "Sensitivity", "Specificity", "Accuracy"],
-        [[summary.title, *(cell(summary.pooled.get(k), 100.0) for k in keys)]],
+        [[summary.title, *(cell(summary.pooled.get(k), 100.0) for k in _POOLED_NAMES)]],
     )
     return context
 

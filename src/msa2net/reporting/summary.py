@@ -264,7 +264,6 @@ def as_summary(value: Summary | Mapping[str, Any]) -> Summary:
 
 def read_summary(path: str | os.PathLike[str]) -> Summary:
     """The typed summary of a ``summary.json`` file; SummaryError names a file that is not one."""
-
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

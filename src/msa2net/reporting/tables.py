@@ -49,11 +49,6 @@ def cell(value: object, scale: float = 1.0) -> str:
     return MISSING if math.isnan(figure) else f"{scale * figure:.2f}"
 
 
-def _column_headers(names: Sequence[str]) -> list[str]:
-    """The paper's abbreviations for the 8 Synapse organs in label order, else the class names."""
-    return list(SYNAPSE_COLUMNS) if tuple(names) == SYNAPSE_CLASS_NAMES[1:] else list(names)
-
-
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Header, alignment (first column left, the others right) and rows, separated by newlines."""
     lines = [
@@ -99,8 +94,8 @@ def _paper_row(
     missing = [n for n in names if n not in per_class_dice or n not in per_class_hd95]
     if missing:
         raise KeyError(f"classes {missing} are missing from per_class_dice or per_class_hd95")
-    if columns is None:
-        headers = _column_headers(names)
+    if columns is None:  # the paper's abbreviations for the 8 Synapse organs in label order, else the class names
+        headers = list(SYNAPSE_COLUMNS) if tuple(names) == SYNAPSE_CLASS_NAMES[1:] else list(names)
     else:
         headers = [str(c) for c in columns]
         if len(headers) != len(names):

@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import _hooks
-from .._atomic import atomic_folder
+from .._atomic import _default_file_mode, atomic_folder
 from .._json import json_safe
 from .hub import HubUnreachable, check_hub, hub_endpoint
-from .weights_io import WeightsFileError, read_weights_file
+from .weights_io import WeightsFileError, _first_line, read_weights_file
 
 if TYPE_CHECKING:
     from .msa2net import MSA2Net
@@ -306,9 +306,7 @@ def save_pretrained(
         text = json.dumps(json_safe(cfg), indent=2, allow_nan=False)  # NaN figures become null
         (staging / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
         # safetensors writes through a private temporary file (mode 0600); give it the mode of the other files
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging / WEIGHTS_NAME, 0o666 & ~umask)
+        os.chmod(staging / WEIGHTS_NAME, _default_file_mode())
         if card is not False:
             text = builder(cfg, repo_id=repo_id) if card is True else str(card)  # type: ignore[misc]
             (staging / CARD_NAME).write_text(text, encoding="utf-8")
@@ -380,10 +378,9 @@ def resolve_pretrained(
                 )
             )
         except Exception as exc:  # network and HTTP errors of several libraries
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise PretrainedError(
-                f"downloading {name} of {text!r} from {endpoint} failed: {type(exc).__name__}: {first}. Check the "
-                f"repo id (and --revision/token for private repos); msa2net repos hold {CONFIG_NAME} and "
+                f"downloading {name} of {text!r} from {endpoint} failed: {type(exc).__name__}: {_first_line(exc)}. "
+                f"Check the repo id (and --revision/token for private repos); msa2net repos hold {CONFIG_NAME} and "
                 f"{WEIGHTS_NAME}."
             ) from exc
     return Path(files[0]).parent

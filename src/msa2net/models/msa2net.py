@@ -250,29 +250,6 @@ class MSA2Net(nn.Module):
     # ------------------------------------------------------------------------------------------
     # Hugging Face hub layout (see msa2net.models.pretrained)
 
-    def _pretrained_config(
-        self,
-        model_name: str | None,
-        preprocessing: Mapping[str, Any] | None,
-        class_names: Sequence[str] | None,
-        provenance: Mapping[str, Any] | None,
-        evaluation: Mapping[str, Any] | None,
-        license: str | None,
-        slice_orientation: str | None = None,
-    ) -> dict[str, Any]:
-        old = self.pretrained_config or {}
-        return build_pretrained_config(
-            self,
-            model_name=model_name or old.get("model_name"),
-            preprocessing=preprocessing if preprocessing is not None else old.get("preprocessing"),
-            class_names=class_names if class_names is not None else old.get("class_names"),
-            provenance=provenance if provenance is not None else old.get("provenance"),
-            evaluation=evaluation if evaluation is not None else old.get("evaluation"),
-            license=license or old.get("license") or "mit",
-            slice_orientation=slice_orientation or old.get("slice_orientation"),
-            dataset=old.get("dataset"),  # the training data do not change with a re-save
-        )
-
     def save_pretrained(
         self,
         save_directory: str | os.PathLike[str],
@@ -306,8 +283,17 @@ class MSA2Net(nn.Module):
         Raises:
             PretrainedError: a non-empty folder without ``overwrite``; class names or preprocessing that do not fit.
         """
-        config = self._pretrained_config(
-            model_name, preprocessing, class_names, provenance, evaluation, license, slice_orientation
+        old = self.pretrained_config or {}
+        config = build_pretrained_config(
+            self,
+            model_name=model_name or old.get("model_name"),
+            preprocessing=preprocessing if preprocessing is not None else old.get("preprocessing"),
+            class_names=class_names if class_names is not None else old.get("class_names"),
+            provenance=provenance if provenance is not None else old.get("provenance"),
+            evaluation=evaluation if evaluation is not None else old.get("evaluation"),
+            license=license or old.get("license") or "mit",
+            slice_orientation=slice_orientation or old.get("slice_orientation"),
+            dataset=old.get("dataset"),  # the training data do not change with a re-save
         )
         return save_pretrained(self, save_directory, config=config, repo_id=repo_id, overwrite=overwrite)
 

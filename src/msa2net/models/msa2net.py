@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +52,6 @@ from .pretrained import (
     read_pretrained,
     resolve_pretrained,
     save_pretrained,
-    temporary_folder,
 )
 from .weights_io import key_mismatch_report
 
@@ -388,8 +388,8 @@ class MSA2Net(nn.Module):
             HubUnavailableError: the hub cannot be reached (within seconds).
             RuntimeError: the hub refused the upload (permissions, token).
         """
-        with temporary_folder() as tmp:
-            folder = self.save_pretrained(tmp / "model", repo_id=repo_id, **save_kwargs)
+        with tempfile.TemporaryDirectory(prefix="msa2net-push-", ignore_cleanup_errors=True) as tmp:
+            folder = self.save_pretrained(Path(tmp, "model"), repo_id=repo_id, **save_kwargs)
             return push_folder_to_hub(
                 folder, repo_id, private=private, token=token, commit_message=commit_message, revision=revision
             )

@@ -22,15 +22,13 @@ This module knows nothing of training checkpoints; :mod:`msa2net.engine.publish`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -466,13 +464,3 @@ def push_folder_to_hub(
             "`hf auth login` (or set HF_TOKEN) with a token that may write to the repo."
         ) from exc
     return str(getattr(info, "commit_url", info))
-
-
-@contextlib.contextmanager
-def temporary_folder() -> Iterator[Path]:
-    """A temporary folder removed on exit (for a save followed by an upload)."""
-    path = Path(tempfile.mkdtemp(prefix="msa2net-push-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)

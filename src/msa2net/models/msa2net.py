@@ -93,10 +93,8 @@ class DecoderStage(nn.Module):
         self.gate_proj = nn.Linear(dim, dim)
         self.masag = MASAG(dim) if gated else None
         self.norm = ChannelLayerNorm(dim)
-        if block == "lka":
-            self.blocks = nn.ModuleList([LKABlock(dim), LKABlock(dim)])
-        else:
-            self.blocks = nn.ModuleList([DualTransformerBlock(dim), DualTransformerBlock(dim)])
+        block_cls = LKABlock if block == "lka" else DualTransformerBlock
+        self.blocks = nn.ModuleList([block_cls(dim), block_cls(dim)])
         self.expand = PatchExpand(dim, scale=4 if num_classes else 2, out_dim=None if num_classes else out_dim)
         self.head = nn.Conv2d(dim, num_classes, 1) if num_classes else None
 

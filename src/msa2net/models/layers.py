@@ -50,9 +50,7 @@ class ChannelLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, C, H, W) -> (B, H, W, C) -> norm -> (B, C, H, W)
-        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(
-            0, 3, 1, 2
-        )
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class PatchExpand(nn.Module):

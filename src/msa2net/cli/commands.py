@@ -77,18 +77,16 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    if args.dataset != "aal" and args.slabs is not None:
+        raise ValueError(f"--slabs applies to prepare aal only, not to {args.dataset}; remove it")
+    if args.dataset != "aal" and args.raw is None:
+        raise ValueError(f"prepare {args.dataset} needs --raw: the folder of the downloaded raw data")
     if args.dataset == "aal":
         from ..data.aal import DEFAULT_SLABS, prepare_aal
 
         slabs = DEFAULT_SLABS if args.slabs is None else args.slabs
         result = prepare_aal(args.out, args.raw, slabs=slabs, overwrite=args.overwrite)
-        print(json.dumps(result, indent=2, default=str))
-        return 0
-    if args.slabs is not None:
-        raise ValueError(f"--slabs applies to prepare aal only, not to {args.dataset}; remove it")
-    if args.raw is None:
-        raise ValueError(f"prepare {args.dataset} needs --raw: the folder of the downloaded raw data")
-    if args.dataset == "synapse":
+    elif args.dataset == "synapse":
         from ..data.synapse_prepare import prepare_synapse
 
         result = prepare_synapse(args.raw, args.out, overwrite=args.overwrite)

@@ -38,10 +38,10 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 
 
 def _model_input(unit: np.ndarray, prep: Preprocessing, size: tuple[int, int]) -> np.ndarray:
-    """One unit-range slice ``(H, W[, C])`` as the model takes it: ``(C, h, w)`` float32, resized (cubic) and
-    normalised as :func:`predict_volume` does."""
+    """One unit-range slice ``(H, W[, C])`` as the model takes it: ``(C, h, w)`` float32, C-contiguous, resized
+    (cubic) and normalised as :func:`predict_volume` does."""
     x = prep.normalize(resize_image(unit, size, order=3))
-    return (x[None] if x.ndim == 2 else x.transpose(2, 0, 1)).astype(np.float32)
+    return np.ascontiguousarray(x[None] if x.ndim == 2 else x.transpose(2, 0, 1), dtype=np.float32)  # no copy for grey
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

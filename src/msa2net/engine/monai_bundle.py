@@ -53,9 +53,10 @@ from ..data.preprocessing import Preprocessing
 from ..data.transforms import resize_label
 from ..models import MSA2Net
 from ..models.pretrained import PretrainedError, build_pretrained_config
+from ..models.weights_io import _first_line
 from ..reporting.card import build_model_card
 from .checkpoint import load_model_source, model_from_checkpoint
-from .export import ExportError, _first_line, _quiet_tracing
+from .export import ExportError, _quiet_tracing
 from .inference import _model_input
 from .postprocess import parse_keep_largest
 from .publish import provenance_of

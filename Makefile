@@ -35,7 +35,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 # bench_evaluate: predict_volume (batched, one slice, authors' loop), metric set and evaluate against the authors'
-# procedure + MedPy on a 100x512x512 case, 3 interleaved rounds (about 20 min on a quiet 2-core CPU); scale it down with
+# procedure + MedPy on a 100x512x512 case, 3 interleaved rounds (about 22 min on a quiet 2-core CPU); scale it down with
 # e.g. make bench BENCH_EVALUATE_ARGS="--slices 16 --rounds 2"
 BENCH_EVALUATE_ARGS ?=
 

@@ -71,10 +71,10 @@ def _int8_runtime(model: msa2net.MSA2Net, case: Any, prep: Any, slices: int) -> 
     import openvino as ov
 
     from msa2net.engine.export import convert_openvino
-    from msa2net.engine.inference import _model_input
+    from msa2net.engine.inference import model_input
 
     picks = np.linspace(0, len(case.image) - 1, min(slices, len(case.image))).round().astype(int)
-    data = [_model_input(case.image[z], prep, model.img_size)[None] for z in picks]
+    data = [model_input(case.image[z], prep, model.img_size)[None] for z in picks]
     graph = nncf.quantize(
         convert_openvino(model), nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data)
     )

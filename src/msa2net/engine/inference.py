@@ -37,7 +37,7 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def _model_input(unit: np.ndarray, prep: Preprocessing, size: tuple[int, int]) -> np.ndarray:
+def model_input(unit: np.ndarray, prep: Preprocessing, size: tuple[int, int]) -> np.ndarray:
     """One unit-range slice ``(H, W[, C])`` as the model takes it: ``(C, h, w)`` float32, C-contiguous, resized
     (cubic) and normalised as :func:`predict_volume` does."""
     x = prep.normalize(resize_image(unit, size, order=3))
@@ -142,7 +142,7 @@ def predict_volume(
     probs = np.zeros((model.num_classes, depth, h, w), dtype=np.float16) if probabilities else None
     bar = tqdm(total=depth, desc=desc, unit="slice", disable=not progress_enabled(progress), leave=False)
     for sl in _batches(depth, step):
-        batch = np.stack([_model_input(unit[z], prep, size) for z in range(sl.start, sl.stop)])  # (N, C, H, W)
+        batch = np.stack([model_input(unit[z], prep, size) for z in range(sl.start, sl.stop)])  # (N, C, H, W)
         labels, p = _predict_labels(model, batch, chunk, tta, amp, keep=probs is not None)
         for i, z in enumerate(range(sl.start, sl.stop)):
             out[z] = resize_label(labels[i].astype(out.dtype), (h, w))

@@ -57,7 +57,7 @@ from ..models.weights_io import _first_line
 from ..reporting.card import build_model_card
 from .checkpoint import load_model_source, model_from_checkpoint
 from .export import ExportError, _quiet_tracing
-from .inference import _model_input
+from .inference import model_input
 from .postprocess import parse_keep_largest
 from .publish import provenance_of
 
@@ -209,7 +209,7 @@ def _legacy_slice(model: MSA2Net, prep: Preprocessing, unit: np.ndarray) -> tupl
     """msa2net's procedure on one (rows, cols[, C]) slice already in [0, 1]: probabilities (K, rows, cols) at the
     labels' source pixels and the labels, as :func:`~msa2net.engine.inference.predict_volume` computes them."""
     h, w = unit.shape[:2]
-    x = _model_input(unit, prep, model.img_size)[None]
+    x = model_input(unit, prep, model.img_size)[None]
     with torch.inference_mode():
         probs = torch.softmax(model(torch.from_numpy(np.ascontiguousarray(x))).float(), dim=1)[0].numpy()
     labels = resize_label(probs.argmax(axis=0).astype(np.uint8), (h, w))

@@ -22,7 +22,7 @@ import torch
 from ..data.preprocessing import Preprocessing
 from ..data.registry import open_source
 from ..models import MSA2Net
-from .inference import AmpCheck, RuntimeModel, _model_input
+from .inference import AmpCheck, RuntimeModel, model_input
 
 __all__ = ["GATE", "KEEP_FLOAT", "calibration_slices", "quantize_int8"]
 
@@ -54,7 +54,7 @@ def calibration_slices(
     slices: list[np.ndarray] = []
     for case in source.cases(train, prep):
         picks = np.unique(np.linspace(0, len(case.image) - 1, min(per_case, len(case.image))).round().astype(int))
-        slices += [_model_input(case.image[z], prep, model.img_size)[None] for z in picks]
+        slices += [model_input(case.image[z], prep, model.img_size)[None] for z in picks]
     step = max(1, len(slices) // count)
     return slices[::step][:count], list(source.evaluation_ids() or train)
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -324,9 +325,10 @@ def test_train_help_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> No
 def test_wait_policy_follows_the_load_before_torch_is_loaded(load, command, preset, expected) -> None:
     code = (
         "import os, sys\n"
-        f"os.getloadavg = lambda: ({load}, {load}, {load})\n"
-        "from msa2net.cli import _wait_policy_for_shared_cpus\n"
-        f"note = _wait_policy_for_shared_cpus({command!r})\n"
+        "os.getloadavg = lambda: (2.0, 2.0, 2.0)  # a run that just ended: the load average still counts it\n"
+        "import msa2net.cli as cli\n"
+        f"cli.busy_cores = lambda: {load}\n"
+        f"note = cli._wait_policy_for_shared_cpus({command!r})\n"
         "assert 'torch' not in sys.modules\n"
         "print(repr(os.environ.get('OMP_WAIT_POLICY')), bool(note))"
     )
@@ -337,3 +339,16 @@ def test_wait_policy_follows_the_load_before_torch_is_loaded(load, command, pres
     assert done.returncode == 0, done.stderr
     policy, noted = done.stdout.split()
     assert policy == repr(expected) and noted == str(expected == "PASSIVE" and preset is None)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="busy_cores samples Linux's /proc/stat")
+def test_busy_cores_sees_a_spinning_process() -> None:
+    from msa2net.cli import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # past the interpreter's start
+        assert busy_cores(0.5) >= 0.5  # one spinning process, sharing the cores with whatever else runs
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -4,16 +4,47 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .parser import build_parser
 
-__all__ = ["BUSY_LOAD", "build_parser", "main"]
+__all__ = ["BUSY_LOAD", "build_parser", "busy_cores", "main"]
 
 #: Commands whose work is torch compute on the CPU (train steps, forward passes).
 _COMPUTE_COMMANDS = frozenset({"train", "evaluate", "predict", "demo", "export"})
-#: 1-minute load average (other processes, before msa2net starts) from which the CPU counts as shared.
+#: Cores' worth of CPU time other processes use, just before msa2net starts, from which the CPU counts as shared.
 BUSY_LOAD = 0.75
+
+
+def _cpu_times(cores: set[int]) -> tuple[int, int]:
+    """Busy and total CPU ticks of ``cores`` so far, from Linux's ``/proc/stat`` (``OSError`` elsewhere)."""
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *ticks = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            user_to_steal = [int(t) for t in ticks[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(user_to_steal)
+            busy += sum(user_to_steal) - user_to_steal[3] - user_to_steal[4]
+    return busy, total
+
+
+def busy_cores(window: float = 0.2) -> float:
+    """Cores' worth of CPU time in use on this process's cores now, sampled over ``window`` seconds.
+
+    The load average would not do: it lags by about a minute, so a run started right after another msa2net run
+    (its own ``train`` before ``evaluate``) counted the finished one as a busy neighbour. Where ``/proc/stat`` is
+    missing (not Linux), the 1-minute load average is the fallback.
+    """
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        busy0, total0 = _cpu_times(cores)
+        time.sleep(window)
+        busy1, total1 = _cpu_times(cores)
+    except OSError:
+        return os.getloadavg()[0]
+    return len(cores) * (busy1 - busy0) / max(total1 - total0, 1)
 
 
 def _wait_policy_for_shared_cpus(command: str) -> str | None:
@@ -25,21 +56,20 @@ def _wait_policy_for_shared_cpus(command: str) -> str | None:
     ``benchmarks/results/bench_contention_paper_b2_2core.json``): alone 1.52 s a step, PASSIVE alone 1.28x slower
     (1.24-1.30); two processes at once 9.2x slower than alone each (7.2-10.7) with the default, 2.10x (2.09-2.13,
     a fair share) with PASSIVE. So the policy is chosen here, before torch is imported (OpenMP reads it once, at
-    load): PASSIVE when the load average already shows another busy process, else OpenMP's default. An
+    load): PASSIVE when other processes already use :data:`BUSY_LOAD` cores or more, else OpenMP's default. An
     ``OMP_WAIT_POLICY`` the user set is kept, and nothing is done once torch is loaded (e.g. inside Python).
     """
     if command not in _COMPUTE_COMMANDS or "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
         return None
     try:
-        load = os.getloadavg()[0]
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on this platform
+        load = busy_cores()
+    except (AttributeError, OSError):  # neither /proc/stat nor a load average on this platform
         return None
     if load < BUSY_LOAD:
         return None
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return (
-        f"note: other processes keep the CPU busy (load average {load:.1f} on {cores} core(s)), so msa2net runs with "
+        f"note: other processes keep the CPU busy ({load:.1f} cores' worth in use), so msa2net runs with "
         "OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning, which shares the cores far better). "
         "Set OMP_WAIT_POLICY yourself to choose (ACTIVE spins), or give each process fewer threads "
         "(OMP_NUM_THREADS=1)."

@@ -51,11 +51,8 @@ def _wait_policy_for_shared_cpus(command: str) -> str | None:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` when other processes already keep the CPU busy; returns a note saying so.
 
     OpenMP threads that finish early spin while they wait (the default, active policy): the fastest alone, but the
-    spinning takes the cores from every other process. Measured on 2 cores (``benchmarks/bench_contention.py``:
-    ``msa2net_paper`` training steps, batch 2 at 224, 2 threads per process, 3 interleaved rounds; JSON in
-    ``benchmarks/results/bench_contention_paper_b2_2core.json``): alone 1.52 s a step, PASSIVE alone 1.28x slower
-    (1.24-1.30); two processes at once 9.2x slower than alone each (7.2-10.7) with the default, 2.10x (2.09-2.13,
-    a fair share) with PASSIVE. So the policy is chosen here, before torch is imported (OpenMP reads it once, at
+    spinning takes the cores from every other process (``benchmarks/bench_contention.py`` measures both; README,
+    "A CPU shared with other work"). So the policy is chosen here, before torch is imported (OpenMP reads it once, at
     load): PASSIVE when other processes already use :data:`BUSY_LOAD` cores or more, else OpenMP's default. An
     ``OMP_WAIT_POLICY`` the user set is kept, and nothing is done once torch is loaded (e.g. inside Python).
     """

@@ -84,3 +84,17 @@ def test_bench_backends_runs_every_runtime_and_float32_ones_give_the_torch_label
     assert all(0.5 < identical[name] <= 1.0 for name in runtimes)
     assert _is_ratio(result["evaluate"]["speedup_vs_authors"])
     assert set(result["machine"]["flags"]) >= {"avx2", "avx512_vnni", "amx_tile"}
+
+
+@pytest.mark.parametrize("predictions", ["shifted", "speckled", "model"])
+def test_bench_html_report_writes_and_measures_the_page(tmp_path: Path, predictions: str) -> None:
+    args = ["--slices", "4", "--size", "64", "--predictions", predictions, "--out", str(tmp_path)]
+    command = [sys.executable, str(BENCHMARKS / "bench_html_report.py"), *args]
+    done = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["cases"] == 12 and result["slices"] == 48 and 0 < result["slices_shown"] <= 48
+    page = tmp_path / "eval" / "report.html"
+    assert result["report_mb"] == round(page.stat().st_size / 1e6, 2) and result["report_seconds"] > 0
+    assert (result["evaluate_seconds"] is None) == (predictions == "speckled")
+    assert (tmp_path / "eval" / "summary.json").is_file() == (predictions != "speckled")

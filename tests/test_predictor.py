@@ -18,7 +18,7 @@ from scipy import ndimage
 from test_predict import DIRECTION, _phantom, _write_dicom_series, _write_sitk
 
 from msa2net import cli
-from msa2net.data.dicom_seg import series_files
+from msa2net.data.dicom_seg import load_segment_codes, series_files, write_dicom_seg
 from msa2net.data.image_file import Geometry
 from msa2net.data.preprocessing import Preprocessing
 from msa2net.engine.postprocess import keep_largest, parse_keep_largest
@@ -200,6 +200,56 @@ def test_dicom_seg_for_a_file_input_is_refused_with_the_reason(ckpt: Path, scans
     report = predict_files(ckpt, scans["nifti"], tmp_path, output_types=["dicom-seg"], progress=False, html=False)
     assert not report.ok and "needs a DICOM series input" in report.failed[0][1]
     assert not (tmp_path / "case.seg.dcm").exists()
+
+
+def test_a_users_segment_codes_reach_the_dicom_seg_and_a_wrong_table_is_refused(
+    ckpt: Path, scans: dict[str, Path], tmp_path: Path
+) -> None:
+    # written as users name classes in dataset.json: other case, an underscore for the space
+    table = {
+        "LIVER": {"category": ["SCT", "123037004", "Body structure"], "type": ["SCT", "10200004", "Liver"]},
+        "spleen": {"category": ["SCT", "123037004", "Body structure"], "type": ["99LOCAL", "S-1", "My spleen"]},
+    }
+    codes = tmp_path / "codes.json"
+    codes.write_text(json.dumps(table))
+    out = tmp_path / "out"
+    _run_cli(str(scans["dicom"]), "--checkpoint", str(ckpt), "-o", str(out), "--output-type", "dicom-seg",
+             "--segment-codes", str(codes))  # fmt: skip
+    seg = pydicom.dcmread(out / "series1.seg.dcm")
+    segments = {s.SegmentLabel: s for s in seg.SegmentSequence}
+    assert segments, "the untrained model found no foreground; pick another seed"
+    for name, segment in segments.items():
+        entry = table[name.upper() if name == "liver" else name]
+        assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == entry["category"][1]
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == entry["type"][1]
+
+    # class names with underscores (as dataset.json has them) match the table's entries spelt either way
+    codes.write_text(json.dumps({"Left_Kidney": table["spleen"], "right kidney": table["LIVER"]}))
+    labels = np.zeros((4, 32, 40), np.uint8)
+    labels[:, :8], labels[:, -8:] = 1, 2
+    algorithm = {"name": "msa2net", "version": "0", "source": "test"}
+    written = write_dicom_seg(labels, scans["dicom"], tmp_path / "kidneys.seg.dcm", ["background", "left_kidney",
+                              "Right_Kidney"], colors=[(0, 0, 0), (255, 0, 0), (0, 255, 0)], algorithm=algorithm,
+                              codes=load_segment_codes(codes))  # fmt: skip
+    assert written == ["left_kidney", "Right_Kidney"]
+    types = [
+        s.SegmentedPropertyTypeCodeSequence[0].CodeValue
+        for s in pydicom.dcmread(tmp_path / "kidneys.seg.dcm").SegmentSequence
+    ]
+    assert types == ["S-1", "10200004"]
+    with pytest.raises(
+        ValueError, match=r"codes\.json: the segment code table names \[.left kidney., .right kidney.\], which this"
+    ):
+        predict_files(ckpt, scans["dicom"], tmp_path / "o2", output_types=["dicom-seg"], segment_codes=codes)
+    assert not (tmp_path / "o2").exists()
+    with pytest.raises(ValueError, match="used by the dicom-seg output only"):
+        predict_files(ckpt, scans["dicom"], tmp_path / "o3", segment_codes=codes)
+    codes.write_text(json.dumps({"liver": {"category": ["SCT", "123037004"]}}))
+    with pytest.raises(ValueError, match=r"codes\.json: entry 'liver' must be"):
+        load_segment_codes(codes)
+    codes.write_text("{not json")
+    with pytest.raises(ValueError, match=r"cannot read the segment code table .*codes\.json"):
+        load_segment_codes(codes)
 
 
 def test_predict_under_torchrun_splits_the_inputs_and_gathers_one_record(

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from .._atomic import atomic_path
 
-__all__ = ["SegmentCode", "load_segment_codes", "series_files", "write_dicom_seg"]
+__all__ = ["SegmentCode", "code_key", "load_segment_codes", "series_files", "write_dicom_seg"]
 
 #: A coded concept as ``(coding scheme designator, code value, code meaning)``.
 SegmentCode = tuple[str, str, str]
@@ -42,10 +42,15 @@ BUILTIN_CODES: dict[str, tuple[SegmentCode, SegmentCode]] = {
 GENERIC_CODES: tuple[SegmentCode, SegmentCode] = (_TISSUE, _TISSUE)
 
 
+def code_key(name: object) -> str:
+    """The form in which class names and code-table entries are matched: lower case, underscores as spaces."""
+    return " ".join(str(name).lower().replace("_", " ").split())
+
+
 def load_segment_codes(path: str | os.PathLike[str]) -> dict[str, tuple[SegmentCode, SegmentCode]]:
     """A user's code table: a JSON object ``{class name: {"category": [scheme, value, meaning], "type": [scheme,
     value, meaning]}}``, e.g. ``{"tumour": {"category": ["SCT", "49755003", "Morphologically Abnormal Structure"],
-    "type": ["SCT", "108369006", "Neoplasm"]}}``.
+    "type": ["SCT", "108369006", "Neoplasm"]}}``. Names are matched to classes by :func:`code_key`.
 
     Raises:
         ValueError: the file is not such a table (the message names the file and the entry).
@@ -66,7 +71,7 @@ def load_segment_codes(path: str | os.PathLike[str]) -> dict[str, tuple[SegmentC
                 'meaning]}, e.g. {"category": ["SCT", "91723000", "Anatomical Structure"], "type": ["SCT", '
                 '"10200004", "Liver"]}'
             ) from None
-        table[str(name).lower()] = pair  # type: ignore[assignment]
+        table[code_key(name)] = pair  # type: ignore[assignment]
     return table
 
 
@@ -116,12 +121,12 @@ def write_dicom_seg(
         version=algorithm["version"],
         source=algorithm.get("source"),
     )
-    table = {**BUILTIN_CODES, **{k.lower(): v for k, v in (codes or {}).items()}}
+    table = {**BUILTIN_CODES, **{code_key(k): v for k, v in (codes or {}).items()}}
     present = [i for i in range(1, len(class_names)) if np.any(labels == i)]
     descriptions = []
     for number, class_id in enumerate(present, start=1):
         name = str(class_names[class_id])
-        category, kind = table.get(name.lower().replace("_", " "), GENERIC_CODES)
+        category, kind = table.get(code_key(name), GENERIC_CODES)
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,

@@ -22,7 +22,7 @@ from .._json import write_json
 from .._progress import progress_enabled
 from .._version import __version__
 from ..constants import OUTPUT_TYPES
-from ..data.dicom_seg import load_segment_codes, write_dicom_seg
+from ..data.dicom_seg import code_key, load_segment_codes, write_dicom_seg
 from ..data.io import RASTER_SUFFIXES, VOLUME_SUFFIXES, image_suffix, list_inputs, write_image
 from ..reporting.html import open_report
 from ..reporting.overlays import OVERLAY_COLORS, write_overlay_png
@@ -283,7 +283,8 @@ def predict_files(
         HubUnavailableError: a repo id not cached while the hub cannot be reached (within seconds).
         FileNotFoundError: the only input path does not exist (one of several is reported and skipped).
         ValueError: no usable input; an unknown ``output_format``, ``output_types``, ``amp`` or ``batch_size``;
-            ``overlays``/``preview`` beyond the overlay colours; a bad ``max_pixels``; ``out_dir`` is a file.
+            ``overlays``/``preview`` beyond the overlay colours; a bad ``max_pixels``; ``out_dir`` is a file; a
+            ``segment_codes`` table without the dicom-seg output, unreadable or naming a class the model lacks.
     """
     outputs = OutputOptions(
         types=_output_types(output_types),
@@ -307,6 +308,11 @@ def predict_files(
         backend=backend,
         precision=precision,
     )
+    if segment_codes is not None and "dicom-seg" not in outputs.types:
+        raise ValueError(
+            "a segment code table is used by the dicom-seg output only; add dicom-seg to the output types "
+            "(--output-type)"
+        )
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"out_dir {out_dir} exists and is not a folder; give a folder (it is created if missing)")
     sources, unusable = _expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
@@ -318,6 +324,12 @@ def predict_files(
         raise ValueError(
             f"overlays and previews draw at most {len(OVERLAY_COLORS)} classes; this model has {len(class_names)}. "
             "Run without overlays/preview and view the masks in a viewer such as ITK-SNAP or 3D Slicer"
+        )
+    unknown = sorted(set(outputs.segment_codes or ()) - {code_key(name) for name in class_names})
+    if unknown:  # an entry that matches no class would be dropped without a word
+        raise ValueError(
+            f"{segment_codes}: the segment code table names {unknown}, which this model does not segment (its "
+            f"classes: {class_names}); correct those names or remove their entries"
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

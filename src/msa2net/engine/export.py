@@ -32,7 +32,7 @@ import torch
 from ..constants import EXPORT_FORMATS
 from ..models import MSA2Net
 from ..models.pretrained import CONFIG_NAME, WEIGHTS_NAME
-from ..models.weights_io import _first_line
+from ..models.weights_io import error_line
 from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
 from .publish import publish
 
@@ -117,7 +117,7 @@ def _export_onnx(model: MSA2Net, example: torch.Tensor, path: Path) -> str:
         path.unlink(missing_ok=True)
         raise ExportError(
             f"ONNX export failed (legacy TorchScript-based exporter, dynamo=False, opset {ONNX_OPSET}): "
-            f"{type(err).__name__}: {_first_line(err)}. The dynamo exporter does not support this model (timm's "
+            f"{type(err).__name__}: {error_line(err)}. The dynamo exporter does not support this model (timm's "
             "MaxViT window attention). Export TorchScript only (formats=('torchscript',)) or use a torch version "
             "whose legacy ONNX exporter works"
         ) from err
@@ -236,7 +236,7 @@ def export_model(
             try:
                 _export_torchscript(model, example, staged["torchscript"])
             except Exception as err:
-                raise ExportError(f"TorchScript export failed: {type(err).__name__}: {_first_line(err)}") from err
+                raise ExportError(f"TorchScript export failed: {type(err).__name__}: {error_line(err)}") from err
         if "onnx" in formats:
             onnx_exporter = _export_onnx(model, example, staged["onnx"])
         openvino_record: dict[str, Any] | None = None

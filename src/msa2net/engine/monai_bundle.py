@@ -53,7 +53,7 @@ from ..data.preprocessing import Preprocessing
 from ..data.transforms import resize_label
 from ..models import MSA2Net
 from ..models.pretrained import PretrainedError, build_pretrained_config
-from ..models.weights_io import _first_line
+from ..models.weights_io import error_line
 from ..reporting.card import build_model_card
 from .checkpoint import load_model_source, model_from_checkpoint
 from .export import ExportError, _quiet_tracing
@@ -601,7 +601,7 @@ def write_monai_bundle(
             _script_model(model, prep.mean, prep.std).save(str(staging / "models" / "model.ts"))
         except Exception as err:
             raise ExportError(
-                f"TorchScript export of the bundle's model failed: {type(err).__name__}: {_first_line(err)}"
+                f"TorchScript export of the bundle's model failed: {type(err).__name__}: {error_line(err)}"
             ) from err
         check = _check_scripted(staging / "models" / "model.ts", model, prep)
         metadata = _metadata(config, prep, orientation, model)

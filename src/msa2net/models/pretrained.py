@@ -38,7 +38,7 @@ from .. import _hooks
 from .._atomic import _default_file_mode, atomic_folder
 from .._json import json_safe
 from .hub import HubUnreachable, check_hub, hub_endpoint
-from .weights_io import WeightsFileError, _first_line, read_weights_file
+from .weights_io import WeightsFileError, error_line, read_weights_file
 
 if TYPE_CHECKING:
     from .msa2net import MSA2Net
@@ -377,7 +377,7 @@ def resolve_pretrained(
             )
         except Exception as exc:  # network and HTTP errors of several libraries
             raise PretrainedError(
-                f"downloading {name} of {text!r} from {endpoint} failed: {type(exc).__name__}: {_first_line(exc)}. "
+                f"downloading {name} of {text!r} from {endpoint} failed: {type(exc).__name__}: {error_line(exc)}. "
                 f"Check the repo id (and --revision/token for private repos); msa2net repos hold {CONFIG_NAME} and "
                 f"{WEIGHTS_NAME}."
             ) from exc

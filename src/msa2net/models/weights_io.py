@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "STATE_DICT_WRAPPERS",
     "WeightsFileError",
+    "error_line",
     "key_mismatch_report",
     "read_weights_file",
     "unwrap_state_dict",
@@ -58,7 +59,7 @@ def read_weights_file(path: str | os.PathLike[str], map_location: str | torch.de
             obj = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch and safetensors raise many types for bad files
         raise WeightsFileError(
-            f"cannot read weights file {str(file)!r}: {type(exc).__name__}: {_first_line(exc)}. It may be truncated "
+            f"cannot read weights file {str(file)!r}: {type(exc).__name__}: {error_line(exc)}. It may be truncated "
             "or not a torch/safetensors file; msa2net only loads weights-only files (tensors and plain containers, "
             "no pickled code)."
         ) from exc
@@ -134,6 +135,7 @@ def key_mismatch_report(
     return "\n".join(lines) or None
 
 
-def _first_line(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
+    """The first line of an error's text without its closing period: messages quote it inside their own sentence."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else ""
+    return text.splitlines()[0].rstrip(".") if text else ""

@@ -187,6 +187,21 @@ def test_monai_runs_the_bundle_without_msa2net_and_agrees_with_predict(
     assert identical >= 0.999, f"{identical:.5%} of voxels agree"
 
 
+def test_a_zscore_bundle_maps_intensities_as_msa2net_does(tiny_checkpoint, tmp_path: Path) -> None:
+    # MR and other scanners: MONAI's percentile scaling in the bundle against msa2net's robust min-max
+    monai_bundle = pytest.importorskip("monai.bundle")
+    prep = Preprocessing(kind="zscore", in_channels=1, clip_percentiles=(1.0, 99.0))
+    model = tiny_checkpoint(["background", "lobe"], prep, tmp_path / "mr.pt", slice_orientation="LPS")
+    write_monai_bundle(model, tmp_path / "bundle")
+    volume = np.random.default_rng(0).gamma(2.0, 300.0, (9, 47, 58)).astype(np.float32)  # skewed, like MR
+    (tmp_path / "in").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp_path / "in" / "case.nii.gz"))  # identity: LPS
+    parser = monai_bundle.ConfigParser(json.loads((tmp_path / "bundle" / "configs" / "inference.json").read_text()))
+    parser["bundle_root"] = str(tmp_path / "bundle")
+    mapped = parser.get_parsed_content("preprocessing")({"image": str(tmp_path / "in" / "case.nii.gz")})["image"]
+    np.testing.assert_allclose(mapped[0].numpy().transpose(2, 1, 0), prep.to_unit(volume), rtol=0, atol=1e-6)
+
+
 def test_cli_needs_an_output(model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["export", "--checkpoint", str(model_file)])

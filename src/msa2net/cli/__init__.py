@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from .parser import build_parser
 
@@ -18,33 +16,17 @@ _COMPUTE_COMMANDS = frozenset({"train", "evaluate", "predict", "demo", "export"}
 BUSY_LOAD = 0.75
 
 
-def _cpu_times(cores: set[int]) -> tuple[int, int]:
-    """Busy and total CPU ticks of ``cores`` so far, from Linux's ``/proc/stat`` (``OSError`` elsewhere)."""
-    busy = total = 0
-    for line in Path("/proc/stat").read_text().splitlines():
-        name, *ticks = line.split()
-        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
-            user_to_steal = [int(t) for t in ticks[:8]]  # user nice system idle iowait irq softirq steal
-            total += sum(user_to_steal)
-            busy += sum(user_to_steal) - user_to_steal[3] - user_to_steal[4]
-    return busy, total
-
-
 def busy_cores(window: float = 0.2) -> float:
-    """Cores' worth of CPU time in use on this process's cores now, sampled over ``window`` seconds.
+    """Cores' worth of CPU time in use on this process's cores now, sampled over ``window`` seconds (psutil).
 
     The load average would not do: it lags by about a minute, so a run started right after another msa2net run
-    (its own ``train`` before ``evaluate``) counted the finished one as a busy neighbour. Where ``/proc/stat`` is
-    missing (not Linux), the 1-minute load average is the fallback.
+    (its own ``train`` before ``evaluate``) counted the finished one as a busy neighbour.
     """
-    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    try:
-        busy0, total0 = _cpu_times(cores)
-        time.sleep(window)
-        busy1, total1 = _cpu_times(cores)
-    except OSError:
-        return os.getloadavg()[0]
-    return len(cores) * (busy1 - busy0) / max(total1 - total0, 1)
+    import psutil
+
+    per_cpu = psutil.cpu_percent(interval=window, percpu=True)
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(len(per_cpu))
+    return sum(per_cpu[c] for c in cores if c < len(per_cpu)) / 100.0
 
 
 def _wait_policy_for_shared_cpus(command: str) -> str | None:
@@ -60,7 +42,7 @@ def _wait_policy_for_shared_cpus(command: str) -> str | None:
         return None
     try:
         load = busy_cores()
-    except (AttributeError, OSError):  # neither /proc/stat nor a load average on this platform
+    except OSError:  # psutil cannot read the CPU times here
         return None
     if load < BUSY_LOAD:
         return None

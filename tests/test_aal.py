@@ -255,3 +255,119 @@ def test_bench_aal_runs_end_to_end_at_a_tiny_budget(aal_raw, tmp_path):
     assert 0.5 < agreement["identical_fraction"] <= 1.0
     assert set(agreement["per_class_dice_change"]) == set(CLASSES[1:])
     assert set(result["seconds"]) >= {"prepare", "train", "evaluate", "evaluate_bf16_check", "predict_whole_head"}
+
+
+# ---------------------------------------------------------------------------------------------- bad source files
+
+
+def _small_raw(
+    root: Path, atlas_dtype=np.uint8, origin=(6.0, 4.0, 0.0), table="1 Precentral_L 2001\n2 Precentral_R 2002\n"
+):
+    """A 12-slice stand-in for the package's three files, laid out as they are (RAS index axes, x = 0 at index 6):
+    region 1 (a left one) at x = 5..1 mm, region 2 (a right one) at x = -1..-4 mm."""
+    root.mkdir(parents=True, exist_ok=True)
+    atlas = np.zeros((6, 8, 12), atlas_dtype)  # (Z, Y, X)
+    atlas[1:5, 2:6, 1:6] = 1
+    atlas[1:5, 2:6, 7:11] = 2
+    t1 = np.random.default_rng(0).normal(100, 20, atlas.shape).astype(np.float32)
+    for name, array in (("ch2.nii.gz", t1), ("aal.nii.gz", atlas)):
+        image = sitk.GetImageFromArray(array)
+        image.SetOrigin(origin)
+        image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        sitk.WriteImage(image, str(root / name))
+    (root / "aal.nii.txt").write_text(table)
+    return root
+
+
+def _rewrite_atlas(raw: Path, change) -> None:
+    atlas = sitk.ReadImage(str(raw / "aal.nii.gz"))
+    sitk.WriteImage(change(atlas), str(raw / "aal.nii.gz"))
+
+
+def _relabelled(atlas: sitk.Image, mapping: dict[int, int]) -> sitk.Image:
+    array = sitk.GetArrayFromImage(atlas)
+    out = array.copy()
+    for old, new in mapping.items():
+        out[array == old] = new
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(atlas)
+    return image
+
+
+def _with_spacing(atlas: sitk.Image) -> sitk.Image:
+    atlas.SetSpacing((1.0, 1.0, 2.0))
+    return atlas
+
+
+def test_a_small_stand_in_prepares_as_the_package_does(tmp_path):
+    summary = prepare_aal(tmp_path / "out", raw_dir=_small_raw(tmp_path / "raw"), slabs=2)
+    assert summary["midline_index"] == 6 and summary["hemisphere_agreement"] == 1.0
+    assert summary["slices"] == {"aal_left_1": 4, "aal_left_2": 3, "aal_right": 5}
+    assert validate_folder(tmp_path / "out").cases == ["aal_left_1", "aal_left_2"]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("1 Precentral_L\n", "line 1: expected 'index name code' (two integers around a name), got '1 Precentral_L'"),
+        ("1 Precentral_L 2001\n2 Precentral_R 1002\n", "line 2: code 1002 of Precentral_R is not a 4-digit AAL code"),
+        ("1 Precentral_L 2001\n1 Precentral_R 2002\n", "region indices [1] appear more than once"),
+        ("\n\n", "no regions listed"),
+    ],
+)
+def test_a_bad_region_table_is_named_with_its_line(tmp_path, table, message):
+    raw = _small_raw(tmp_path / "raw", table=table)
+    with pytest.raises(ValueError, match="is not an AAL region table") as info:
+        prepare_aal(tmp_path / "out", raw_dir=raw, slabs=2)
+    assert str(raw / "aal.nii.txt") in str(info.value) and message in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a[:, :, :5], "expected two 3D volumes on one grid"),
+        (_with_spacing, "ch2.nii.gz and aal.nii.gz differ in spacing"),
+        (lambda a: sitk.Cast(a, sitk.sitkFloat32), "aal.nii.gz holds float32 values; expected integer region labels"),
+        (lambda a: _relabelled(a, {2: 3}), "aal.nii.gz holds label values [3] that"),
+        (lambda a: _relabelled(a, {1: 2, 2: 1}), "only 0.0% of the voxels of the *_L / *_R regions lie on their side"),
+    ],
+)
+def test_source_files_that_do_not_belong_together_are_refused(tmp_path, change, message):
+    raw = _small_raw(tmp_path / "raw")
+    _rewrite_atlas(raw, change)
+    with pytest.raises(ValueError) as info:
+        prepare_aal(tmp_path / "out", raw_dir=raw, slabs=2)
+    assert message in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_grid_off_the_midline_and_too_many_slabs_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="expected a brain in MNI space that straddles the midline x = 0"):
+        prepare_aal(tmp_path / "out", raw_dir=_small_raw(tmp_path / "off", origin=(-1.0, 4.0, 0.0)), slabs=2)
+    raw = _small_raw(tmp_path / "raw")
+    with pytest.raises(ValueError, match="slabs=8 but the left side has only 7 slices; choose fewer slabs"):
+        prepare_aal(tmp_path / "out", raw_dir=raw, slabs=8)
+    with pytest.raises(ValueError, match="slabs must be at least 2"):
+        prepare_aal(tmp_path / "out", raw_dir=raw, slabs=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_rerun_with_fewer_slabs_removes_the_stale_cases_and_refuses_foreign_folders(tmp_path):
+    raw, out = _small_raw(tmp_path / "raw"), tmp_path / "out"
+    prepare_aal(out, raw_dir=raw, slabs=3)
+    assert (out / "imagesTr" / "aal_left_3_0000.nii.gz").is_file()
+    assert prepare_aal(out, raw_dir=raw, slabs=3)["skipped"] is True
+    assert prepare_aal(out, raw_dir=raw, slabs=2)["skipped"] is False
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["aal_left_1.nii.gz", "aal_left_2.nii.gz"]
+    assert validate_folder(out).cases == ["aal_left_1", "aal_left_2"]
+
+    (out / "imagesTr" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds files that are not AAL cases \(imagesTr/notes.txt\)"):
+        prepare_aal(out, raw_dir=raw, slabs=3)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dataset.json").write_text('{"name": "someone else\'s"}')
+    with pytest.raises(FileExistsError, match="already holds a dataset.json that msa2net prepare aal did not write"):
+        prepare_aal(other, raw_dir=raw, slabs=2)
+    assert (other / "dataset.json").read_text() == '{"name": "someone else\'s"}'

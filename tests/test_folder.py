@@ -136,6 +136,37 @@ def test_bad_dataset_json_lists_every_problem(tmp_path, overrides, messages):
     assert len(info.value.problems) == len(messages)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"channel_names": {"0": "CT", "a": "PET"}}, "channel_names key 'a' is not a channel index"),
+        ({"channel_names": "CT"}, 'channel_names must be an object like {"0": "CT"}, got str'),
+        ({"channel_names": {}}, "channel_names is empty; give at least one channel"),
+        ({"channel_names": {"0": 7}}, "channel_names values must be strings, got [7]"),
+        ({"labels": ["background", "liver"]}, "labels must be a non-empty object name -> id"),
+        ({"labels": {}}, "labels must be a non-empty object name -> id"),
+        ({"labels": {"background": 0, "liver": True}}, "label 'liver' has id True; ids must be integers"),
+        ({"file_ending": 5}, "file_ending 5 is not supported; use one of .nii.gz"),
+        ({"numTraining": "2"}, "numTraining must be an integer, got '2'"),
+    ],
+)
+def test_each_malformed_dataset_json_field_gets_its_own_message(tmp_path, overrides, message):
+    _write_json(tmp_path, **overrides)
+    with pytest.raises(FolderValidationError) as info:
+        load_dataset_json(tmp_path)
+    (problem,) = info.value.problems
+    assert problem.startswith("dataset.json: ") and message in problem
+    assert str(tmp_path) in str(info.value)
+
+
+def test_dataset_json_channel_names_may_be_a_list_and_must_be_an_object_at_the_top(tmp_path):
+    _write_json(tmp_path, channel_names=["T1", "T2"])
+    assert load_dataset_json(tmp_path).channel_names == ["T1", "T2"]
+    (tmp_path / "dataset.json").write_text("[1, 2]")
+    with pytest.raises(FolderValidationError, match="dataset.json must hold an object like"):
+        load_dataset_json(tmp_path)
+
+
 def test_missing_or_invalid_dataset_json(tmp_path):
     (tmp_path / "imagesTr").mkdir()
     problems = _problems(tmp_path)

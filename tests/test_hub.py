@@ -199,6 +199,52 @@ def test_incomplete_or_foreign_folders_are_refused(tmp_path: Path) -> None:
         msa2net.MSA2Net.from_pretrained(tmp_path / "does" / "not" / "exist")
 
 
+def _edit_config(folder: Path, edit: Any) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(edit(config)))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "config.json").write_text("[1, 2]"), "config.json holds a list, not a JSON object"),
+        (lambda f: (f / "config.json").write_text('{"format": '), "config.json: Expecting value"),
+        (
+            lambda f: _edit_config(f, lambda c: {**c, "format_version": 99}),
+            "config.json has format_version 99; this msa2net reads versions up to",
+        ),
+        (
+            lambda f: _edit_config(f, lambda c: {k: v for k, v in c.items() if k != "class_names"}),
+            "config.json lacks the fields ['class_names']; re-publish the model with msa2net",
+        ),
+        (
+            lambda f: _edit_config(f, lambda c: {**c, "model_args": {**c["model_args"], "depth_x": 3}}),
+            "found unknown keys ['depth_x']. Was it written by a newer msa2net? Upgrade msa2net.",
+        ),
+        (
+            lambda f: _edit_config(f, lambda c: {**c, "model_args": [1, 2]}),
+            "config.json: model_args must be a mapping of",
+        ),
+        (
+            lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100]),
+            "model.safetensors': SafetensorError",
+        ),
+    ],
+)
+def test_a_damaged_model_folder_is_refused_naming_the_file(tmp_path: Path, damage: Any, message: str) -> None:
+    folder = msa2net.create_model("msa2net_test", num_classes=2, img_size=64).save_pretrained(tmp_path / "m")
+    damage(folder)
+    with pytest.raises(PretrainedError) as info:
+        msa2net.MSA2Net.from_pretrained(folder)
+    assert message in str(info.value) and str(folder) in str(info.value)
+
+
+def test_a_file_given_as_a_model_folder_says_what_a_folder_holds(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"not a folder")
+    with pytest.raises(PretrainedError, match=r"model\.pt is a file; a pretrained model is a folder holding"):
+        msa2net.MSA2Net.from_pretrained(tmp_path / "model.pt")
+
+
 # ---------------------------------------------------------------------------------------------- publish and card
 
 

@@ -290,6 +290,34 @@ def _fake_release(root: Path, image: np.ndarray, label: np.ndarray, name: str = 
     return root
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.float32])
+def test_btcv_ids_map_as_the_spec_says_in_any_stored_type(dtype: type) -> None:
+    from msa2net.data.synapse import btcv_to_synapse
+
+    btcv = np.arange(14, dtype=dtype).reshape(2, 7)
+    mapped = btcv_to_synapse(btcv)
+    assert mapped.dtype == np.uint8 and mapped.shape == btcv.shape
+    assert mapped.ravel().tolist() == [SPEC_MAP.get(i, 0) for i in range(14)]
+
+
+def test_prepare_names_the_label_file_that_is_not_a_btcv_map(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    make_synapse_phantom(raw, cases=["0005"], seed=0, slices=(2, 2), size=16)
+    path = raw / "RawData" / "Training" / "label" / "label0005.nii.gz"
+    label = sitk.ReadImage(str(path))
+    values = sitk.GetArrayFromImage(label).astype(np.float32)
+    values[0, 0, :2] = [14.0, 2.5]
+    bad = sitk.GetImageFromArray(values)
+    bad.CopyInformation(label)
+    sitk.WriteImage(bad, str(path))
+    with pytest.raises(ValueError) as info:
+        prepare_synapse(raw, tmp_path / "out", progress=False)
+    assert str(info.value) == (
+        "case0005: label0005.nii.gz: BTCV labels are whole numbers 0..13; found 2.5, 14; this is not a BTCV "
+        "13-organ label map (ids 0..13)"
+    )
+
+
 def test_fourteen_class_release_is_detected_and_btcv14_maps_it(tmp_path: Path) -> None:
     btcv = np.array([[0, 1, 5, 6], [11, 13, 12, 9], [2, 3, 4, 7], [8, 10, 0, 0]])
     root = _fake_release(tmp_path / "r", np.full((4, 4), 0.5), btcv)

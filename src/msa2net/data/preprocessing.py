@@ -169,8 +169,11 @@ class Preprocessing:
 
         if self.kind == "ct_window":
             lo, hi = self.window  # type: ignore[misc]
-            x = np.clip(array.astype(np.float32), lo, hi)
-            return ((x - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32)
+            x = array.astype(np.float32)  # the one float32 copy of the volume; the steps below work in place
+            np.clip(x, lo, hi, out=x)
+            x -= np.float32(lo)
+            x /= np.float32(hi - lo)
+            return x
         if self.kind == "unit":
             x = array.astype(np.float32)
             vmin, vmax = float(x.min(initial=0.0)), float(x.max(initial=0.0))
@@ -187,7 +190,9 @@ class Preprocessing:
                     f"'rgb' preprocessing expects 8-bit values 0..255 but found [{vmin:g}, {vmax:g}] "
                     f"(dtype {array.dtype}); convert 16-bit or float images to 8 bit, or use kind 'zscore'"
                 )
-            return (array.astype(np.float32) / np.float32(255.0)).astype(np.float32)
+            x = array.astype(np.float32)
+            x /= np.float32(255.0)
+            return x
         return self._robust_minmax(array)
 
     def _robust_minmax(self, array: np.ndarray) -> np.ndarray:

@@ -75,13 +75,15 @@ def case_name(case: str | int) -> str:
 
 
 def btcv_to_synapse(labels: np.ndarray) -> np.ndarray:
-    """Map BTCV ids 0..13 to Synapse classes 0..8 (int64, same shape); other values are a ValueError."""
+    """Map BTCV ids 0..13 to Synapse classes 0..8 (uint8, same shape); other values are a ValueError.
+
+    Integer label maps (as BTCV ships them) are looked up as they are: no float or int64 copies of the volume."""
     arr = np.asarray(labels)
-    ids = np.rint(arr).astype(np.int64)
-    if arr.size and (not np.array_equal(ids, arr) or ids.min() < 0 or ids.max() > 13):
-        found = sorted({int(v) for v in np.unique(arr) if not (0 <= v <= 13 and v == int(v))})
-        raise ValueError(f"BTCV labels are whole numbers 0..13; found {found[:10]}")
-    return _BTCV_LUT[ids]
+    ids = arr if np.issubdtype(arr.dtype, np.integer) else np.rint(arr)
+    if arr.size and (ids.min() < 0 or ids.max() > 13 or (ids is not arr and not np.array_equal(ids, arr))):
+        found = [f"{v:g}" for v in np.unique(arr).tolist() if not (0 <= v <= 13 and v == round(v))]
+        raise ValueError(f"BTCV labels are whole numbers 0..13; found {', '.join(found[:10])}")
+    return _BTCV_LUT.astype(np.uint8)[ids.astype(np.intp, copy=False) if ids is not arr else ids]
 
 
 def _read_spacing(out_dir: Path) -> dict[str, list[float]]:

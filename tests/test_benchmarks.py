@@ -98,3 +98,16 @@ def test_bench_html_report_writes_and_measures_the_page(tmp_path: Path, predicti
     assert result["report_mb"] == round(page.stat().st_size / 1e6, 2) and result["report_seconds"] > 0
     assert (result["evaluate_seconds"] is None) == (predictions == "speckled")
     assert (tmp_path / "eval" / "summary.json").is_file() == (predictions != "speckled")
+
+
+def test_bench_hugepages_alternates_the_setting_over_fresh_preparations() -> None:
+    command = [sys.executable, str(BENCHMARKS / "bench_hugepages.py"), "--slices", "4", "--size", "64", "--rounds", "2"]
+    done = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["case"] == {"cases": 12, "slices": 4, "size": 64}
+    for setting in ("default", "off"):
+        runs = result["runs"][setting]
+        assert len(runs) == 2 and all(run["evaluate_seconds"] > 0 for run in runs)
+        assert all(run["phantom_and_prepare_seconds"] >= 0 for run in runs)
+    assert _is_ratio(result["default_over_off"]["evaluate_seconds"])

@@ -101,13 +101,13 @@ def test_bench_html_report_writes_and_measures_the_page(tmp_path: Path, predicti
 
 
 def test_bench_hugepages_alternates_the_setting_over_fresh_preparations() -> None:
-    command = [sys.executable, str(BENCHMARKS / "bench_hugepages.py"), "--slices", "4", "--size", "64", "--rounds", "2"]
+    command = [sys.executable, str(BENCHMARKS / "bench_hugepages.py"), "--slices", "4", "--size", "64", "--rounds", "1"]
     done = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["case"] == {"cases": 12, "slices": 4, "size": 64}
     for setting in ("default", "off"):
-        runs = result["runs"][setting]
-        assert len(runs) == 2 and all(run["evaluate_seconds"] > 0 for run in runs)
-        assert all(run["phantom_and_prepare_seconds"] >= 0 for run in runs)
-    assert _is_ratio(result["default_over_off"]["evaluate_seconds"])
+        (run,) = result["runs"][setting]
+        assert run["evaluate_seconds"] > 0 and run["phantom_and_prepare_seconds"] >= 0
+    ratio = result["default_over_off"]["evaluate_seconds"]
+    assert ratio["per_round"] == [ratio["median"]] and ratio["median"] > 0

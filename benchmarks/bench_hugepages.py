@@ -39,7 +39,7 @@ def _run(work: Path, slices: int, size: int, advice_off: bool) -> dict[str, floa
     if done.returncode != 0:
         raise SystemExit(f"bench_html_report.py failed ({done.returncode}):\n{done.stderr[-2000:]}")
     result = json.loads(done.stdout)
-    return {name: float(result[name]) for name in FIGURES}
+    return {"cases": result["cases"], **{name: float(result[name]) for name in FIGURES}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,19 +50,20 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        _run(work, args.slices, args.size, advice_off=False)  # writes the phantom that every run below reuses
+        cases = _run(work, args.slices, args.size, advice_off=False)["cases"]  # writes the phantom the runs reuse
         runs: dict[str, list[dict[str, float]]] = {"default": [], "off": []}
         for round_index in range(args.rounds):
             order = ("default", "off") if round_index % 2 == 0 else ("off", "default")
             for setting in order:
-                runs[setting].append(_run(work, args.slices, args.size, advice_off=setting == "off"))
+                figures = _run(work, args.slices, args.size, advice_off=setting == "off")
+                runs[setting].append({name: figures[name] for name in FIGURES})
     ratios = {
         name: [round(d[name] / o[name], 2) for d, o in zip(runs["default"], runs["off"])]
         for name in FIGURES
         if all(o[name] > 0 for o in runs["off"])
     }
     result = {
-        "case": {"cases": 12, "slices": args.slices, "size": args.size},
+        "case": {"cases": cases, "slices": args.slices, "size": args.size},
         "runs": runs,
         "default_over_off": {
             name: {"median": round(statistics.median(r), 3), "min": min(r), "max": max(r), "per_round": r}

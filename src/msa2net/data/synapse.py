@@ -83,7 +83,7 @@ def btcv_to_synapse(labels: np.ndarray) -> np.ndarray:
     if arr.size and (ids.min() < 0 or ids.max() > 13 or (ids is not arr and not np.array_equal(ids, arr))):
         found = [f"{v:g}" for v in np.unique(arr).tolist() if not (0 <= v <= 13 and v == round(v))]
         raise ValueError(f"BTCV labels are whole numbers 0..13; found {', '.join(found[:10])}")
-    return _BTCV_LUT.astype(np.uint8)[ids.astype(np.intp, copy=False) if ids is not arr else ids]
+    return _BTCV_LUT.astype(np.uint8)[ids if ids is arr else ids.astype(np.intp)]
 
 
 def _read_spacing(out_dir: Path) -> dict[str, list[float]]:

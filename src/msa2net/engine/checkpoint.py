@@ -26,8 +26,8 @@ import torch
 
 from .._atomic import atomic_path
 from .._version import __version__
+from ..constants import SYNAPSE_CLASS_NAMES
 from ..data.preprocessing import CT_PREPROCESSING
-from ..data.synapse import CLASS_NAMES as SYNAPSE_CLASS_NAMES
 from ..models import MSA2Net, create_model
 from ..models.msa2net import MSA2NetConfig
 from ..models.pretrained import CONFIG_NAME, PretrainedError, is_repo_id, read_pretrained, resolve_pretrained
@@ -276,7 +276,7 @@ def _from_official(obj: Mapping[str, Any], path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(path)!r}: {exc}") from exc
     if unknown:
         raise CheckpointError(f"{str(path)!r}: official keys that fit no MSA2Net module: {sorted(unknown)[:10]}")
-    head = converted.get("decoder.stage0.head.weight")
+    head = converted.get(HEAD_WEIGHT)
     if head is None:
         raise CheckpointError(f"{str(path)!r}: the official checkpoint lacks decoder_0.last_layer.weight")
     num_classes = int(head.shape[0])

@@ -170,8 +170,7 @@ class SliceResizeModel(torch.nn.Module):
     def __init__(self, network: torch.nn.Module, img_size: Sequence[int], mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.network = network
-        self.height = int(img_size[0])
-        self.width = int(img_size[1])
+        self.height, self.width = int(img_size[0]), int(img_size[1])
         self.register_buffer("mean", torch.tensor([float(m) for m in mean], dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor([float(s) for s in std], dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -261,32 +260,14 @@ def _intensity_transforms(prep: Preprocessing) -> list[dict[str, Any]]:
     """The checkpoint's ``to_unit`` as MONAI dictionary transforms on ``image``."""
     if prep.kind == "ct_window":
         lo, hi = prep.window  # type: ignore[misc]
-        return [
-            {
-                "_target_": "ScaleIntensityRanged",
-                "keys": "image",
-                "a_min": lo,
-                "a_max": hi,
-                "b_min": 0.0,
-                "b_max": 1.0,
-                "clip": True,
-            }
-        ]
-    if prep.kind == "zscore":
+        head = {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": lo, "a_max": hi}
+    elif prep.kind == "zscore":
         lower, upper = prep.clip_percentiles
-        return [
-            {
-                "_target_": "ScaleIntensityRangePercentilesd",
-                "keys": "image",
-                "lower": lower,
-                "upper": upper,
-                "b_min": 0.0,
-                "b_max": 1.0,
-                "clip": True,
-                "channel_wise": True,
-            }
-        ]
-    return []  # unit: the values are already in [0, 1]
+        head = {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": lower, "upper": upper}
+    else:
+        return []  # unit: the values are already in [0, 1]
+    tail = {"channel_wise": True} if prep.kind == "zscore" else {}
+    return [{**head, "b_min": 0.0, "b_max": 1.0, "clip": True, **tail}]
 
 
 def _inference_config(prep: Preprocessing, orientation: str | None, keep: Sequence[int], num_classes: int) -> dict:
@@ -393,7 +374,6 @@ def _metadata(config: Mapping[str, Any], prep: Preprocessing, orientation: str |
     channels = [str(c) for c in dataset.get("channel_names") or []] or ["image"] * prep.in_channels
     modality = _modality(prep, channels)
     h, w = model.img_size
-    num_classes = model.num_classes
     mapping = {
         "ct_window": f"clipped to [{prep.window[0]:g}, {prep.window[1]:g}] HU and scaled to [0, 1]"
         if prep.window
@@ -465,7 +445,7 @@ def _metadata(config: Mapping[str, Any], prep: Preprocessing, orientation: str |
                 "pred": {
                     "type": "image",
                     "format": "segmentation",
-                    "num_channels": num_classes,
+                    "num_channels": model.num_classes,
                     "spatial_shape": ["*", "*"],
                     "dtype": "float32",
                     "value_range": [0, 1],

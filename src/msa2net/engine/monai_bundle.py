@@ -197,11 +197,10 @@ class SliceResizeModel(torch.nn.Module):
 
 
 def _script_model(model: MSA2Net, mean: Sequence[float], std: Sequence[float]) -> torch.jit.ScriptModule:
-    h, w = model.img_size
-    example = torch.zeros(1, model.config.in_channels, h, w)
+    example = torch.zeros(1, model.config.in_channels, *model.img_size)
     with _quiet_tracing():
         traced = torch.jit.trace(model.eval(), example, check_trace=False)
-        return torch.jit.script(SliceResizeModel(traced, (h, w), mean, std).eval())
+        return torch.jit.script(SliceResizeModel(traced, model.img_size, mean, std).eval())
 
 
 def _legacy_slice(model: MSA2Net, prep: Preprocessing, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

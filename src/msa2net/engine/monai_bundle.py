@@ -231,18 +231,17 @@ def _check_scripted(path: Path, model: MSA2Net, prep: Preprocessing) -> dict[str
     # where zoom order 0 gives background (0) msa2net has no probabilities and the bundle a certain background
     inside = legacy_probs.sum(axis=0) > 0
     diff = float(np.abs(probs - legacy_probs)[:, inside].max(initial=0.0))
-    check = {
-        "slice": [x_size, y_size],
-        "max_abs_prob_diff": diff,
-        "labels_identical": int((labels == legacy_labels).sum()),
-        "labels_total": int(labels.size),
-    }
     if not diff <= 1e-5:
         raise ExportError(
             f"models/model.ts differs from msa2net's per-slice procedure: max |probability difference| {diff:.3g} > "
             f"1e-5 on a random {x_size} x {y_size} slice; the bundle would not reproduce msa2net predict"
         )
-    return check
+    return {
+        "slice": [x_size, y_size],
+        "max_abs_prob_diff": diff,
+        "labels_identical": int((labels == legacy_labels).sum()),
+        "labels_total": int(labels.size),
+    }
 
 
 # ------------------------------------------------------------------------------------------ configs

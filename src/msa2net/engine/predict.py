@@ -571,17 +571,15 @@ def _write_outputs(
         written.append(paths["statistics"])
     overlay_paths: list[Path] = []
     if outputs.overlays:
-        out_dir, name = stem.parent, stem.name
         if spatial == 2:
-            jobs = [(out_dir / f"{name}_overlay.png", shown, labels, source.name)]
+            jobs = [(Path(f"{stem}_overlay.png"), shown, labels, source.name)]
         else:
-            depth = shown_labels.shape[0]
             jobs = [
                 (
-                    out_dir / f"{name}_overlay_z{z:03d}.png",
+                    Path(f"{stem}_overlay_z{z:03d}.png"),
                     shown[z],
                     shown_labels[z],
-                    f"{source.name}, slice {z} (of 0-{depth - 1})",
+                    f"{source.name}, slice {z} (of 0-{shown_labels.shape[0] - 1})",
                 )
                 for z in _overlay_slices(shown_labels)
             ]

@@ -89,12 +89,6 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
-def _export_torchscript(model: MSA2Net, example: torch.Tensor, path: Path) -> None:
-    with _quiet_tracing():
-        traced = torch.jit.trace(model, example, check_trace=False)  # parity is checked below, at another batch
-    traced.save(str(path))
-
-
 def _export_onnx(model: MSA2Net, example: torch.Tensor, path: Path) -> str:
     """Write ``path`` with the legacy exporter; returns ``"legacy"``.
 
@@ -234,7 +228,9 @@ def export_model(
         onnx_exporter = None
         if "torchscript" in formats:
             try:
-                _export_torchscript(model, example, staged["torchscript"])
+                with _quiet_tracing():
+                    traced = torch.jit.trace(model, example, check_trace=False)  # parity is checked at another batch
+                traced.save(str(staged["torchscript"]))
             except Exception as err:
                 raise ExportError(f"TorchScript export failed: {type(err).__name__}: {error_line(err)}") from err
         if "onnx" in formats:
@@ -314,8 +310,7 @@ def _onnx_opset(staged: Mapping[str, Path]) -> int | None:
 
 def export_onnx(model: MSA2Net, path: str | os.PathLike[str]) -> None:
     """Write ``model`` as ONNX (dynamic batch, as :func:`export_model`) to ``path``, unchecked."""
-    (h, w), channels = model.img_size, model.config.in_channels
-    _export_onnx(model, torch.zeros(1, channels, h, w), Path(path))
+    _export_onnx(model, torch.zeros(1, model.config.in_channels, *model.img_size), Path(path))
 
 
 def convert_openvino(model: MSA2Net) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,11 +32,6 @@ class RuntimeModel(torch.nn.Module):
         return torch.from_numpy(np.asarray(self.run(x.detach().cpu().float().numpy())))
 
 
-def _batches(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
 def model_input(unit: np.ndarray, prep: Preprocessing, size: tuple[int, int]) -> np.ndarray:
     """One unit-range slice ``(H, W[, C])`` as the model takes it: ``(C, h, w)`` float32, C-contiguous, resized
     (cubic) and normalised as :func:`predict_volume` does."""
@@ -58,16 +53,11 @@ def _autocast_dtype(amp: str | None) -> torch.dtype | None:
 def _probabilities(model: MSA2Net, x: torch.Tensor, tta: bool, amp: str | None) -> torch.Tensor:
     """Softmax of the model (float32), averaged over flips with ``tta``; ``x`` already on the model's device."""
     dtype = _autocast_dtype(amp)
-    flips: list[tuple[int, ...]] = [()] + ([(3,), (2,)] if tta else [])
-    probs = None
     with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        for dims in flips:
-            xi = torch.flip(x, dims) if dims else x
-            p = torch.softmax(model(xi).float(), dim=1)
-            p = torch.flip(p, dims) if dims else p
-            probs = p if probs is None else probs + p
-    assert probs is not None
-    return probs / len(flips) if tta else probs
+        probs = torch.softmax(model(x).float(), dim=1)
+        for dims in ((3,), (2,)) if tta else ():
+            probs = probs + torch.flip(torch.softmax(model(torch.flip(x, dims)).float(), dim=1), dims)
+    return probs / 3 if tta else probs  # the mean over the image and its two flips
 
 
 @torch.inference_mode()
@@ -79,7 +69,7 @@ def _predict_labels(
     (N, H, W) int64, and with ``keep`` the probabilities (N, C, H, W) float32."""
     device = _device_of(model)
     x = torch.from_numpy(np.ascontiguousarray(slices))
-    probs = [_probabilities(model, x[sl].to(device), tta, amp) for sl in _batches(len(x), chunk)]
+    probs = [_probabilities(model, part.to(device), tta, amp) for part in x.split(chunk)]
     labels = torch.cat([p.argmax(dim=1).cpu() for p in probs]).numpy()
     return labels, torch.cat([p.cpu() for p in probs]).numpy() if keep else None
 
@@ -141,14 +131,15 @@ def predict_volume(
     out = np.zeros((depth, h, w), dtype=np.uint8 if model.num_classes <= 256 else np.int16)
     probs = np.zeros((model.num_classes, depth, h, w), dtype=np.float16) if probabilities else None
     bar = tqdm(total=depth, desc=desc, unit="slice", disable=not progress_enabled(progress), leave=False)
-    for sl in _batches(depth, step):
-        batch = np.stack([model_input(unit[z], prep, size) for z in range(sl.start, sl.stop)])  # (N, C, H, W)
+    for start in range(0, depth, step):
+        zs = range(start, min(depth, start + step))
+        batch = np.stack([model_input(unit[z], prep, size) for z in zs])  # (N, C, H, W)
         labels, p = _predict_labels(model, batch, chunk, tta, amp, keep=probs is not None)
-        for i, z in enumerate(range(sl.start, sl.stop)):
+        for i, z in enumerate(zs):
             out[z] = resize_label(labels[i].astype(out.dtype), (h, w))
             if probs is not None and p is not None:
                 probs[:, z] = [resize_label(channel, (h, w)) for channel in p[i]]
-        bar.update(sl.stop - sl.start)
+        bar.update(len(zs))
     bar.close()
     if probs is None:
         return out

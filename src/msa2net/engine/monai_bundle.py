@@ -170,8 +170,7 @@ class SliceResizeModel(torch.nn.Module):
     def __init__(self, network: torch.nn.Module, img_size: Sequence[int], mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.network = network
-        self.height = int(img_size[0])
-        self.width = int(img_size[1])
+        self.height, self.width = int(img_size[0]), int(img_size[1])
         self.register_buffer("mean", torch.tensor([float(m) for m in mean], dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor([float(s) for s in std], dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -198,11 +197,10 @@ class SliceResizeModel(torch.nn.Module):
 
 
 def _script_model(model: MSA2Net, mean: Sequence[float], std: Sequence[float]) -> torch.jit.ScriptModule:
-    h, w = model.img_size
-    example = torch.zeros(1, model.config.in_channels, h, w)
+    example = torch.zeros(1, model.config.in_channels, *model.img_size)
     with _quiet_tracing():
         traced = torch.jit.trace(model.eval(), example, check_trace=False)
-        return torch.jit.script(SliceResizeModel(traced, (h, w), mean, std).eval())
+        return torch.jit.script(SliceResizeModel(traced, model.img_size, mean, std).eval())
 
 
 def _legacy_slice(model: MSA2Net, prep: Preprocessing, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -233,18 +231,17 @@ def _check_scripted(path: Path, model: MSA2Net, prep: Preprocessing) -> dict[str
     # where zoom order 0 gives background (0) msa2net has no probabilities and the bundle a certain background
     inside = legacy_probs.sum(axis=0) > 0
     diff = float(np.abs(probs - legacy_probs)[:, inside].max(initial=0.0))
-    check = {
-        "slice": [x_size, y_size],
-        "max_abs_prob_diff": diff,
-        "labels_identical": int((labels == legacy_labels).sum()),
-        "labels_total": int(labels.size),
-    }
     if not diff <= 1e-5:
         raise ExportError(
             f"models/model.ts differs from msa2net's per-slice procedure: max |probability difference| {diff:.3g} > "
             f"1e-5 on a random {x_size} x {y_size} slice; the bundle would not reproduce msa2net predict"
         )
-    return check
+    return {
+        "slice": [x_size, y_size],
+        "max_abs_prob_diff": diff,
+        "labels_identical": int((labels == legacy_labels).sum()),
+        "labels_total": int(labels.size),
+    }
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -261,32 +258,14 @@ def _intensity_transforms(prep: Preprocessing) -> list[dict[str, Any]]:
     """The checkpoint's ``to_unit`` as MONAI dictionary transforms on ``image``."""
     if prep.kind == "ct_window":
         lo, hi = prep.window  # type: ignore[misc]
-        return [
-            {
-                "_target_": "ScaleIntensityRanged",
-                "keys": "image",
-                "a_min": lo,
-                "a_max": hi,
-                "b_min": 0.0,
-                "b_max": 1.0,
-                "clip": True,
-            }
-        ]
-    if prep.kind == "zscore":
+        head = {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": lo, "a_max": hi}
+    elif prep.kind == "zscore":
         lower, upper = prep.clip_percentiles
-        return [
-            {
-                "_target_": "ScaleIntensityRangePercentilesd",
-                "keys": "image",
-                "lower": lower,
-                "upper": upper,
-                "b_min": 0.0,
-                "b_max": 1.0,
-                "clip": True,
-                "channel_wise": True,
-            }
-        ]
-    return []  # unit: the values are already in [0, 1]
+        head = {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": lower, "upper": upper}
+    else:
+        return []  # unit: the values are already in [0, 1]
+    tail = {"channel_wise": True} if prep.kind == "zscore" else {}
+    return [{**head, "b_min": 0.0, "b_max": 1.0, "clip": True, **tail}]
 
 
 def _inference_config(prep: Preprocessing, orientation: str | None, keep: Sequence[int], num_classes: int) -> dict:
@@ -393,7 +372,6 @@ def _metadata(config: Mapping[str, Any], prep: Preprocessing, orientation: str |
     channels = [str(c) for c in dataset.get("channel_names") or []] or ["image"] * prep.in_channels
     modality = _modality(prep, channels)
     h, w = model.img_size
-    num_classes = model.num_classes
     mapping = {
         "ct_window": f"clipped to [{prep.window[0]:g}, {prep.window[1]:g}] HU and scaled to [0, 1]"
         if prep.window
@@ -465,7 +443,7 @@ def _metadata(config: Mapping[str, Any], prep: Preprocessing, orientation: str |
                 "pred": {
                     "type": "image",
                     "format": "segmentation",
-                    "num_channels": num_classes,
+                    "num_channels": model.num_classes,
                     "spatial_shape": ["*", "*"],
                     "dtype": "float32",
                     "value_range": [0, 1],

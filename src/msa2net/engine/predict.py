@@ -448,8 +448,7 @@ def _predict_all(
     bar = tqdm(sources, desc="predict", unit="input", disable=not progress_enabled(predictor.options.progress))
     for source in bar:
         written: list[Path] = []
-        split_dir: Path | None = None
-        created_split_dir = False
+        created_split_dir: Path | None = None  # removed again if the input fails
         try:
             stem, suffix = _mask_name(source, outputs.suffix)
             paths = outputs.names(out, stem, suffix)
@@ -469,16 +468,16 @@ def _predict_all(
                     "dicom-seg output needs a DICOM series input (a folder of the series' files): a DICOM SEG "
                     f"references the instances it segments, and {source.name} is not DICOM; ask for nifti instead"
                 )
-            split_dir = paths.get("split")
-            created_split_dir = split_dir is not None and not split_dir.exists()
+            if "split" in paths and not paths["split"].exists():
+                created_split_dir = paths["split"]
             prediction = predictor.predict(source, probabilities="probabilities" in paths)
             case = _write_outputs(prediction, source, out / stem, paths, suffix, predictor, outputs, written, page)
         except BaseException as err:
             for path in written:  # also on Ctrl-C: an input's outputs are all there or none are
                 path.unlink(missing_ok=True)
-            if created_split_dir and split_dir is not None:
+            if created_split_dir is not None:
                 with contextlib.suppress(OSError):
-                    split_dir.rmdir()  # only if empty
+                    created_split_dir.rmdir()  # only if empty
             if not isinstance(err, _PER_INPUT_ERRORS):
                 raise
             reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
@@ -572,17 +571,15 @@ def _write_outputs(
         written.append(paths["statistics"])
     overlay_paths: list[Path] = []
     if outputs.overlays:
-        out_dir, name = stem.parent, stem.name
         if spatial == 2:
-            jobs = [(out_dir / f"{name}_overlay.png", shown, labels, source.name)]
+            jobs = [(Path(f"{stem}_overlay.png"), shown, labels, source.name)]
         else:
-            depth = shown_labels.shape[0]
             jobs = [
                 (
-                    out_dir / f"{name}_overlay_z{z:03d}.png",
+                    Path(f"{stem}_overlay_z{z:03d}.png"),
                     shown[z],
                     shown_labels[z],
-                    f"{source.name}, slice {z} (of 0-{depth - 1})",
+                    f"{source.name}, slice {z} (of 0-{shown_labels.shape[0] - 1})",
                 )
                 for z in _overlay_slices(shown_labels)
             ]

@@ -206,8 +206,7 @@ class Predictor:
         if opts.backend != "torch":
             device = torch.device("cpu")  # the runtimes run on the CPU
         model = model_from_checkpoint(ckpt, device)
-        folder = ckpt.get("pretrained_folder")
-        return cls(load_backend(model, opts.backend, opts.precision, folder=folder), ckpt, opts)
+        return cls(load_backend(model, opts.backend, opts.precision, folder=ckpt.get("pretrained_folder")), ckpt, opts)
 
     @property
     def model_name(self) -> str:

@@ -109,7 +109,7 @@ def quantize_int8(
         passed = figures["identical_fraction"] >= GATE["min_identical_fraction"] and -worst <= GATE["max_dice_drop"]
         tried[name] = {**figures, "passed": passed}
         if passed:
-            record = {
+            return candidate, {
                 "file": "openvino/model-int8.xml",
                 "calibration": {"data": str(data), "slices": len(slices), "cases": len(source.train_ids())},
                 "check_cases": check_ids,
@@ -118,7 +118,6 @@ def quantize_int8(
                 "agreement": figures,
                 "tried": tried,
             }
-            return candidate, record
     raise QuantizationError(
         "no int8 model agrees with torch float32 well enough (gate: "
         f"{GATE['min_identical_fraction']:.1%} identical voxels, Dice drop <= {GATE['max_dice_drop']}): "

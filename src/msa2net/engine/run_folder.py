@@ -84,8 +84,8 @@ def _lock(handle: IO[str]) -> None:
         import msvcrt
 
         msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        return
-    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def prepare_run_folder(folder: str | os.PathLike[str], *, resume: bool, overwrite: bool) -> list[str]:
@@ -123,13 +123,10 @@ def prepare_run_folder(folder: str | os.PathLike[str], *, resume: bool, overwrit
 
 def remove_run_outputs(folder: str | os.PathLike[str]) -> list[str]:
     """Remove a run's own outputs (:data:`RUN_OUTPUTS`) from ``folder``, nothing else; returns the names removed."""
-    removed = []
-    for name in RUN_OUTPUTS:
-        path = Path(folder) / name
+    removed = [name for name in RUN_OUTPUTS if (Path(folder) / name).exists()]
+    for path in (Path(folder) / name for name in removed):
         if path.is_dir():
             shutil.rmtree(path)
-            removed.append(name)
-        elif path.exists():
+        else:
             path.unlink()
-            removed.append(name)
     return removed

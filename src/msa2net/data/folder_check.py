@@ -315,8 +315,7 @@ def _read_case(
     problems: list[str] = []
     arrays: list[np.ndarray] = []
     geometries: list[Geometry] = []
-    for index in sorted(channels):
-        path = channels[index]
+    for _, path in sorted(channels.items()):
         rel = path.relative_to(root)
         try:
             array, geometry = read_image(path)

@@ -192,11 +192,8 @@ def _read_source(raw: Path) -> tuple[np.ndarray, np.ndarray, Geometry, list[Regi
             f"{raw / IMAGE_FILE} has shape {image.shape} and {raw / LABEL_FILE} {atlas.shape} (Z, Y, X); expected two "
             "3D volumes on one grid (the Colin27 T1 and its AAL atlas)"
         )
-    for name, a, b in (
-        ("spacing", image_geometry.spacing, atlas_geometry.spacing),
-        ("origin", image_geometry.origin, atlas_geometry.origin),
-        ("direction", image_geometry.direction, atlas_geometry.direction),
-    ):
+    for name in ("spacing", "origin", "direction"):
+        a, b = getattr(image_geometry, name), getattr(atlas_geometry, name)
         if not np.allclose(a, b, atol=1e-3):
             raise ValueError(
                 f"{IMAGE_FILE} and {LABEL_FILE} differ in {name} ({a} vs {b}); the atlas must lie on the T1's grid"
@@ -221,9 +218,8 @@ def _hemisphere_agreement(atlas_sides: np.ndarray, left: np.ndarray, regions: Se
     for region in regions:
         lut[region.index] = {"L": 1, "R": -1}.get(region.side or "", 0)
     side = lut[atlas_sides]
-    sided = side != 0
-    agree = ((side == 1) & left) | ((side == -1) & ~left)
-    return float(agree.sum() / max(1, sided.sum()))
+    agree = np.where(left, side == 1, side == -1)
+    return float(agree.sum() / max(1, np.count_nonzero(side)))
 
 
 def _world_x(geometry: Geometry, depth: int) -> np.ndarray:
@@ -304,8 +300,7 @@ def prepare_aal(
     geometry_c = move.geometry(geometry, image.shape[::-1])
     depth = image_c.shape[0]
     x_mm = _world_x(geometry_c, depth)
-    tolerance = 1e-3 * geometry_c.spacing[2]
-    left = x_mm >= -tolerance
+    left = x_mm >= -1e-3 * geometry_c.spacing[2]
     n_left = int(left.sum())
     if not (0 < n_left < depth) or not np.all(left[:n_left]):
         raise ValueError(

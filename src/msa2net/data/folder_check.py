@@ -315,8 +315,7 @@ def _read_case(
     problems: list[str] = []
     arrays: list[np.ndarray] = []
     geometries: list[Geometry] = []
-    for index in sorted(channels):
-        path = channels[index]
+    for _, path in sorted(channels.items()):
         rel = path.relative_to(root)
         try:
             array, geometry = read_image(path)
@@ -459,11 +458,8 @@ def _validate(
             "update numTraining (or remove it) or add the missing cases"
         )
 
-    test_cases: list[str] = []
-    test_images: dict[str, dict[int, Path]] = {}
-    if (root / "imagesTs").is_dir():
-        test_images = _scan_images(root / "imagesTs", spec, root, problems)
-        test_cases = [c for c in sorted(test_images) if _channels_ok(c, test_images[c], spec, "imagesTs", problems)]
+    test_images = _scan_images(root / "imagesTs", spec, root, problems) if (root / "imagesTs").is_dir() else {}
+    test_cases = [c for c in sorted(test_images) if _channels_ok(c, test_images[c], spec, "imagesTs", problems)]
     test_labels = _check_test_labels(root, spec, test_images, images, problems)
     labelled_test = [c for c in test_cases if c in test_labels]
 

@@ -89,16 +89,12 @@ class Reorientation:
         direction = _direction_matrix(geometry)
         spacing = np.asarray(geometry.spacing, dtype=np.float64)
         origin = np.asarray(geometry.origin, dtype=np.float64)
-        new_direction = np.zeros((3, 3))
-        new_spacing = []
         for new, old in enumerate(self.axes):
-            sign = -1.0 if self.flips[new] else 1.0
-            new_direction[:, new] = sign * direction[:, old]
-            new_spacing.append(spacing[old])
             if self.flips[new]:  # the new first voxel is the old last one along this axis
                 origin = origin + (size[old] - 1) * spacing[old] * direction[:, old]
-        new_direction += 0.0  # no negative zeros in headers
-        return Geometry(tuple(new_spacing), tuple(origin.tolist()), tuple(new_direction.ravel().tolist()))
+        axes = list(self.axes)
+        new_direction = direction[:, axes] * np.where(self.flips, -1.0, 1.0) + 0.0  # no negative zeros in headers
+        return Geometry(tuple(spacing[axes]), tuple(origin), tuple(new_direction.ravel()))
 
 
 def reorientation(source: str, target: str) -> Reorientation:

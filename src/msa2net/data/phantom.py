@@ -152,13 +152,8 @@ def _jitter(canvas: _Canvas, organ: _Organ, rng: np.random.Generator) -> _Shape:
     ct += 0.0 if organ.tube else rng.uniform(-0.04, 0.04)
     scale = rng.uniform(0.88, 1.12, size=3)
     # Keep every organ at least ~1.5 pixels wide and one slice thick so that tiny phantoms still contain all labels.
-    min_inplane = 3.0 / canvas.size
-    min_t = 0.6 / max(canvas.depth - 1, 1)
-    semi = (
-        max(organ.semi[0] * scale[0], min_inplane),
-        max(organ.semi[1] * scale[1], min_inplane),
-        max(organ.semi[2] * scale[2], min_t),
-    )
+    least = (3.0 / canvas.size, 3.0 / canvas.size, 0.6 / max(canvas.depth - 1, 1))
+    semi = tuple(max(a * f, m) for a, f, m in zip(organ.semi, scale, least))
     angle = math.radians(organ.angle_deg + rng.uniform(-8.0, 8.0))
     terms = 3
     w = rng.normal(size=(terms, 3))
@@ -271,11 +266,10 @@ def _ellipse(canvas: _Canvas, cu: float, cv: float, au: float, av: float, hu: fl
 def _paint_skeleton(canvas: _Canvas, rng: np.random.Generator) -> None:
     """Vertebra, spinal canal and ribs; bone is painted last and clears labels beneath it."""
     every = slice(0, canvas.depth)
-    bone = np.zeros((canvas.depth, canvas.size, canvas.size), dtype=bool)
-    bone[every] |= _ellipse(canvas, 0.0, 0.43, 0.085, 0.075, _BONE_HU, every)[None]
+    vertebra = _ellipse(canvas, 0.0, 0.43, 0.085, 0.075, _BONE_HU, every)
     canal = _ellipse(canvas, 0.0, 0.535, 0.035, 0.03, 20.0, every)
-    bone[every] &= ~canal[None]
-    bone[every] |= _ellipse(canvas, 0.0, 0.595, 0.022, 0.035, _BONE_HU, every)[None]
+    spine = (vertebra & ~canal) | _ellipse(canvas, 0.0, 0.595, 0.022, 0.035, _BONE_HU, every)
+    bone = np.repeat(spine[None], canvas.depth, axis=0)  # the same cross-section on every slice, ribs added below
     # Ribs: small cross-sections on a ring inside the muscle wall, in the upper two thirds, drifting with z.
     ring_a, ring_b = 0.75, 0.55
     angles = np.deg2rad(np.array([25.0, 50.0, 75.0, 105.0, 130.0, 155.0])) + rng.uniform(-0.1, 0.1)
@@ -424,13 +418,12 @@ def _isic_case(rng: np.random.Generator, height: int, width: int) -> tuple[np.nd
 
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     skin = np.array([225.0, 175.0, 150.0]) + rng.uniform(-18.0, 18.0, size=3)
-    image = np.empty((height, width, 3), dtype=np.float32)
     smooth = np.zeros((height, width), dtype=np.float32)
     for _ in range(3):
         fy, fx = rng.uniform(0.5, 4.0, size=2)
         py, px = rng.uniform(0.0, 2.0 * np.pi, size=2)
         smooth += np.cos(np.pi * fy * yy / height + py) * np.cos(np.pi * fx * xx / width + px)
-    image[:] = skin + 6.0 * smooth[..., None]
+    image = (skin + 6.0 * smooth[..., None]).astype(np.float32)
     # Lesion: a star-shaped blob with a few random harmonics of its boundary radius.
     cy = height * rng.uniform(0.35, 0.65)
     cx = width * rng.uniform(0.35, 0.65)

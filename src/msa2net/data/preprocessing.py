@@ -116,12 +116,10 @@ class Preprocessing:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known))
         missing = [k for k in ("kind", "in_channels") if k not in data]
-        if unknown or missing:
-            problems = []
-            if unknown:
-                problems.append(f"unknown keys {unknown}")
-            if missing:
-                problems.append(f"missing required keys {missing}")
+        problems = [f"unknown keys {unknown}"] if unknown else []
+        if missing:
+            problems.append(f"missing required keys {missing}")
+        if problems:
             raise ValueError(
                 f"invalid preprocessing record: {'; '.join(problems)}. Expected keys: {', '.join(known)} "
                 "(kind and in_channels required). Was the checkpoint written by another msa2net version?"
@@ -231,8 +229,7 @@ class Preprocessing:
             return None  # NaN/inf: to_unit names them
         found = f"{what} of dtype {image.dtype} with values {lo:g}..{hi:g}"
         floats_in_unit = np.issubdtype(image.dtype, np.floating) and 0.0 <= lo and hi <= 1.0
-        expects_hu = self.window is not None  # only ct_window has a window
-        if expects_hu:
+        if self.window is not None:  # only ct_window has a window
             if floats_in_unit:
                 why = "values already scaled to [0, 1]"
             elif np.issubdtype(image.dtype, np.unsignedinteger):

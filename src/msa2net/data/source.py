@@ -215,8 +215,7 @@ class Source(ABC):
         if val_cases:
             val = self.select(val_cases, available, "data.val_cases")
             return Split([c for c in train if c not in val], val)
-        train, val = split_cases(train, val_fraction, seed)
-        return Split(train, val)
+        return Split(*split_cases(train, val_fraction, seed))
 
 
 _REGISTRY: dict[str, type[Source]] = {}

@@ -122,13 +122,12 @@ def _checked_arrays(
         raise ValueError(f"{name}: image in {source} holds NaN or infinite values; re-run msa2net prepare synapse")
     if image.size:
         lo, hi = float(image.min()), float(image.max())
-        if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
-            if intensity == "strict":
-                raise ValueError(
-                    f"{name}: image values in {source} span [{lo:.4g}, {hi:.4g}], expected [0, 1] (HU window "
-                    f"[-125, 275] mapped to [0, 1]); pass intensity='clip' to clip them to [0, 1], or re-run "
-                    f"msa2net prepare synapse on the raw data"
-                )
+        if intensity == "strict" and (lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL):
+            raise ValueError(
+                f"{name}: image values in {source} span [{lo:.4g}, {hi:.4g}], expected [0, 1] (HU window "
+                f"[-125, 275] mapped to [0, 1]); pass intensity='clip' to clip them to [0, 1], or re-run "
+                f"msa2net prepare synapse on the raw data"
+            )
         if intensity == "clip" or lo < 0.0 or hi > 1.0:
             image = np.clip(image, 0.0, 1.0)
     ids = np.rint(label)
@@ -404,9 +403,5 @@ class SynapseSource(Source):
         # prepared data are stored windowed to [0, 1]: no raw mapping to apply
         test = set(self.test_ids())
         for case in (self.normalize_id(c) for c in ids):
-            if case in test:
-                yield SynapseVolumeDataset(self.root, cases=[case], labels=self.labels, intensity=self.intensity)[0]
-            else:
-                yield SynapseVolumeDataset.from_train_slices(
-                    self.root, [case], labels=self.labels, intensity=self.intensity
-                )[0]
+            volumes = SynapseVolumeDataset if case in test else SynapseVolumeDataset.from_train_slices
+            yield volumes(self.root, [case], labels=self.labels, intensity=self.intensity)[0]

@@ -81,13 +81,9 @@ def _header_info(case: str, path: Path) -> tuple[tuple[int, ...], tuple[float, .
 
 
 def _check_geometry(case: str, image_path: Path, label_path: Path, image: Geometry, label: Geometry) -> None:
-    checks = (
-        ("spacing", image.spacing, label.spacing, dict(rtol=1e-3, atol=1e-4)),
-        ("origin", image.origin, label.origin, dict(rtol=1e-5, atol=1e-2)),
-        ("direction", image.direction, label.direction, dict(rtol=0.0, atol=1e-3)),
-    )
-    for name, a, b, tol in checks:
-        if not np.allclose(a, b, **tol):
+    for name, rtol, atol in (("spacing", 1e-3, 1e-4), ("origin", 1e-5, 1e-2), ("direction", 0.0, 1e-3)):
+        a, b = getattr(image, name), getattr(label, name)
+        if not np.allclose(a, b, rtol=rtol, atol=atol):
             found_image = tuple(round(v, 4) for v in a)
             found_label = tuple(round(v, 4) for v in b)
             raise ValueError(

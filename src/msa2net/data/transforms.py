@@ -164,9 +164,7 @@ def warp_displacement(
 def _smooth_displacement(shape: tuple[int, int], grid: int, scale: float, rng: np.random.Generator) -> np.ndarray:
     """(2, H, W) field: normal displacements (std ``scale`` * size) on a grid x grid lattice, cubic-upsampled."""
     h, w = shape
-    coarse = rng.normal(0.0, 1.0, size=(2, grid, grid))
-    coarse[0] *= scale * h
-    coarse[1] *= scale * w
+    coarse = rng.normal(0.0, 1.0, size=(2, grid, grid)) * np.array([scale * h, scale * w])[:, None, None]
     # Sample the cubic spline through the control points at every pixel (control points span the image).
     pos = np.stack(np.meshgrid(np.linspace(0.0, grid - 1.0, h), np.linspace(0.0, grid - 1.0, w), indexing="ij"))
     return np.stack([ndimage.map_coordinates(coarse[i], pos, order=3, mode="nearest") for i in range(2)])

@@ -41,8 +41,7 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     Both empty gives 0.0, the value MedPy's ``dc`` was written to give (with numpy >= 2 MedPy 0.5 returns NaN with a
     warning instead).
     """
-    pred_mask, gt_mask = _mask_pair(pred, gt)
-    return _dice_counts(pred_mask, gt_mask)
+    return _dice_counts(*_mask_pair(pred, gt))
 
 
 def hd95(

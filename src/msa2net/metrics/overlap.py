@@ -156,8 +156,7 @@ def legacy_case_scores(
             f"pred_labels and gt_labels must have the same shape, found {pred_array.shape} and {gt_array.shape}"
         )
     names = _class_names(class_names, num_classes)
-    ndim = max(pred_array.ndim, 1)
-    sizes = _normalize_spacing(spacing, ndim)
+    sizes = _normalize_spacing(spacing, max(pred_array.ndim, 1))
     _check_empty_policy(empty)
     tolerance = None if nsd_tolerance_mm is None else _check_tolerance(nsd_tolerance_mm)
     unit = sizes is None or all(s == 1.0 for s in sizes)

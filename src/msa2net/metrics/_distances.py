@@ -177,10 +177,8 @@ class _Bounds:
         blocked = side.blocked(self.factors)
         grid = blocked.shape[0::2]
         cells = np.unravel_index(self.cells[entries], grid)
-        index: list[object] = []
-        for axis_cells in cells:
-            index += [axis_cells, slice(None)]
-        found = np.nonzero(blocked[tuple(index)])  # (entry, offset per axis)
+        index = tuple(v for axis_cells in cells for v in (axis_cells, slice(None)))
+        found = np.nonzero(blocked[index])  # (entry, offset per axis)
         return np.stack([cells[axis][found[0]] * self.factors[axis] + found[axis + 1] for axis in range(len(grid))])
 
 

@@ -423,14 +423,12 @@ class HtmlReport:
             page["subtitle"] = f"{int(evaluation.n_images)} image(s), pixels pooled; msa2net {__version__}"
             page["summary_heading"] = "Pooled scores (from summary.json)"
             pooled = evaluation.pooled
-            header = ["Metric", *(str(k) for k in pooled)]
-            row = ["percent", *(cell(v, 100.0) for v in pooled.values())]
             page["tables_html"] = _table_html(
                 "Scores of the pixels of every test image pooled (ISIC protocol), in percent"
                 + (", after opening and hole filling" if evaluation.postprocess else "")
                 + ".",
-                header,
-                [row],
+                ["Metric", *(str(k) for k in pooled)],
+                [["percent", *(cell(v, 100.0) for v in pooled.values())]],
             )
         elif predictions is not None:
             page["subtitle"] = (

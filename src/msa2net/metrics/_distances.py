@@ -86,11 +86,6 @@ def _offset_norms(offsets: np.ndarray, sampling: _Sampling) -> np.ndarray:
     return np.sqrt(np.add.reduce(squares, axis=0))
 
 
-def _coordinates(mask: np.ndarray) -> np.ndarray:
-    """Indices ``(ndim, n)`` of the foreground voxels, in C order."""
-    return np.stack(np.unravel_index(np.flatnonzero(mask), mask.shape)).reshape(mask.ndim, -1)
-
-
 def _box(points: np.ndarray, pad: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Bounding box of ``points`` padded by ``pad`` voxels per axis, clipped to ``shape``: (starts, stops)."""
     starts = np.maximum(points.min(axis=1) - pad, 0)
@@ -121,7 +116,8 @@ class _Side:
     def points(self) -> np.ndarray:
         """Coordinates ``(ndim, n)`` of the surface voxels, in C order."""
         if self._points is None:
-            self._points = _coordinates(self.mask)
+            mask = self.mask
+            self._points = np.stack(np.unravel_index(np.flatnonzero(mask), mask.shape)).reshape(mask.ndim, -1)
         return self._points
 
     def blocked(self, factors: np.ndarray) -> np.ndarray:
@@ -181,10 +177,8 @@ class _Bounds:
         blocked = side.blocked(self.factors)
         grid = blocked.shape[0::2]
         cells = np.unravel_index(self.cells[entries], grid)
-        index: list[object] = []
-        for axis_cells in cells:
-            index += [axis_cells, slice(None)]
-        found = np.nonzero(blocked[tuple(index)])  # (entry, offset per axis)
+        index = tuple(v for axis_cells in cells for v in (axis_cells, slice(None)))
+        found = np.nonzero(blocked[index])  # (entry, offset per axis)
         return np.stack([cells[axis][found[0]] * self.factors[axis] + found[axis + 1] for axis in range(len(grid))])
 
 

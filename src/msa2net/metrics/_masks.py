@@ -22,9 +22,7 @@ EmptyPolicy = str | float
 def _as_mask(mask: np.ndarray) -> np.ndarray:
     """Return ``mask`` as a boolean array with at least one dimension."""
     array = np.atleast_1d(np.asarray(mask))
-    if array.dtype != np.bool_:
-        array = array != 0
-    return array
+    return array if array.dtype == np.bool_ else array != 0
 
 
 def _mask_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,12 +123,6 @@ def _joint_crop(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return pred[window], gt[window]
 
 
-def _axis_slice(ndim: int, axis: int, start: int, stop: int) -> tuple[slice, ...]:
-    index = [slice(None)] * ndim
-    index[axis] = slice(start, stop)
-    return tuple(index)
-
-
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Foreground voxels with at least one background neighbour (connectivity 1; outside = background).
 
@@ -142,8 +134,8 @@ def _surface(mask: np.ndarray) -> np.ndarray:
         if n < 3:  # every voxel touches the outside along this axis
             interior[...] = False
             break
-        interior[_axis_slice(mask.ndim, axis, 1, n)] &= mask[_axis_slice(mask.ndim, axis, 0, n - 1)]
-        interior[_axis_slice(mask.ndim, axis, 0, n - 1)] &= mask[_axis_slice(mask.ndim, axis, 1, n)]
-        interior[_axis_slice(mask.ndim, axis, 0, 1)] = False
-        interior[_axis_slice(mask.ndim, axis, n - 1, n)] = False
+        inner, outer = np.moveaxis(interior, axis, 0), np.moveaxis(mask, axis, 0)  # views, the axis first
+        inner[1:] &= outer[:-1]
+        inner[:-1] &= outer[1:]
+        inner[[0, -1]] = False
     return mask & ~interior

@@ -41,8 +41,7 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     Both empty gives 0.0, the value MedPy's ``dc`` was written to give (with numpy >= 2 MedPy 0.5 returns NaN with a
     warning instead).
     """
-    pred_mask, gt_mask = _mask_pair(pred, gt)
-    return _dice_counts(pred_mask, gt_mask)
+    return _dice_counts(*_mask_pair(pred, gt))
 
 
 def hd95(
@@ -157,8 +156,7 @@ def legacy_case_scores(
             f"pred_labels and gt_labels must have the same shape, found {pred_array.shape} and {gt_array.shape}"
         )
     names = _class_names(class_names, num_classes)
-    ndim = max(pred_array.ndim, 1)
-    sizes = _normalize_spacing(spacing, ndim)
+    sizes = _normalize_spacing(spacing, max(pred_array.ndim, 1))
     _check_empty_policy(empty)
     tolerance = None if nsd_tolerance_mm is None else _check_tolerance(nsd_tolerance_mm)
     unit = sizes is None or all(s == 1.0 for s in sizes)

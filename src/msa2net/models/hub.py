@@ -8,6 +8,7 @@ short timeout before ``huggingface_hub`` is asked for anything; files already in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -55,16 +56,13 @@ def _reachable(url: str, timeout: float) -> bool:
     """Whether a TCP connection to the URL's host opens within ``timeout`` seconds (DNS included)."""
     parsed = urllib.parse.urlparse(url)
     host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
-    result: list[bool] = []
+    connected: list[bool] = []
 
     def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+            connected.append(True)
 
     thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo ignores timeouts; bound it here
     thread.start()
     thread.join(timeout)
-    return bool(result and result[0])
+    return bool(connected)

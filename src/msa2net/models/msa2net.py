@@ -126,10 +126,8 @@ class MSA2NetDecoder(nn.Module):
         super().__init__()
         c0, c1, c2, c3 = channels  # each patch expansion maps a stage's width to the next skip's
         self.expand3 = PatchExpand(c3, out_dim=c2)
-        if variant == "paper":
-            self.stage2 = DecoderStage(c2, "dae", gated=True, out_dim=c1)
-        else:
-            self.stage2 = DecoderStage(c2, "lka", gated=False, out_dim=c1)
+        paper = variant == "paper"  # the released code runs LKA blocks and no MASAG in stage 2
+        self.stage2 = DecoderStage(c2, "dae" if paper else "lka", gated=paper, out_dim=c1)
         self.stage1 = DecoderStage(c1, "lka", out_dim=c0)
         self.stage0 = DecoderStage(c0, "lka", num_classes=num_classes)
 
@@ -145,8 +143,7 @@ def _size_pair(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     size = (int(img_size), int(img_size)) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
     if len(size) != 2 or any(s <= 0 for s in size):
         raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}")
-    bad = [s for s in size if s % SIZE_MULTIPLE]
-    if bad:
+    if any(s % SIZE_MULTIPLE for s in size):
         raise ValueError(
             f"img_size {size[0]}x{size[1]}: sides must be multiples of {SIZE_MULTIPLE} (MaxViT windows); "
             f"nearest valid: {_nearest_sizes(size)}"

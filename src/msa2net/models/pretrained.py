@@ -178,9 +178,7 @@ def build_pretrained_config(
     """
     from .._version import __version__
 
-    names = [str(c) for c in class_names] if class_names is not None else None
-    if names is None:
-        names = [f"class_{i}" for i in range(model.num_classes)]
+    names = [f"class_{i}" for i in range(model.num_classes)] if class_names is None else [str(c) for c in class_names]
     if len(names) != model.num_classes:
         raise PretrainedError(
             f"{len(names)} class names given for a {model.num_classes}-class model; name every output class, "

@@ -83,10 +83,7 @@ def unwrap_state_dict(obj: Mapping[str, Any], where: str = "the given state dict
     """
     if not isinstance(obj, Mapping):
         raise WeightsFileError(f"{where} holds a {type(obj).__name__}, not a state dict")
-    for wrapper in STATE_DICT_WRAPPERS:
-        if isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
+    obj = next((obj[w] for w in STATE_DICT_WRAPPERS if isinstance(obj.get(w), Mapping)), obj)
     if not obj:
         raise WeightsFileError(f"{where} holds no state dict (an empty dict)")
     state = {str(k): v for k, v in obj.items()}

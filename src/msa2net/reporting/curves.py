@@ -52,22 +52,19 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike[
     loss = [(r["epoch"], r["train_loss"]) for r in history if math.isfinite(r.get("train_loss", math.nan))]
     if loss:
         ax1.plot(*zip(*loss), color="tab:blue", **markers)
-    ax1.set_xlabel("epoch")
     ax1.set_ylabel("training loss")
-    ax1.grid(alpha=0.3)
     val = [(r["epoch"], r["val_mean_dice"]) for r in history if math.isfinite(r.get("val_mean_dice", math.nan))]
     if val:
         ax2.plot(*zip(*val), marker="o", markersize=4, color="tab:green")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation mean Dice")
-    ax2.set_ylim(0, 1)
-    ax2.grid(alpha=0.3)
+    ax2.set(ylabel="validation mean Dice", ylim=(0, 1))
     if epochs:
         lo, hi = min(epochs), max(epochs)
         margin = max(0.5, 0.03 * (hi - lo))
         for ax in (ax1, ax2):
             ax.set_xlim(lo - margin, hi + margin)
     for ax in (ax1, ax2):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     fig.tight_layout()
     target = Path(path)

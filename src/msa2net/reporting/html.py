@@ -423,14 +423,12 @@ class HtmlReport:
             page["subtitle"] = f"{int(evaluation.n_images)} image(s), pixels pooled; msa2net {__version__}"
             page["summary_heading"] = "Pooled scores (from summary.json)"
             pooled = evaluation.pooled
-            header = ["Metric", *(str(k) for k in pooled)]
-            row = ["percent", *(cell(v, 100.0) for v in pooled.values())]
             page["tables_html"] = _table_html(
                 "Scores of the pixels of every test image pooled (ISIC protocol), in percent"
                 + (", after opening and hole filling" if evaluation.postprocess else "")
                 + ".",
-                header,
-                [row],
+                ["Metric", *(str(k) for k in pooled)],
+                [["percent", *(cell(v, 100.0) for v in pooled.values())]],
             )
         elif predictions is not None:
             page["subtitle"] = (
@@ -499,13 +497,11 @@ def _table_html(caption: str, header: Sequence[str], rows: Sequence[Sequence[str
 
 
 def _settings_rows(settings: Mapping[str, Any]) -> list[list[str]]:
-    rows = []
-    for key, value in settings.items():
-        if value is None:
-            continue
-        text = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
-        rows.append([str(key), text])
-    return rows
+    return [
+        [str(key), ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)]
+        for key, value in settings.items()
+        if value is not None
+    ]
 
 
 def _case_table(summary: CaseSummary, class_names: Sequence[str]) -> tuple[list[dict], list[dict]]:
@@ -516,9 +512,7 @@ def _case_table(summary: CaseSummary, class_names: Sequence[str]) -> tuple[list[
         {"key": "case_id", "label": "Case", "kind": "text"},
         {"key": "class_name", "label": "Class", "kind": "text"},
     ]
-    for metric in metrics:
-        if metric in _FLAG_COLUMNS:
-            continue
+    for metric in (m for m in metrics if m not in _FLAG_COLUMNS):
         label, scale, digits, title = _METRIC_COLUMNS.get(metric, (metric, 1.0, 3, metric))
         columns.append(
             {"key": metric, "label": label, "kind": "number", "scale": scale, "digits": digits, "title": title}

@@ -51,10 +51,8 @@ def _to_uint8_rgb(image2d: np.ndarray) -> np.ndarray:
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
         raise ValueError(f"overlay image must be (H, W) or (H, W, 3), got shape {image.shape}")
     finite = np.isfinite(image)
-    if finite.any():
-        lo, hi = float(image[finite].min()), float(image[finite].max())
-    else:
-        lo, hi = 0.0, 0.0
+    values = image[finite]
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     scaled = np.where(finite, (image - lo) / (hi - lo) if hi > lo else 0.0, 0.0)
     grey = np.clip(np.round(scaled * 255.0), 0, 255).astype(np.uint8)
     return grey if grey.ndim == 3 else np.repeat(grey[..., None], 3, axis=2)

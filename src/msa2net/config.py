@@ -16,7 +16,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
@@ -99,11 +99,9 @@ def _one_of(what: str, fold_case: bool = False) -> _Rule:
     )
 
 
-def _option(default: Any = dataclasses.MISSING, rule: _Rule | None = None, *, factory: Any = None) -> Any:
+def _option(default: Any = MISSING, rule: _Rule | None = None, *, factory: Any = MISSING) -> Any:
     """A config field whose value must also satisfy ``rule`` (kept in the field's metadata: it moves with the field)."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"rule": rule})
-    return field(default=default, metadata={"rule": rule})
+    return field(default=default, default_factory=factory, metadata={"rule": rule})
 
 
 _IMG_SIZE = _Rule(
@@ -312,9 +310,7 @@ def parse_override(text: str) -> dict[str, Any]:
         )
     parsed, _ = _parse_yaml(value, where, "quote the value, e.g. --set 'data.root=\"my: folder\"'")
     out: dict[str, Any] = {parts[-1]: parsed}
-    for part in reversed(parts[:-1]):
-        out = {part: out}
-    return out
+    return {parts[0]: out} if len(parts) == 2 else out
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

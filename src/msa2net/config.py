@@ -383,8 +383,7 @@ def _suggest(name: str, valid: Sequence[str]) -> str:
 def _build(data: Any) -> tuple[Config, list[str]]:
     """A :class:`Config` of the known keys of ``data`` (defaults elsewhere) and every problem found."""
     problems: list[str] = []
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, Mapping):
         problems.append(f"expected a mapping with keys {', '.join(_TOP_LEVEL)}, found {_found(data)}")
         data = {}
@@ -401,8 +400,7 @@ def _build(data: Any) -> tuple[Config, list[str]]:
     for name, cls in _SECTIONS.items():
         valid = [f.name for f in dataclasses.fields(cls)]
         section = data.get(name)
-        if section is None:
-            section = {}
+        section = {} if section is None else section
         if not isinstance(section, Mapping):
             problems.append(
                 f"{name}: expected a mapping of {name} options (e.g. {name}.{valid[0]}=...), found "
@@ -535,10 +533,7 @@ def _found(value: Any) -> str:
 def _check(option: str, value: Any, tp: Any, rule: _Rule | None = None) -> str | None:
     """The problem of one option's value (annotation ``tp``, extra ``rule``), or None."""
     optional = _is_union(tp) and type(None) in typing.get_args(tp)
-    if rule is None:
-        expected = _type_text(tp)
-    else:
-        expected = rule.expected() + (" or null" if optional else "")
+    expected = _type_text(tp) if rule is None else rule.expected() + (" or null" if optional else "")
     detail = _mismatch(value, tp)
     if detail is not None:
         return f"{option}: expected {expected}, found {_found(value)}{detail}"

@@ -119,9 +119,8 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         ("num_workers", "data.num_workers"),
     ):
         value = getattr(args, flag)
-        if value is None:
-            continue
-        sets.insert(0, f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+        if value is not None:
+            sets.insert(0, f"{key}={json.dumps(value) if isinstance(value, str) else value}")
     return sets
 
 

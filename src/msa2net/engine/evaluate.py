@@ -122,8 +122,8 @@ def evaluate(
         "tta": tta,
         "empty_policy_mm": empty,
         "nsd_tolerance_mm": nsd_tolerance_mm,
+        "keep_largest": [class_names[i] for i in largest],
     }
-    settings["keep_largest"] = [class_names[i] for i in largest]
     if allow_mismatched_input:
         settings["allow_mismatched_input"] = True
     if training:
@@ -399,8 +399,7 @@ def _evaluation_cases(source: Source, cases: Sequence[str] | None, split: str) -
                 "labelsTs/), so there is no test set to score. Pass --split train (split='train') to score the "
                 "training cases, which the model has seen (the result says so), or --cases to name cases"
             )
-    training = [c for c in ids if c in set(train)]
-    return ids, training
+    return ids, [c for c in ids if c in train]
 
 
 def _generic(names: Sequence[str]) -> bool:

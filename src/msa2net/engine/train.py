@@ -552,8 +552,7 @@ def _train(cfg: Config, info: distributed.DistInfo, resume: str | os.PathLike | 
     for epoch in range(run.start_epoch, cfg.train.epochs):
         if run.iteration >= run.max_iterations:
             break
-        row = _train_one_epoch(run, epoch)
-        _end_of_epoch(run, epoch, row)
+        _end_of_epoch(run, epoch, _train_one_epoch(run, epoch))
     run.bar.close()
     if run.writer is not None:
         run.writer.close()
@@ -575,5 +574,4 @@ def _train(cfg: Config, info: distributed.DistInfo, resume: str | os.PathLike | 
 def config_from_checkpoint(path: str | os.PathLike) -> Config:
     """The resolved config a training checkpoint was written with."""
     path = Path(path)
-    ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path)
-    return config_from_dict(ckpt["config"], where=str(path))
+    return config_from_dict(load_checkpoint(path / "last.pt" if path.is_dir() else path)["config"], where=str(path))

@@ -546,24 +546,23 @@ def config_problems(cfg: Config) -> list[str]:
 
     problems: list[str] = []
     bad: set[str] = set()
-    for name in ("preset", "out_dir"):
-        problem = _check(name, getattr(cfg, name), _hints(Config)[name])
+
+    def flag(option: str, problem: str | None) -> None:
         if problem:
             problems.append(problem)
-            bad.add(name)
+            bad.add(option)
+
+    for name in ("preset", "out_dir"):
+        flag(name, _check(name, getattr(cfg, name), _hints(Config)[name]))
     for section, cls in _SECTIONS.items():
         obj = getattr(cfg, section)
         if not isinstance(obj, cls):
-            problems.append(f"{section}: expected a {cls.__name__}, found {_found(obj)}")
-            bad.add(section)
+            flag(section, f"{section}: expected a {cls.__name__}, found {_found(obj)}")
             continue
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
             option = f"{section}.{f.name}"
-            problem = _check(option, getattr(obj, f.name), hints[f.name], f.metadata.get("rule"))
-            if problem:
-                problems.append(problem)
-                bad.add(option)
+            flag(option, _check(option, getattr(obj, f.name), hints[f.name], f.metadata.get("rule")))
     if "train" in bad:
         return problems
     t = cfg.train

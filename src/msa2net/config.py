@@ -16,7 +16,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
@@ -99,11 +99,9 @@ def _one_of(what: str, fold_case: bool = False) -> _Rule:
     )
 
 
-def _option(default: Any = dataclasses.MISSING, rule: _Rule | None = None, *, factory: Any = None) -> Any:
+def _option(default: Any = MISSING, rule: _Rule | None = None, *, factory: Any = MISSING) -> Any:
     """A config field whose value must also satisfy ``rule`` (kept in the field's metadata: it moves with the field)."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"rule": rule})
-    return field(default=default, metadata={"rule": rule})
+    return field(default=default, default_factory=factory, metadata={"rule": rule})
 
 
 _IMG_SIZE = _Rule(
@@ -312,9 +310,7 @@ def parse_override(text: str) -> dict[str, Any]:
         )
     parsed, _ = _parse_yaml(value, where, "quote the value, e.g. --set 'data.root=\"my: folder\"'")
     out: dict[str, Any] = {parts[-1]: parsed}
-    for part in reversed(parts[:-1]):
-        out = {part: out}
-    return out
+    return {parts[0]: out} if len(parts) == 2 else out
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -387,8 +383,7 @@ def _suggest(name: str, valid: Sequence[str]) -> str:
 def _build(data: Any) -> tuple[Config, list[str]]:
     """A :class:`Config` of the known keys of ``data`` (defaults elsewhere) and every problem found."""
     problems: list[str] = []
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, Mapping):
         problems.append(f"expected a mapping with keys {', '.join(_TOP_LEVEL)}, found {_found(data)}")
         data = {}
@@ -405,8 +400,7 @@ def _build(data: Any) -> tuple[Config, list[str]]:
     for name, cls in _SECTIONS.items():
         valid = [f.name for f in dataclasses.fields(cls)]
         section = data.get(name)
-        if section is None:
-            section = {}
+        section = {} if section is None else section
         if not isinstance(section, Mapping):
             problems.append(
                 f"{name}: expected a mapping of {name} options (e.g. {name}.{valid[0]}=...), found "
@@ -508,8 +502,7 @@ _PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 def _type_text(tp: Any) -> str:
     if _is_union(tp):
-        args = sorted(typing.get_args(tp), key=lambda a: a is type(None))
-        return " or ".join(_type_text(a) for a in args)
+        return " or ".join(_type_text(a) for a in sorted(typing.get_args(tp), key=lambda a: a is type(None)))
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(typing.get_args(tp))
@@ -539,10 +532,7 @@ def _found(value: Any) -> str:
 def _check(option: str, value: Any, tp: Any, rule: _Rule | None = None) -> str | None:
     """The problem of one option's value (annotation ``tp``, extra ``rule``), or None."""
     optional = _is_union(tp) and type(None) in typing.get_args(tp)
-    if rule is None:
-        expected = _type_text(tp)
-    else:
-        expected = rule.expected() + (" or null" if optional else "")
+    expected = _type_text(tp) if rule is None else rule.expected() + (" or null" if optional else "")
     detail = _mismatch(value, tp)
     if detail is not None:
         return f"{option}: expected {expected}, found {_found(value)}{detail}"
@@ -556,24 +546,23 @@ def config_problems(cfg: Config) -> list[str]:
 
     problems: list[str] = []
     bad: set[str] = set()
-    for name in ("preset", "out_dir"):
-        problem = _check(name, getattr(cfg, name), _hints(Config)[name])
+
+    def flag(option: str, problem: str | None) -> None:
         if problem:
             problems.append(problem)
-            bad.add(name)
+            bad.add(option)
+
+    for name in ("preset", "out_dir"):
+        flag(name, _check(name, getattr(cfg, name), _hints(Config)[name]))
     for section, cls in _SECTIONS.items():
         obj = getattr(cfg, section)
         if not isinstance(obj, cls):
-            problems.append(f"{section}: expected a {cls.__name__}, found {_found(obj)}")
-            bad.add(section)
+            flag(section, f"{section}: expected a {cls.__name__}, found {_found(obj)}")
             continue
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
             option = f"{section}.{f.name}"
-            problem = _check(option, getattr(obj, f.name), hints[f.name], f.metadata.get("rule"))
-            if problem:
-                problems.append(problem)
-                bad.add(option)
+            flag(option, _check(option, getattr(obj, f.name), hints[f.name], f.metadata.get("rule")))
     if "train" in bad:
         return problems
     t = cfg.train

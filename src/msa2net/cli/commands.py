@@ -119,9 +119,8 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         ("num_workers", "data.num_workers"),
     ):
         value = getattr(args, flag)
-        if value is None:
-            continue
-        sets.insert(0, f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+        if value is not None:
+            sets.insert(0, f"{key}={json.dumps(value) if isinstance(value, str) else value}")
     return sets
 
 
@@ -145,8 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"note: resuming with changes on top of the checkpoint's config: {', '.join(overrides)}")
     else:
         cfg = load_config(args.config or "synapse", overrides)
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(train(cfg, resume=args.resume, overwrite=args.overwrite), indent=2))
     return 0
 
 

@@ -17,10 +17,8 @@ _CHECKPOINT_HELP = "run folder (its best.pt, else last.pt), msa2net checkpoint, 
 def _size(text: str) -> tuple[int, int]:
     """``N`` or ``HxW`` (also ``H,W``) -> ``(H, W)``, both positive."""
     parts = text.lower().replace(",", "x").split("x")
-    if len(parts) == 1:
-        parts = parts * 2
     try:
-        h, w = (int(p) for p in parts)
+        h, w = (int(p) for p in (parts * 2 if len(parts) == 1 else parts))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must be N or HxW with positive integers, got {text!r}") from None
     if h < 1 or w < 1:

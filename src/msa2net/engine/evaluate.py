@@ -122,8 +122,8 @@ def evaluate(
         "tta": tta,
         "empty_policy_mm": empty,
         "nsd_tolerance_mm": nsd_tolerance_mm,
+        "keep_largest": [class_names[i] for i in largest],
     }
-    settings["keep_largest"] = [class_names[i] for i in largest]
     if allow_mismatched_input:
         settings["allow_mismatched_input"] = True
     if training:
@@ -284,8 +284,7 @@ def evaluate_predictions(
 
 
 def _case_id(path: Path) -> str:
-    suffix = image_suffix(path) or ""
-    return path.name[: len(path.name) - len(suffix)]
+    return path.name[: len(path.name) - len(image_suffix(path) or "")]
 
 
 def _label_case(path: Path) -> Case:
@@ -367,8 +366,7 @@ def _evaluate_cases(
         if page is not None:
             page.add_case(case.name, case.image, pred, label=case.label, spacing=case.spacing)
         if progress:
-            dice = np.mean([r["dice"] for r in rows.values()])
-            print(f"{case.name}: legacy mean Dice {dice:.4f}")
+            print(f"{case.name}: legacy mean Dice {np.mean([r['dice'] for r in rows.values()]):.4f}")
     report = build_evaluation_summary(agg, class_names, settings, empty, title)
     write_evaluation_report(out, report, agg)
     return report
@@ -399,8 +397,7 @@ def _evaluation_cases(source: Source, cases: Sequence[str] | None, split: str) -
                 "labelsTs/), so there is no test set to score. Pass --split train (split='train') to score the "
                 "training cases, which the model has seen (the result says so), or --cases to name cases"
             )
-    training = [c for c in ids if c in set(train)]
-    return ids, training
+    return ids, [c for c in ids if c in train]
 
 
 def _generic(names: Sequence[str]) -> bool:

@@ -24,7 +24,7 @@ def parse_keep_largest(spec: str | Sequence[str | int] | None, class_names: Sequ
     foreground = {str(name): i for i, name in enumerate(class_names) if i > 0}
     if items == ["all"]:
         return tuple(foreground.values())
-    ids: list[int] = []
+    ids: set[int] = set()
     for item in items:
         class_id = foreground.get(item, int(item) if item.isdigit() else None)
         if class_id is None or not 0 < class_id < len(class_names):
@@ -32,8 +32,7 @@ def parse_keep_largest(spec: str | Sequence[str | int] | None, class_names: Sequ
                 f"keep-largest: {item!r} is not a foreground class of this model; give 'all', or names or ids among "
                 + ", ".join(f"{i}={n}" for n, i in foreground.items())
             )
-        if class_id not in ids:
-            ids.append(class_id)
+        ids.add(class_id)
     return tuple(sorted(ids))
 
 
@@ -49,7 +48,6 @@ def keep_largest(labels: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
     for class_id in class_ids:
         components, count = ndimage.label(out == class_id)
         if count > 1:
-            sizes = np.bincount(components.ravel())
-            sizes[0] = 0
-            out[(components != int(np.argmax(sizes))) & (components > 0)] = 0
+            largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))  # label 0 is the background
+            out[(components != largest) & (components > 0)] = 0
     return out

@@ -77,8 +77,7 @@ def provenance_of(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
     if "pretrained" in ckpt:  # a published folder: its provenance stays
         return dict(ckpt["pretrained"].get("provenance") or {})
     known = path.is_file()  # a checkpoint given as a dict (Python API) has no file to name
-    base: dict[str, Any] = {"source_checkpoint": str(path) if known else None}
-    base["source_sha256"] = file_sha256(path) if known else None
+    base = {"source_checkpoint": str(path) if known else None, "source_sha256": file_sha256(path) if known else None}
     config = ckpt.get("config") or {}
     if config.get("source") == "official":
         return {
@@ -212,13 +211,11 @@ def publish(
     folder = save_pretrained(
         model, out_dir, config=config, card=card, repo_id=push, overwrite=overwrite, extra_files=extra_files
     )
-    result = PublishResult(
+    return PublishResult(
         folder=folder,
         files=sorted(p for p in folder.iterdir() if p.is_file()),
         checkpoint=checkpoint,
         evaluation=summary_path,
         notes=notes,
+        pushed=push_folder_to_hub(folder, push, private=private, token=token) if push else None,
     )
-    if push:
-        result.pushed = push_folder_to_hub(folder, push, private=private, token=token)
-    return result

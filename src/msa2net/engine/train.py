@@ -76,8 +76,7 @@ def build_training_data(cfg: Config) -> TrainingData:
     transform = build_transform(d.augment, tuple(cfg.model.img_size), source.preprocessing)
     dataset = source.training_dataset(split.train, transform, cfg.train.seed)
     # the demo trains on the phantom prepared as Synapse data: its model card must not claim the real scans
-    demo = cfg.preset == "demo"
-    record = builtin_dataset("synapse_phantom", source.class_names) if demo else source.dataset_record()
+    record = builtin_dataset("synapse_phantom", source.class_names) if cfg.preset == "demo" else source.dataset_record()
     return TrainingData(source, split, dataset, source.slice_orientation(), dict(record))
 
 
@@ -241,8 +240,7 @@ class _NoLoneLastBatch(BatchSampler):
             yield previous
 
     def __len__(self) -> int:
-        n = len(self.sampler)  # type: ignore[arg-type]
-        full, rest = divmod(n, self.batch_size)
+        full, rest = divmod(len(self.sampler), self.batch_size)  # type: ignore[arg-type]
         return full + (1 if rest > 1 else 0)
 
 
@@ -319,9 +317,8 @@ def _build(cfg: Config, info: distributed.DistInfo, ckpt: dict[str, Any] | None)
         raise ValueError(
             f"{len(sampler)} training sample(s) per process in {cfg.data.root}: too few for one batch of 2; add data"
         )
-    planned = t.epochs * len(loader)
     # the schedule (poly) anneals over the iterations that will run: train.max_iterations when it stops earlier
-    max_iterations = min(planned, t.max_iterations) if t.max_iterations is not None else planned
+    max_iterations = min(t.epochs * len(loader), t.max_iterations or math.inf)
 
     model = create_model(
         m.name,
@@ -508,11 +505,11 @@ def _end_of_epoch(run: _Run, epoch: int, row: dict[str, float]) -> None:
     info = run.info
     improved = _validate_if_due(run, epoch, row)
     run.history.append(row)
-    states = [rng_state()]
+    rng: Any = rng_state()
     if info.enabled:
         gathered: list[Any] = [None] * info.world_size
-        torch.distributed.all_gather_object(gathered, states[0])
-        states = gathered
+        torch.distributed.all_gather_object(gathered, rng)
+        rng = gathered
     if info.is_main:
         source = run.data.source
         state = make_checkpoint(
@@ -526,7 +523,7 @@ def _end_of_epoch(run: _Run, epoch: int, row: dict[str, float]) -> None:
             optimizer=run.optimizer.state_dict(),
             scheduler=run.scheduler.state_dict(),
             scaler=run.scaler.state_dict() if run.use_scaler else None,
-            rng=states if info.enabled else states[0],
+            rng=rng,
             best_metric=run.best,
             best_epoch=run.best_epoch,
             history=run.history,
@@ -555,8 +552,7 @@ def _train(cfg: Config, info: distributed.DistInfo, resume: str | os.PathLike | 
     for epoch in range(run.start_epoch, cfg.train.epochs):
         if run.iteration >= run.max_iterations:
             break
-        row = _train_one_epoch(run, epoch)
-        _end_of_epoch(run, epoch, row)
+        _end_of_epoch(run, epoch, _train_one_epoch(run, epoch))
     run.bar.close()
     if run.writer is not None:
         run.writer.close()
@@ -578,5 +574,4 @@ def _train(cfg: Config, info: distributed.DistInfo, resume: str | os.PathLike | 
 def config_from_checkpoint(path: str | os.PathLike) -> Config:
     """The resolved config a training checkpoint was written with."""
     path = Path(path)
-    ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path)
-    return config_from_dict(ckpt["config"], where=str(path))
+    return config_from_dict(load_checkpoint(path / "last.pt" if path.is_dir() else path)["config"], where=str(path))

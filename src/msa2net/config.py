@@ -502,7 +502,8 @@ _PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 def _type_text(tp: Any) -> str:
     if _is_union(tp):
-        return " or ".join(_type_text(a) for a in sorted(typing.get_args(tp), key=lambda a: a is type(None)))
+        args = sorted(typing.get_args(tp), key=lambda a: a is type(None))
+        return " or ".join(_type_text(a) for a in args)
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(typing.get_args(tp))

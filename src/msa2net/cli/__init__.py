@@ -56,7 +56,8 @@ def _wait_policy_for_shared_cpus(command: str) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     note = _wait_policy_for_shared_cpus(args.command)
     if note:
         print(note, file=sys.stderr)

@@ -144,7 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"note: resuming with changes on top of the checkpoint's config: {', '.join(overrides)}")
     else:
         cfg = load_config(args.config or "synapse", overrides)
-    print(json.dumps(train(cfg, resume=args.resume, overwrite=args.overwrite), indent=2))
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps(result, indent=2))
     return 0
 
 

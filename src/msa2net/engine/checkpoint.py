@@ -270,7 +270,8 @@ def _from_official(obj: Mapping[str, Any], path: Path) -> dict[str, Any]:
     from ..models.official import OfficialCheckpointError, convert_official_state_dict, read_official_state_dict
 
     try:
-        converted, _, unknown, variant = convert_official_state_dict(read_official_state_dict(obj))
+        state = read_official_state_dict(obj)
+        converted, _, unknown, variant = convert_official_state_dict(state)
     except OfficialCheckpointError as exc:
         raise CheckpointError(f"{str(path)!r}: {exc}") from exc
     if unknown:

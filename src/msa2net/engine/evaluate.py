@@ -284,7 +284,8 @@ def evaluate_predictions(
 
 
 def _case_id(path: Path) -> str:
-    return path.name[: len(path.name) - len(image_suffix(path) or "")]
+    suffix = image_suffix(path) or ""
+    return path.name[: len(path.name) - len(suffix)]
 
 
 def _label_case(path: Path) -> Case:
@@ -366,7 +367,8 @@ def _evaluate_cases(
         if page is not None:
             page.add_case(case.name, case.image, pred, label=case.label, spacing=case.spacing)
         if progress:
-            print(f"{case.name}: legacy mean Dice {np.mean([r['dice'] for r in rows.values()]):.4f}")
+            dice = np.mean([r["dice"] for r in rows.values()])
+            print(f"{case.name}: legacy mean Dice {dice:.4f}")
     report = build_evaluation_summary(agg, class_names, settings, empty, title)
     write_evaluation_report(out, report, agg)
     return report

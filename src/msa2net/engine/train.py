@@ -552,7 +552,8 @@ def _train(cfg: Config, info: distributed.DistInfo, resume: str | os.PathLike | 
     for epoch in range(run.start_epoch, cfg.train.epochs):
         if run.iteration >= run.max_iterations:
             break
-        _end_of_epoch(run, epoch, _train_one_epoch(run, epoch))
+        row = _train_one_epoch(run, epoch)
+        _end_of_epoch(run, epoch, row)
     run.bar.close()
     if run.writer is not None:
         run.writer.close()
@@ -574,4 +575,5 @@ def _train(cfg: Config, info: distributed.DistInfo, resume: str | os.PathLike | 
 def config_from_checkpoint(path: str | os.PathLike) -> Config:
     """The resolved config a training checkpoint was written with."""
     path = Path(path)
-    return config_from_dict(load_checkpoint(path / "last.pt" if path.is_dir() else path)["config"], where=str(path))
+    ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path)
+    return config_from_dict(ckpt["config"], where=str(path))

@@ -4,13 +4,16 @@ and the deterministic weights and input it was made with.
 No weight file is shipped: every weight of a parity case is a function of its official key name, its shape and
 a seed (:func:`fill_tensor`), and the input is a function of its shape and a seed (:func:`reference_input`).
 Both reproduce, bit for bit, the routine the reference data was produced with (``tests/test_reference.py``
-checks that against the original whenever ``../shared/reference`` sits beside the repository).
+checks that against the original whenever ``../shared/reference`` sits beside the repository, and the vendored
+arrays against the originals' recorded digests always).
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
+import json
 import math
 import zlib
 from collections.abc import Iterable, Mapping
@@ -30,6 +33,8 @@ PARITY_SEED = 1
 PARITY_INPUT_SHAPE = (1, 1, 224, 224)
 #: Arrays stored once because both variants' originals hold identical values (see :func:`pack_parity_data`).
 COMMON_FILE = "parity_common.npz"
+#: SHA-256 digests of the original reference files, recorded when they were packed (:func:`original_digests`).
+DIGESTS_FILE = "originals.sha256.json"
 
 #: One state-dict entry of a key file: (key, shape, dtype).
 Entry = tuple[str, tuple[int, ...], torch.dtype]
@@ -207,15 +212,54 @@ def parity_case(variant: str) -> dict[str, np.ndarray]:
     }
 
 
+def case_digests(key_file: bytes, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """SHA-256 of a key file's bytes and, per array, its dtype, shape and the SHA-256 of its C-order bytes."""
+    return {
+        "official_keys": hashlib.sha256(key_file).hexdigest(),
+        "arrays": {
+            name: {
+                "dtype": a.dtype.str,
+                "shape": list(a.shape),
+                "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest(),
+            }
+            for name, a in sorted(arrays.items())
+        },
+    }
+
+
+def original_digests(source: Path) -> dict[str, Any]:
+    """:func:`case_digests` of each variant's original files in ``source`` (``official_keys_*.txt``,
+    ``parity_*.npz``)."""
+    digests = {}
+    for variant in VARIANTS:
+        with np.load(source / f"parity_{variant}.npz") as data:
+            arrays = {key: data[key] for key in data.files}
+        digests[variant] = case_digests((source / f"official_keys_{variant}.txt").read_bytes(), arrays)
+    return digests
+
+
+def vendored_digests(variant: str) -> dict[str, Any]:
+    """:func:`case_digests` of the vendored copy of ``variant``: the unzipped key file and :func:`parity_case`."""
+    with gzip.open(DATA_DIR / f"official_keys_{variant}.txt.gz", "rb") as f:
+        return case_digests(f.read(), parity_case(variant))
+
+
+def recorded_digests() -> dict[str, Any]:
+    """The digests of the originals recorded in :data:`DIGESTS_FILE` when they were packed."""
+    return json.loads((DATA_DIR / DIGESTS_FILE).read_text(encoding="utf-8"))
+
+
 def pack_parity_data(source: Path, dest: Path = DATA_DIR) -> None:
     """Pack the reference folder ``source`` (``official_keys_*.txt``, ``parity_*.npz``) into ``dest``.
 
     Key files are gzipped unchanged (no name or time in the header, so repacking gives the same bytes). The
     ``input`` arrays are dropped after checking that :func:`reference_input` regenerates them bit for bit;
     arrays identical in both variants go once into :data:`COMMON_FILE`, the rest into ``parity_<variant>.npz``,
-    all with ``np.savez_compressed`` (lossless).
+    all with ``np.savez_compressed`` (lossless). :data:`DIGESTS_FILE` records the originals' digests, so that a
+    clone without them still checks its copy against them.
     """
     dest.mkdir(parents=True, exist_ok=True)
+    (dest / DIGESTS_FILE).write_text(json.dumps(original_digests(source), indent=1) + "\n", encoding="utf-8")
     cases = {}
     for variant in VARIANTS:
         raw = (source / f"official_keys_{variant}.txt").read_bytes()

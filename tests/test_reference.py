@@ -1,6 +1,8 @@
 """The test-support routines and vendored parity data of ``tests/reference.py`` against the originals they were
-made from (``../shared/reference``: the reference set's ``fill.py``, key files and arrays). Skipped when that
-folder is not beside the repository; CI has it there."""
+made from (``../shared/reference``: the reference set's ``fill.py``, key files and arrays). The vendored data are
+checked against the originals' digests, recorded when they were packed, in every clone; the comparisons with the
+original files and the original ``fill.py`` (which is not vendored) are skipped when that folder is not beside the
+repository."""
 
 from __future__ import annotations
 
@@ -17,13 +19,17 @@ from reference import (
     PARITY_INPUT_SHAPE,
     PARITY_SEED,
     VARIANTS,
+    case_digests,
     fill_state_dict,
     fill_tensor,
     official_entries,
     official_state_dict,
+    original_digests,
     parity_case,
     read_key_file,
+    recorded_digests,
     reference_input,
+    vendored_digests,
 )
 
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -95,6 +101,36 @@ def test_key_files_parse_like_the_original(original_fill: ModuleType, tmp_path: 
     odd = tmp_path / "keys.txt"
     odd.write_text("x.weight\t(2, 3)\ttorch.float64\n\ny\t()\ttorch.int64\nz.bias\t(4,)\ttorch.float16\n")
     assert read_key_file(odd) == original_fill.read_key_file(odd)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_vendored_data_match_the_recorded_digests_of_the_originals(variant: str) -> None:
+    """Runs in every clone: the unzipped key file and every array of the parity case (the regenerated input
+    included) have the dtype, shape and SHA-256 the originals had when they were packed."""
+    recorded = recorded_digests()[variant]
+    assert set(recorded["arrays"]) == {"input", "logits", "decoder_1", "decoder_2", "decoder_3"} | {
+        f"encoder.{i}" for i in range(4)
+    }
+    assert vendored_digests(variant) == recorded
+
+
+def test_digests_tell_arrays_apart() -> None:
+    """A changed value, dtype or shape changes the digest record (so the check above can fail)."""
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = a.copy()
+    b[1, 2] = np.nextafter(b[1, 2], np.float32(np.inf))
+    base = case_digests(b"k", {"x": a})
+    assert case_digests(b"k", {"x": b}) != base
+    assert case_digests(b"k", {"x": a.astype(np.float64)}) != base
+    assert case_digests(b"k", {"x": a.reshape(3, 2)}) != base
+    assert case_digests(b"k ", {"x": a}) != base
+    assert case_digests(b"k", {"x": a.copy()}) == base
+
+
+def test_recorded_digests_are_those_of_the_originals() -> None:
+    if not SHARED_REFERENCE.is_dir():
+        pytest.skip(_ABSENT)
+    assert recorded_digests() == original_digests(SHARED_REFERENCE)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
